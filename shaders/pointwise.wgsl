@@ -1,0 +1,133 @@
+// MSELoss, L1Loss and RMSELoss: two inputs of one shape compared element by element.
+// KIND is set when the shader is composed: 0 = MSE, 1 = L1, 2 = RMSE.
+// Each workgroup owns one tile of TILE = ITEMS * WG consecutive elements of the window and
+// writes one partial sum per tile; reduce.wgsl folds the partials, `finalize` makes the loss.
+
+const ITEMS: u32 = 8u;
+
+struct Params {
+    n: u32,          // elements in this window
+    tile_base: u32,  // index of the window's first tile among all tiles of the tensor
+    tiles: u32,      // number of tiles of the whole tensor (row length of `partials`)
+    flags: u32,      // bit 0: add to the gradient already in `grad` instead of overwriting it
+    grad_scale: f32, // upstream scale times d(reduction): 1/N for mean, 1 for sum and none
+    inv_n: f32,      // 1 / N over the whole tensor
+    eps: f32,        // RMSE eps
+    loss_scale: f32, // the reduction of the summed loss: 1/N for mean, 1 for sum
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> t: array<f32>;
+@group(0) @binding(3) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(4) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(5) var<storage, read> totals: array<f32>;
+@group(0) @binding(6) var<storage, read_write> loss_out: array<f32>;
+@group(0) @binding(7) var<storage, read_write> elem_loss: array<f32>;
+
+// (loss of one element, its derivative with respect to `a`)
+fn elem(x: f32, y: f32) -> vec2<f32> {
+    let d = x - y;
+    if (KIND == 1u) {
+        return vec2<f32>(abs(d), sign(d));
+    }
+    return vec2<f32>(d * d, 2.0 * d);
+}
+
+fn put_grad(i: u32, g: f32) {
+    if ((P.flags & 1u) != 0u) {
+        grad[i] = grad[i] + g;
+    } else {
+        grad[i] = g;
+    }
+}
+
+// Partial sums of the loss, and (MSE, L1) the gradient in the same read of the inputs.
+@compute @workgroup_size(256)
+fn stats_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    if (g * ITEMS * WG >= P.n) {
+        return;
+    }
+    var acc = 0.0;
+    for (var k = 0u; k < ITEMS; k = k + 1u) {
+        let i = (g * ITEMS + k) * WG + lid;
+        if (i < P.n) {
+            let e = elem(a[i], t[i]);
+            acc = acc + e.x;
+            put_grad(i, e.y * P.grad_scale);
+        }
+    }
+    let s = wg_sum(lid, acc);
+    if (lid == 0u) {
+        partials[P.tile_base + g] = s;
+    }
+}
+
+// Partial sums only (RMSE: its gradient needs the total first).
+@compute @workgroup_size(256)
+fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+         @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    if (g * ITEMS * WG >= P.n) {
+        return;
+    }
+    var acc = 0.0;
+    for (var k = 0u; k < ITEMS; k = k + 1u) {
+        let i = (g * ITEMS + k) * WG + lid;
+        if (i < P.n) {
+            acc = acc + elem(a[i], t[i]).x;
+        }
+    }
+    let s = wg_sum(lid, acc);
+    if (lid == 0u) {
+        partials[P.tile_base + g] = s;
+    }
+}
+
+fn rmse_value() -> f32 {
+    return sqrt(totals[0] * P.inv_n + P.eps);
+}
+
+@compute @workgroup_size(1)
+fn finalize() {
+    if (KIND == 2u) {
+        loss_out[0] = rmse_value();
+    } else {
+        loss_out[0] = totals[0] * P.loss_scale;
+    }
+}
+
+// RMSE: d loss / d output = (output - target) / (N * loss); 0 where the loss is 0 (0/0).
+@compute @workgroup_size(256)
+fn rmse_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+             @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    let r = rmse_value();
+    var c = 0.0;
+    if (r > 0.0) {
+        c = P.inv_n / r * P.grad_scale;
+    }
+    for (var k = 0u; k < ITEMS; k = k + 1u) {
+        let i = (g * ITEMS + k) * WG + lid;
+        if (i < P.n) {
+            put_grad(i, (a[i] - t[i]) * c);
+        }
+    }
+}
+
+// reduction = "none": the loss of every element and its gradient.
+@compute @workgroup_size(256)
+fn none(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    for (var k = 0u; k < ITEMS; k = k + 1u) {
+        let i = (g * ITEMS + k) * WG + lid;
+        if (i < P.n) {
+            let e = elem(a[i], t[i]);
+            elem_loss[i] = e.x;
+            put_grad(i, e.y * P.grad_scale);
+        }
+    }
+}

@@ -1,0 +1,784 @@
+//! Conformance cases in the `deepml-cases/1` format (../shared/cases/FORMAT.md): reading,
+//! writing, turning a case's config into a loss, and checking an evaluator's answer.
+//!
+//! The reader takes hostile files: anything malformed (wrong types, negative or overflowing
+//! shapes, a data length that is not the shape's product, truncated JSON) is an
+//! [`Error::Cases`], never a panic, and nothing is allocated from a declared shape.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::ser::{SerializeSeq, SerializeStruct, Serializer};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::config::*;
+use crate::error::{Error, Result};
+use crate::reference;
+
+/// The format tag of the files this module reads and writes.
+pub const FORMAT: &str = "deepml-cases/1";
+
+// ---------------------------------------------------------------------------------------------
+// The file's data model.
+
+/// A whole cases file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CasesFile {
+    pub format: String,
+    #[serde(default)]
+    pub meta: Value,
+    pub cases: Vec<Case>,
+}
+
+/// One conformance case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Case {
+    pub name: String,
+    pub loss: String,
+    #[serde(default)]
+    pub config: Map<String, Value>,
+    pub inputs: BTreeMap<String, TensorData>,
+    #[serde(default)]
+    pub grad_wrt: Vec<String>,
+    pub expected: Expected,
+    pub tolerance: Tolerance,
+}
+
+/// The element type a tensor declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DType {
+    #[serde(rename = "float32")]
+    F32,
+    #[serde(rename = "int64")]
+    I64,
+}
+
+/// A row-major tensor; `data.len()` is always the product of `shape` (1 for a scalar `[]`).
+/// Values are held as f64 (expected values are float64 even where `dtype` says float32);
+/// `int64` data holds integers.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "RawTensor")]
+pub struct TensorData {
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    pub data: Vec<f64>,
+}
+
+/// What a case expects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum Expected {
+    Ok {
+        loss: TensorData,
+        #[serde(default)]
+        grads: BTreeMap<String, TensorData>,
+    },
+    Error {
+        kind: String,
+    },
+}
+
+/// An element passes when `|got - exp| <= rtol |exp| + atol max_abs(exp tensor)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Tolerance {
+    pub rtol: f64,
+    pub atol: f64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensors: numbers that may be the strings "NaN", "Infinity", "-Infinity".
+
+/// A JSON number, or one of the three non-finite strings.
+struct Number(f64);
+
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct NumberVisitor;
+        impl Visitor<'_> for NumberVisitor {
+            type Value = Number;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or \"NaN\", \"Infinity\", \"-Infinity\"")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<Number, E> {
+                Ok(Number(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Number, E> {
+                Ok(Number(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<Number, E> {
+                Ok(Number(v as f64))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Number, E> {
+                parse_non_finite(v)
+                    .map(Number)
+                    .ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self))
+            }
+        }
+        d.deserialize_any(NumberVisitor)
+    }
+}
+
+fn parse_non_finite(s: &str) -> Option<f64> {
+    match s {
+        "NaN" => Some(f64::NAN),
+        "Infinity" => Some(f64::INFINITY),
+        "-Infinity" => Some(f64::NEG_INFINITY),
+        _ => None,
+    }
+}
+
+/// The largest magnitude of an int64 value held as f64 (2^63).
+const I64_LIMIT: f64 = 9_223_372_036_854_775_808.0;
+
+/// A tensor as written, before its consistency is checked.
+#[derive(Deserialize)]
+struct RawTensor {
+    shape: Vec<usize>,
+    dtype: DType,
+    data: Vec<Number>,
+}
+
+impl TryFrom<RawTensor> for TensorData {
+    type Error = String;
+    fn try_from(raw: RawTensor) -> std::result::Result<Self, String> {
+        let n = shape_product(&raw.shape)
+            .ok_or_else(|| format!("the element count of shape {:?} overflows", raw.shape))?;
+        if n != raw.data.len() {
+            return Err(format!(
+                "shape {:?} needs {n} values, the data holds {}",
+                raw.shape,
+                raw.data.len()
+            ));
+        }
+        let data: Vec<f64> = raw.data.into_iter().map(|v| v.0).collect();
+        if raw.dtype == DType::I64 {
+            if let Some(v) = data.iter().find(|v| !is_int64(**v)) {
+                return Err(format!("int64 tensor holds {v}, which is not a 64-bit integer"));
+            }
+        }
+        Ok(TensorData { shape: raw.shape, dtype: raw.dtype, data })
+    }
+}
+
+fn is_int64(v: f64) -> bool {
+    v.is_finite() && v.fract() == 0.0 && (-I64_LIMIT..I64_LIMIT).contains(&v)
+}
+
+/// The product of a shape, `None` where it overflows.
+fn shape_product(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
+impl Serialize for TensorData {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut t = s.serialize_struct("TensorData", 3)?;
+        t.serialize_field("shape", &self.shape)?;
+        t.serialize_field("dtype", &self.dtype)?;
+        t.serialize_field("data", &DataOut { dtype: self.dtype, data: &self.data })?;
+        t.end()
+    }
+}
+
+/// The data array as written: int64 values as integers, non-finite values as strings.
+struct DataOut<'a> {
+    dtype: DType,
+    data: &'a [f64],
+}
+
+impl Serialize for DataOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.data.len()))?;
+        for &v in self.data {
+            if v.is_nan() {
+                seq.serialize_element("NaN")?;
+            } else if v == f64::INFINITY {
+                seq.serialize_element("Infinity")?;
+            } else if v == f64::NEG_INFINITY {
+                seq.serialize_element("-Infinity")?;
+            } else if self.dtype == DType::I64 && is_int64(v) {
+                seq.serialize_element(&(v as i64))?;
+            } else {
+                seq.serialize_element(&v)?;
+            }
+        }
+        seq.end()
+    }
+}
+
+impl TensorData {
+    /// A float32-labelled tensor; `None` where `data` does not fit `shape`.
+    pub fn f32(shape: Vec<usize>, data: Vec<f64>) -> Option<Self> {
+        (shape_product(&shape) == Some(data.len())).then_some(TensorData {
+            shape,
+            dtype: DType::F32,
+            data,
+        })
+    }
+
+    /// The values as class labels; the tensor must be `int64` (`Error::InvalidInput` otherwise).
+    pub fn to_i64(&self, name: &str) -> Result<Vec<i64>> {
+        if self.dtype != DType::I64 {
+            return Err(Error::InvalidInput(format!("{name} must be int64 class indices")));
+        }
+        Ok(self.data.iter().map(|&v| v as i64).collect())
+    }
+
+    /// The values rounded to f32 (what the device receives).
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.data.iter().map(|&v| v as f32).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading and writing.
+
+/// Reads a cases file from its text.
+pub fn parse(text: &str) -> Result<CasesFile> {
+    let file: CasesFile =
+        serde_json::from_str(text).map_err(|e| Error::Cases(format!("not a valid {FORMAT} file: {e}")))?;
+    validate(&file)?;
+    Ok(file)
+}
+
+/// Reads a cases file from disk.
+pub fn load(path: &Path) -> Result<CasesFile> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Cases(format!("cannot read {}: {e}", path.display())))?;
+    parse(&text).map_err(|e| match e {
+        Error::Cases(m) => Error::Cases(format!("{}: {m}", path.display())),
+        other => other,
+    })
+}
+
+/// Writes a cases file in the same format (it parses back to an equal value).
+pub fn to_json(file: &CasesFile) -> String {
+    // Every map key is a string and every non-finite number is written as a string, so
+    // serialisation cannot fail.
+    serde_json::to_string(file).unwrap_or_default()
+}
+
+/// The checks beyond the JSON types: the format tag, unique names, tolerances, and a gradient
+/// in the inputs and (for an ok case) in the expected values for every name of `grad_wrt`.
+fn validate(file: &CasesFile) -> Result<()> {
+    if file.format != FORMAT {
+        return Err(Error::Cases(format!("format is {:?}, expected {FORMAT:?}", file.format)));
+    }
+    let mut names = BTreeSet::new();
+    for case in &file.cases {
+        let bad = |m: String| Error::Cases(format!("case {:?}: {m}", case.name));
+        if !names.insert(case.name.as_str()) {
+            return Err(bad("the name is not unique".into()));
+        }
+        let Tolerance { rtol, atol } = case.tolerance;
+        if !(rtol.is_finite() && atol.is_finite() && rtol >= 0.0 && atol >= 0.0) {
+            return Err(bad(format!("tolerance rtol {rtol}, atol {atol} must be finite and >= 0")));
+        }
+        for g in &case.grad_wrt {
+            if !case.inputs.contains_key(g) {
+                return Err(bad(format!("grad_wrt names {g:?}, which is not an input")));
+            }
+            if let Expected::Ok { grads, .. } = &case.expected {
+                if !grads.contains_key(g) {
+                    return Err(bad(format!("grad_wrt names {g:?}, which has no expected gradient")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configs.
+
+/// A case's loss with its constructor arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LossSpec {
+    Jaccard(JaccardLoss),
+    Dice(DiceLoss),
+    Rmse(RMSELoss),
+    Mse(MSELoss),
+    L1(L1Loss),
+    WeightedBce(WeightedBCEWithLogitsLoss),
+    Bce(BCEWithLogitsLoss),
+    CrossEntropy(CrossEntropyLoss),
+    Contrastive(ContrastiveLoss),
+    Angular(AngularPenaltySMConfig),
+}
+
+/// The constructor arguments of a case, by their deepml / PyTorch names. A missing key (or a
+/// JSON `null`, Python's `None`) takes the SPEC default; an unknown key or a value of the wrong
+/// type is `Error::InvalidConfig`; an unknown loss name is `Error::Cases`. The values are not
+/// range-checked here: the loss's own `validate` does that when it is called.
+pub fn loss_spec(case: &Case) -> Result<LossSpec> {
+    let c = Config { loss: &case.loss, map: &case.config };
+    let spec = match case.loss.as_str() {
+        "JaccardLoss" => {
+            c.only(&["is_multiclass", "eps", "per_class"])?;
+            let d = JaccardLoss::default();
+            LossSpec::Jaccard(JaccardLoss {
+                is_multiclass: c.bool_or("is_multiclass", d.is_multiclass)?,
+                eps: c.f64_or("eps", d.eps)?,
+                per_class: c.bool_or("per_class", d.per_class)?,
+            })
+        }
+        "DiceLoss" => {
+            c.only(&["is_multiclass", "smooth", "eps", "per_class"])?;
+            let d = DiceLoss::default();
+            LossSpec::Dice(DiceLoss {
+                is_multiclass: c.bool_or("is_multiclass", d.is_multiclass)?,
+                smooth: c.f64_or("smooth", d.smooth)?,
+                eps: c.f64_or("eps", d.eps)?,
+                per_class: c.bool_or("per_class", d.per_class)?,
+            })
+        }
+        "RMSELoss" => {
+            c.only(&["eps"])?;
+            LossSpec::Rmse(RMSELoss { eps: c.f64_or("eps", RMSELoss::default().eps)? })
+        }
+        "MSELoss" => {
+            c.only(&["reduction"])?;
+            LossSpec::Mse(MSELoss { reduction: c.reduction()? })
+        }
+        "L1Loss" => {
+            c.only(&["reduction"])?;
+            LossSpec::L1(L1Loss { reduction: c.reduction()? })
+        }
+        "WeightedBCEWithLogitsLoss" => {
+            c.only(&["w_p", "w_n", "epsilon", "reduction"])?;
+            let d = WeightedBCEWithLogitsLoss::default();
+            LossSpec::WeightedBce(WeightedBCEWithLogitsLoss {
+                w_p: c.f64_or("w_p", d.w_p)?,
+                w_n: c.f64_or("w_n", d.w_n)?,
+                epsilon: c.f64_or("epsilon", d.epsilon)?,
+                reduction: c.reduction()?,
+            })
+        }
+        "BCEWithLogitsLoss" => {
+            c.only(&["weight", "reduction", "pos_weight"])?;
+            LossSpec::Bce(BCEWithLogitsLoss {
+                weight: c.tensor("weight")?,
+                reduction: c.reduction()?,
+                pos_weight: c.tensor("pos_weight")?,
+            })
+        }
+        "CrossEntropyLoss" => {
+            c.only(&["weight", "ignore_index", "reduction", "label_smoothing"])?;
+            let d = CrossEntropyLoss::default();
+            LossSpec::CrossEntropy(CrossEntropyLoss {
+                weight: c.tensor("weight")?,
+                ignore_index: c.i64_or("ignore_index", d.ignore_index)?,
+                reduction: c.reduction()?,
+                label_smoothing: c.f64_or("label_smoothing", d.label_smoothing)?,
+            })
+        }
+        "ContrastiveLoss" => {
+            c.only(&["margin", "distance", "reduction"])?;
+            let d = ContrastiveLoss::default();
+            let distance = match c.get("distance") {
+                None => d.distance,
+                Some(_) => Distance::parse(&c.string("distance")?)?,
+            };
+            LossSpec::Contrastive(ContrastiveLoss {
+                margin: c.f64_or("margin", d.margin)?,
+                distance,
+                reduction: c.reduction()?,
+            })
+        }
+        "AngularPenaltySMLoss" => {
+            c.only(&[
+                "in_features",
+                "out_features",
+                "loss_type",
+                "eps",
+                "s",
+                "m",
+                "normalize_weight",
+                "reduction",
+            ])?;
+            let loss_type = match c.get("loss_type") {
+                None => LossType::default(),
+                Some(_) => LossType::parse(&c.string("loss_type")?)?,
+            };
+            let d = AngularPenaltySMConfig::new(0, 0, loss_type);
+            LossSpec::Angular(AngularPenaltySMConfig {
+                in_features: c.count("in_features")?,
+                out_features: c.count("out_features")?,
+                loss_type,
+                eps: c.f64_or("eps", d.eps)?,
+                s: c.opt_f64("s")?,
+                m: c.opt_f64("m")?,
+                normalize_weight: c.bool_or("normalize_weight", d.normalize_weight)?,
+                reduction: c.reduction()?,
+            })
+        }
+        other => return Err(Error::Cases(format!("case {:?}: unknown loss {other:?}", case.name))),
+    };
+    Ok(spec)
+}
+
+/// Typed access to a config map.
+struct Config<'a> {
+    loss: &'a str,
+    map: &'a Map<String, Value>,
+}
+
+impl Config<'_> {
+    fn bad(&self, key: &str, what: &str) -> Error {
+        let v = self.map.get(key).map(Value::to_string).unwrap_or_default();
+        Error::InvalidConfig(format!("{}: {key} must be {what}, got {v}", self.loss))
+    }
+
+    /// Refuses keys the constructor does not take.
+    fn only(&self, keys: &[&str]) -> Result<()> {
+        match self.map.keys().find(|k| !keys.contains(&k.as_str())) {
+            Some(k) => Err(Error::InvalidConfig(format!(
+                "{}: unknown argument {k:?} (it takes {})",
+                self.loss,
+                keys.join(", ")
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The value of `key`; `null` counts as missing.
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        let Some(v) = self.get(key) else { return Ok(None) };
+        let number = match v {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => parse_non_finite(s),
+            _ => None,
+        };
+        number.map(Some).ok_or_else(|| self.bad(key, "a number"))
+    }
+
+    fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        Ok(self.opt_f64(key)?.unwrap_or(default))
+    }
+
+    fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| self.bad(key, "true or false")),
+        }
+    }
+
+    fn string(&self, key: &str) -> Result<String> {
+        match self.get(key) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            _ => Err(self.bad(key, "a string")),
+        }
+    }
+
+    fn reduction(&self) -> Result<Reduction> {
+        match self.get("reduction") {
+            None => Ok(Reduction::default()),
+            Some(_) => Reduction::parse(&self.string("reduction")?),
+        }
+    }
+
+    /// An integer, also written as an integral float (`255.0`).
+    fn integer(&self, key: &str) -> Option<i64> {
+        match self.get(key)? {
+            Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|v| is_int64(*v)).map(|v| v as i64)),
+            _ => None,
+        }
+    }
+
+    fn i64_or(&self, key: &str, default: i64) -> Result<i64> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(_) => self.integer(key).ok_or_else(|| self.bad(key, "an integer")),
+        }
+    }
+
+    /// A required non-negative count (`in_features`, `out_features`).
+    fn count(&self, key: &str) -> Result<usize> {
+        if self.get(key).is_none() {
+            return Err(Error::InvalidConfig(format!("{}: {key} is required", self.loss)));
+        }
+        self.integer(key)
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| self.bad(key, "a non-negative integer"))
+    }
+
+    /// A tensor-valued argument: a TENSOR object, or a plain array of numbers (a vector).
+    fn tensor(&self, key: &str) -> Result<Option<HostTensor>> {
+        let Some(v) = self.get(key) else { return Ok(None) };
+        let t: TensorData = match v {
+            Value::Array(_) => {
+                let data: Vec<Number> =
+                    Vec::deserialize(v).map_err(|_| self.bad(key, "a tensor"))?;
+                let data: Vec<f64> = data.into_iter().map(|n| n.0).collect();
+                TensorData { shape: vec![data.len()], dtype: DType::F32, data }
+            }
+            _ => TensorData::deserialize(v).map_err(|e| self.bad(key, &format!("a tensor ({e})")))?,
+        };
+        Ok(Some(HostTensor { data: t.to_f32(), shape: t.shape }))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation.
+
+/// What an evaluator computed for a case: the loss and the gradient of each differentiable
+/// input, by input name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluated {
+    pub loss: TensorData,
+    pub grads: BTreeMap<String, TensorData>,
+}
+
+/// Something that computes cases: the float64 reference, or a GPU back end.
+pub trait Evaluator {
+    fn name(&self) -> String;
+    /// `None` where this evaluator does not implement the case's loss (the case is skipped).
+    fn eval(&self, case: &Case) -> Option<Result<Evaluated>>;
+}
+
+impl Case {
+    /// The input `name`; a case without it is malformed (`Error::Cases`).
+    pub fn input(&self, name: &str) -> Result<&TensorData> {
+        self.inputs.get(name).ok_or_else(|| {
+            Error::Cases(format!("case {:?} ({}) has no input {name:?}", self.name, self.loss))
+        })
+    }
+}
+
+/// The differentiable inputs of each loss, in the order of FORMAT.md (and of
+/// [`reference::RefOutput::grads`]).
+pub fn differentiable_inputs(loss: &str) -> &'static [&'static str] {
+    match loss {
+        "JaccardLoss" | "DiceLoss" | "RMSELoss" => &["output"],
+        "WeightedBCEWithLogitsLoss" => &["logits"],
+        "ContrastiveLoss" => &["embeddings1", "embeddings2"],
+        "AngularPenaltySMLoss" => &["x", "weight"],
+        "BCEWithLogitsLoss" | "MSELoss" | "L1Loss" | "CrossEntropyLoss" => &["input"],
+        _ => &[],
+    }
+}
+
+/// The float64 reference of [`crate::reference`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReferenceEvaluator;
+
+impl Evaluator for ReferenceEvaluator {
+    fn name(&self) -> String {
+        "reference (f64 CPU)".into()
+    }
+    fn eval(&self, case: &Case) -> Option<Result<Evaluated>> {
+        Some(eval_reference(case))
+    }
+}
+
+fn eval_reference(case: &Case) -> Result<Evaluated> {
+    let out = match loss_spec(case)? {
+        LossSpec::Jaccard(cfg) => {
+            let (o, t) = (case.input("output")?, case.input("target")?);
+            cfg.check_shapes(&o.shape, &t.shape)?;
+            reference::jaccard(&cfg, &o.data, &t.data, &o.shape)?
+        }
+        LossSpec::Dice(cfg) => {
+            let (o, t) = (case.input("output")?, case.input("target")?);
+            cfg.check_shapes(&o.shape, &t.shape)?;
+            reference::dice(&cfg, &o.data, &t.data, &o.shape)?
+        }
+        LossSpec::Rmse(cfg) => {
+            let (o, t) = (case.input("output")?, case.input("target")?);
+            cfg.check_shapes(&o.shape, &t.shape)?;
+            reference::rmse(&cfg, &o.data, &t.data, &o.shape)?
+        }
+        LossSpec::Mse(cfg) => {
+            let (i, t) = (case.input("input")?, case.input("target")?);
+            cfg.check_shapes(&i.shape, &t.shape)?;
+            reference::mse(&cfg, &i.data, &t.data, &i.shape)?
+        }
+        LossSpec::L1(cfg) => {
+            let (i, t) = (case.input("input")?, case.input("target")?);
+            cfg.check_shapes(&i.shape, &t.shape)?;
+            reference::l1(&cfg, &i.data, &t.data, &i.shape)?
+        }
+        LossSpec::Bce(cfg) => {
+            let (i, t) = (case.input("input")?, case.input("target")?);
+            cfg.check_shapes(&i.shape, &t.shape)?;
+            reference::bce_with_logits(&cfg, &i.data, &t.data, &i.shape)?
+        }
+        LossSpec::WeightedBce(cfg) => {
+            let (x, y) = (case.input("logits")?, case.input("labels")?);
+            reference::weighted_bce(&cfg, &x.data, &x.shape, &y.data, &y.shape)?
+        }
+        LossSpec::CrossEntropy(cfg) => {
+            let (i, t) = (case.input("input")?, case.input("target")?);
+            cfg.check_shapes(&i.shape, &t.shape)?;
+            let labels = t.to_i64("CrossEntropyLoss target")?;
+            reference::cross_entropy(&cfg, &i.data, &i.shape, &labels, &t.shape)?
+        }
+        LossSpec::Contrastive(cfg) => {
+            let (a, b) = (case.input("embeddings1")?, case.input("embeddings2")?);
+            let y = case.input("label")?;
+            cfg.check_shapes(&a.shape, &b.shape, &y.shape)?;
+            reference::contrastive(&cfg, &a.data, &b.data, &a.shape, &y.data, &y.shape)?
+        }
+        LossSpec::Angular(cfg) => {
+            let (x, y, w) = (case.input("x")?, case.input("labels")?, case.input("weight")?);
+            cfg.check_shapes(&x.shape, &y.shape, &w.shape)?;
+            let labels = y.to_i64("AngularPenaltySMLoss labels")?;
+            reference::angular(&cfg, &x.data, &x.shape, &labels, &y.shape, &w.data, &w.shape)?
+        }
+    };
+    let mut grads = BTreeMap::new();
+    for (name, g) in differentiable_inputs(&case.loss).iter().zip(out.grads) {
+        let shape = case.input(name)?.shape.clone();
+        grads.insert(name.to_string(), TensorData { shape, dtype: DType::F32, data: g });
+    }
+    let loss = TensorData { shape: out.loss_shape, dtype: DType::F32, data: out.loss };
+    Ok(Evaluated { loss, grads })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checking.
+
+/// The outcome of one case.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// `worst` is the largest error ratio (at most 1).
+    Pass { worst: f64 },
+    Fail { worst: f64, detail: String },
+    Skip { reason: String },
+}
+
+/// Compares an evaluator's answer with what the case expects. The ratio of an element is
+/// `|got - exp| / (rtol |exp| + atol max_abs(exp tensor))`; a zero denominator gives 0 for equal
+/// values and infinity otherwise, and NaN expected matches NaN got. An error case passes only
+/// on an error of the expected kind.
+pub fn check_case(case: &Case, got: Option<Result<Evaluated>>) -> Verdict {
+    let Some(got) = got else {
+        return Verdict::Skip { reason: format!("{} is not implemented by this evaluator", case.loss) };
+    };
+    let fail = |detail: String| Verdict::Fail { worst: f64::INFINITY, detail };
+    match (&case.expected, got) {
+        (Expected::Error { kind }, Err(e)) if e.kind() == kind => Verdict::Pass { worst: 0.0 },
+        (Expected::Error { kind }, Err(e)) => {
+            fail(format!("expected an {kind} error, got a {} error: {e}", e.kind()))
+        }
+        (Expected::Error { kind }, Ok(_)) => fail(format!("expected an {kind} error, got a value")),
+        (Expected::Ok { .. }, Err(e)) => fail(format!("expected a value, got a {} error: {e}", e.kind())),
+        (Expected::Ok { loss, grads }, Ok(got)) => compare(case, loss, grads, &got),
+    }
+}
+
+/// The loss and every gradient of `grad_wrt`, against the expected values.
+fn compare(
+    case: &Case,
+    loss: &TensorData,
+    grads: &BTreeMap<String, TensorData>,
+    got: &Evaluated,
+) -> Verdict {
+    let mut pairs = vec![("loss".to_string(), Some(loss), Some(&got.loss))];
+    for name in &case.grad_wrt {
+        pairs.push((format!("grad {name}"), grads.get(name), got.grads.get(name)));
+    }
+    let mut worst = Worst { ratio: 0.0, detail: String::new() };
+    for (label, exp, got) in pairs {
+        let (Some(exp), Some(got)) = (exp, got) else {
+            let missing = if exp.is_none() { "expected value" } else { "computed value" };
+            return Verdict::Fail { worst: f64::INFINITY, detail: format!("{label}: no {missing}") };
+        };
+        if exp.shape != got.shape || exp.data.len() != got.data.len() {
+            return Verdict::Fail {
+                worst: f64::INFINITY,
+                detail: format!("{label}: shape {:?}, expected {:?}", got.shape, exp.shape),
+            };
+        }
+        worst.update(&label, exp, got, case.tolerance);
+    }
+    if worst.ratio <= 1.0 {
+        Verdict::Pass { worst: worst.ratio }
+    } else {
+        Verdict::Fail { worst: worst.ratio, detail: worst.detail }
+    }
+}
+
+/// The worst element seen so far.
+struct Worst {
+    ratio: f64,
+    detail: String,
+}
+
+impl Worst {
+    fn update(&mut self, label: &str, exp: &TensorData, got: &TensorData, tol: Tolerance) {
+        let max_abs = exp.data.iter().filter(|v| v.is_finite()).fold(0.0f64, |m, v| m.max(v.abs()));
+        let scale = tol.atol * max_abs;
+        for (i, (&g, &e)) in got.data.iter().zip(&exp.data).enumerate() {
+            let r = element_ratio(g, e, tol.rtol, scale);
+            if r > self.ratio {
+                self.ratio = r;
+                self.detail = format!(
+                    "{label}[{i}]: got {g:e}, expected {e:e} (error ratio {r:.3}; rtol {}, atol {})",
+                    tol.rtol, tol.atol
+                );
+            }
+        }
+    }
+}
+
+/// `|got - exp| / (rtol |exp| + scale)`, never NaN.
+fn element_ratio(got: f64, exp: f64, rtol: f64, scale: f64) -> f64 {
+    if exp.is_nan() || got.is_nan() {
+        return if exp.is_nan() && got.is_nan() { 0.0 } else { f64::INFINITY };
+    }
+    if exp.is_infinite() || got.is_infinite() {
+        return if exp == got { 0.0 } else { f64::INFINITY };
+    }
+    let diff = (got - exp).abs();
+    let denom = rtol * exp.abs() + scale;
+    if diff == 0.0 {
+        0.0
+    } else if denom == 0.0 {
+        f64::INFINITY
+    } else {
+        diff / denom
+    }
+}
+
+/// A copy of `case` whose expected values are what was computed (for `deepml eval`).
+pub fn evaluated_case(case: &Case, got: &Result<Evaluated>) -> Case {
+    let expected = match got {
+        Ok(ev) => Expected::Ok { loss: ev.loss.clone(), grads: ev.grads.clone() },
+        Err(e) => Expected::Error { kind: e.kind().to_string() },
+    };
+    Case { expected, ..case.clone() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The public cases: `tests/cases/public.json` of this crate, or of /work/main when the file
+    /// is compiled from a scratch crate.
+    fn public_cases_text() -> String {
+        let here = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cases/public.json");
+        std::fs::read_to_string(here)
+            .or_else(|_| std::fs::read_to_string("/work/main/tests/cases/public.json"))
+            .expect("tests/cases/public.json")
+    }
+
+    #[test]
+    fn reference_passes_every_public_case() {
+        let file = parse(&public_cases_text()).unwrap();
+        assert_eq!(file.cases.len(), 88);
+        let mut failures = Vec::new();
+        for case in &file.cases {
+            match check_case(case, ReferenceEvaluator.eval(case)) {
+                Verdict::Pass { worst } => println!("PASS {} worst {worst:.3e}", case.name),
+                other => failures.push(format!("{}: {other:?}", case.name)),
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+}

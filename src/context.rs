@@ -1,0 +1,591 @@
+//! `LossContext`: the instance, adapter, device and queue; the pipeline cache; the buffer pool;
+//! error scopes and device-loss tracking; uploads and readbacks.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+/// What the context knows of its adapter: the facts `deepml info` prints.
+#[derive(Debug, Clone)]
+pub struct AdapterReport {
+    pub name: String,
+    pub backend: wgpu::Backend,
+    pub device_type: wgpu::DeviceType,
+    pub driver: String,
+    pub driver_info: String,
+    pub vendor: u32,
+    pub device: u32,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+}
+
+impl AdapterReport {
+    pub fn of(adapter: &wgpu::Adapter) -> Self {
+        Self::from_parts(adapter.get_info(), adapter.limits(), adapter.features())
+    }
+    fn from_parts(info: wgpu::AdapterInfo, limits: wgpu::Limits, features: wgpu::Features) -> Self {
+        AdapterReport {
+            name: info.name,
+            backend: info.backend,
+            device_type: info.device_type,
+            driver: info.driver,
+            driver_info: info.driver_info,
+            vendor: info.vendor,
+            device: info.device,
+            limits,
+            features,
+        }
+    }
+    /// One line: name, backend, device type, driver.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} ({:?}, {:?}, driver {} {})",
+            self.name, self.backend, self.device_type, self.driver, self.driver_info
+        )
+    }
+}
+
+/// Options of a new context. `Default` picks the best adapter, honouring `WGPU_BACKEND` and
+/// `WGPU_ADAPTER_NAME`.
+#[derive(Debug, Clone, Default)]
+pub struct ContextOptions {
+    /// Only these backends (default: `WGPU_BACKEND`, else all).
+    pub backends: Option<wgpu::Backends>,
+    /// Only an adapter whose name contains this, case-insensitively (default: `WGPU_ADAPTER_NAME`).
+    pub adapter_name: Option<String>,
+    /// Cap the bytes of one storage binding below the device's limit, so that the windowed
+    /// dispatch of large tensors can be exercised on small ones (tests, debugging).
+    pub max_window_bytes: Option<u64>,
+    /// Do not use subgroup operations even where the adapter has them.
+    pub disable_subgroups: bool,
+}
+
+/// Allocation statistics of a context: device bytes held, and how they were obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AllocStats {
+    /// Bytes of every device buffer the context created and still holds (live or pooled).
+    pub allocated_bytes: u64,
+    /// Of those, bytes sitting in the pool, ready for reuse.
+    pub pooled_bytes: u64,
+    /// Buffers created since the context was made.
+    pub buffers_created: u64,
+    /// Requests served from the pool instead of creating a buffer.
+    pub pool_hits: u64,
+}
+
+pub(crate) struct Pool {
+    free: Mutex<HashMap<(u64, u32), Vec<wgpu::Buffer>>>,
+    allocated: AtomicU64,
+    pooled: AtomicU64,
+    created: AtomicU64,
+    hits: AtomicU64,
+}
+
+/// A buffer made by the context. Dropping it returns it to the pool; a caller's wrapped buffer
+/// (`pool: None`) is only released.
+pub(crate) struct PoolBuf {
+    pub(crate) buffer: wgpu::Buffer,
+    pool: Option<Arc<Pool>>,
+}
+
+impl Drop for PoolBuf {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            let size = self.buffer.size();
+            let key = (size, self.buffer.usage().bits());
+            pool.pooled.fetch_add(size, Ordering::Relaxed);
+            if let Ok(mut free) = pool.free.lock() {
+                free.entry(key).or_default().push(self.buffer.clone());
+            }
+        }
+    }
+}
+
+impl PoolBuf {
+    pub(crate) fn wrap(buffer: wgpu::Buffer) -> Self {
+        PoolBuf { buffer, pool: None }
+    }
+}
+
+struct DeviceState {
+    lost: Mutex<Option<String>>,
+    sticky: Mutex<Option<String>>,
+}
+
+/// Owns the device, the pipelines and the device buffers. `Send + Sync`: one context can serve
+/// several threads.
+pub struct LossContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    report: AdapterReport,
+    pub(crate) limits: wgpu::Limits,
+    pub(crate) features: wgpu::Features,
+    pub(crate) max_window_bytes: u64,
+    pub(crate) subgroups: bool,
+    pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
+    pub(crate) pool: Arc<Pool>,
+    state: Arc<DeviceState>,
+}
+
+fn backend_rank(b: wgpu::Backend) -> u32 {
+    match b {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        wgpu::Backend::BrowserWebGpu => 0,
+        wgpu::Backend::Gl => 1,
+        _ => 2,
+    }
+}
+
+fn type_rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+fn backends_from(opts: &ContextOptions) -> wgpu::Backends {
+    opts.backends
+        .or_else(wgpu::Backends::from_env)
+        .unwrap_or(wgpu::Backends::all())
+}
+
+fn make_instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter the machine has, best first (discrete before integrated before CPU; Vulkan,
+/// Metal and DX12 before GL).
+pub async fn list_adapters(opts: &ContextOptions) -> Vec<wgpu::Adapter> {
+    let backends = backends_from(opts);
+    let instance = make_instance(backends);
+    let mut adapters = instance.enumerate_adapters(backends).await;
+    adapters.sort_by_key(|a| {
+        let i = a.get_info();
+        (type_rank(i.device_type), backend_rank(i.backend))
+    });
+    adapters
+}
+
+async fn pick_adapter(opts: &ContextOptions) -> Result<wgpu::Adapter> {
+    let backends = backends_from(opts);
+    let name = opts
+        .adapter_name
+        .clone()
+        .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
+        .map(|n| n.to_lowercase());
+    let mut adapters = list_adapters(opts).await;
+    if adapters.is_empty() {
+        // enumerate_adapters is not available everywhere (WebGPU): ask for one.
+        let instance = make_instance(backends);
+        if let Ok(a) = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+        {
+            adapters.push(a);
+        }
+    }
+    let found: Vec<String> = adapters.iter().map(|a| AdapterReport::of(a).summary()).collect();
+    adapters
+        .into_iter()
+        .find(|a| name.as_ref().is_none_or(|n| a.get_info().name.to_lowercase().contains(n)))
+        .ok_or_else(|| {
+            Error::NoAdapter(format!(
+                "no adapter for backends {backends:?}{}; found: [{}]",
+                name.map(|n| format!(" with a name containing {n:?}")).unwrap_or_default(),
+                found.join("; ")
+            ))
+        })
+}
+
+impl LossContext {
+    /// The best adapter, blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new() -> Result<Self> {
+        pollster::block_on(Self::new_async(ContextOptions::default()))
+    }
+
+    /// A context with options, blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_options(opts: ContextOptions) -> Result<Self> {
+        pollster::block_on(Self::new_async(opts))
+    }
+
+    /// A context on the best adapter that `opts` allow, requesting the adapter's own limits and
+    /// the optional features it has (subgroups, shader-f16, timestamp queries).
+    pub async fn new_async(opts: ContextOptions) -> Result<Self> {
+        let adapter = pick_adapter(&opts).await?;
+        let wanted = wgpu::Features::SUBGROUP
+            | wgpu::Features::SHADER_F16
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let features = adapter.features() & wanted;
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("deepml"),
+                required_features: features,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::NoAdapter(format!("request_device failed: {e}")))?;
+        let report = AdapterReport::of(&adapter);
+        Ok(Self::build(device, queue, report, &opts))
+    }
+
+    /// Wraps a caller's device and queue, so that a model on that device hands its buffers over
+    /// without a copy. `info` names the adapter in reports.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
+        let report = AdapterReport::from_parts(info, device.limits(), device.features());
+        Self::build(device, queue, report, &ContextOptions::default())
+    }
+
+    fn build(device: wgpu::Device, queue: wgpu::Queue, report: AdapterReport, opts: &ContextOptions) -> Self {
+        let state = Arc::new(DeviceState { lost: Mutex::new(None), sticky: Mutex::new(None) });
+        let s = state.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut l) = s.lost.lock() {
+                *l = Some(format!("{reason:?}: {msg}"));
+            }
+        });
+        let s = state.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut st) = s.sticky.lock() {
+                st.get_or_insert_with(|| e.to_string());
+            }
+        }));
+        let limits = device.limits();
+        let features = device.features();
+        // Windows stay under the binding limit and under 2^30 elements so u32 indices are safe.
+        let mut max_window_bytes = (limits.max_storage_buffer_binding_size as u64)
+            .min(limits.max_buffer_size)
+            .min(1u64 << 32);
+        if let Some(cap) = opts.max_window_bytes {
+            max_window_bytes = max_window_bytes.min(cap.max(256));
+        }
+        let subgroups = features.contains(wgpu::Features::SUBGROUP) && !opts.disable_subgroups;
+        LossContext {
+            device,
+            queue,
+            report,
+            limits,
+            features,
+            max_window_bytes,
+            subgroups,
+            pipelines: Mutex::new(HashMap::new()),
+            pool: Arc::new(Pool {
+                free: Mutex::new(HashMap::new()),
+                allocated: AtomicU64::new(0),
+                pooled: AtomicU64::new(0),
+                created: AtomicU64::new(0),
+                hits: AtomicU64::new(0),
+            }),
+            state,
+        }
+    }
+
+    /// The adapter: name, backend, device type, driver, limits and features.
+    pub fn adapter(&self) -> &AdapterReport {
+        &self.report
+    }
+
+    /// The wgpu device, to record one's own work next to the losses.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Whether the shaders use subgroup operations on this device.
+    pub fn uses_subgroups(&self) -> bool {
+        self.subgroups
+    }
+
+    /// Whether the device can take f16 inputs.
+    pub fn has_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// Allocation statistics.
+    pub fn stats(&self) -> AllocStats {
+        AllocStats {
+            allocated_bytes: self.pool.allocated.load(Ordering::Relaxed),
+            pooled_bytes: self.pool.pooled.load(Ordering::Relaxed),
+            buffers_created: self.pool.created.load(Ordering::Relaxed),
+            pool_hits: self.pool.hits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Releases every pooled buffer back to the device.
+    pub fn trim_pool(&self) {
+        if let Ok(mut free) = self.pool.free.lock() {
+            for (_, bufs) in free.drain() {
+                for b in bufs {
+                    self.pool.allocated.fetch_sub(b.size(), Ordering::Relaxed);
+                    self.pool.pooled.fetch_sub(b.size(), Ordering::Relaxed);
+                    b.destroy();
+                }
+            }
+        }
+    }
+
+    /// Fails with `DeviceLost` once the device is gone, and with the first uncaptured wgpu
+    /// error since the last check.
+    pub fn check(&self) -> Result<()> {
+        if let Some(m) = self.state.lost.lock().ok().and_then(|l| l.clone()) {
+            return Err(Error::DeviceLost(m));
+        }
+        if let Some(m) = self.state.sticky.lock().ok().and_then(|mut s| s.take()) {
+            return Err(Error::Wgpu(m));
+        }
+        Ok(())
+    }
+
+    /// Destroys the device (as a driver reset would). Every later call returns `DeviceLost`.
+    pub fn destroy(&self) {
+        self.device.destroy();
+        // wgpu calls the lost callback on destroy; make sure the flag is set even if it doesn't.
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        if let Ok(mut l) = self.state.lost.lock() {
+            l.get_or_insert_with(|| "Destroyed: the device was destroyed".into());
+        }
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes; an error captured there comes
+    /// back as `Error::Wgpu`. On the web the scopes resolve later and the error is reported by
+    /// the next read.
+    pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check()?;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let r = f();
+        let v = val.pop();
+        let o = oom.pop();
+        self.settle(v);
+        self.settle(o);
+        let r = r?;
+        self.check()?;
+        Ok(r)
+    }
+
+    fn settle(&self, fut: impl Future<Output = Option<wgpu::Error>> + 'static) {
+        let state = self.state.clone();
+        let record = move |e: Option<wgpu::Error>| {
+            if let (Some(e), Ok(mut s)) = (e, state.sticky.lock()) {
+                s.get_or_insert_with(|| e.to_string());
+            }
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        record(pollster::block_on(fut));
+        #[cfg(target_arch = "wasm32")]
+        wasm_bindgen_futures::spawn_local(async move { record(fut.await) });
+    }
+
+    /// A device buffer of at least `size` bytes, from the pool when one of that size is free.
+    pub(crate) fn alloc(&self, size: u64, usage: wgpu::BufferUsages) -> Result<PoolBuf> {
+        let size = size.max(4).div_ceil(4) * 4;
+        if size > self.limits.max_buffer_size {
+            return Err(Error::TooLarge(format!(
+                "{size} bytes asked for, but the device's max_buffer_size is {}",
+                self.limits.max_buffer_size
+            )));
+        }
+        let key = (size, usage.bits());
+        if let Some(b) = self.pool.free.lock().ok().and_then(|mut f| f.get_mut(&key).and_then(|v| v.pop())) {
+            self.pool.pooled.fetch_sub(size, Ordering::Relaxed);
+            self.pool.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(PoolBuf { buffer: b, pool: Some(self.pool.clone()) });
+        }
+        let buffer = self.scoped(|| {
+            Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("deepml"),
+                size,
+                usage,
+                mapped_at_creation: false,
+            }))
+        })?;
+        self.pool.allocated.fetch_add(size, Ordering::Relaxed);
+        self.pool.created.fetch_add(1, Ordering::Relaxed);
+        Ok(PoolBuf { buffer, pool: Some(self.pool.clone()) })
+    }
+
+    pub(crate) fn storage_usage() -> wgpu::BufferUsages {
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
+    }
+
+    /// A new tensor of `shape` whose contents are undefined until a kernel writes it.
+    pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let n = crate::tensor::checked_numel(shape)?;
+        let bytes = (n as u64).checked_mul(dtype.size()).ok_or_else(|| {
+            Error::TooLarge(format!("a tensor of shape {shape:?} does not fit in 64-bit sizes"))
+        })?;
+        let buf = self.alloc(bytes, Self::storage_usage())?;
+        Ok(Tensor::new(Arc::new(buf), shape.to_vec(), dtype))
+    }
+
+    /// Uploads f32 values as a tensor of `shape`.
+    pub fn upload(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        self.upload_bytes(bytemuck::cast_slice(data), data.len(), shape, DType::F32)
+    }
+
+    /// Uploads class labels as an i32 tensor of `shape`.
+    pub fn upload_labels(&self, labels: &[i32], shape: &[usize]) -> Result<Tensor> {
+        self.upload_bytes(bytemuck::cast_slice(labels), labels.len(), shape, DType::I32)
+    }
+
+    /// Uploads i64 class labels (as PyTorch holds them); each must fit in i32.
+    pub fn upload_labels_i64(&self, labels: &[i64], shape: &[usize]) -> Result<Tensor> {
+        let l: Vec<i32> = labels
+            .iter()
+            .map(|&v| {
+                i32::try_from(v)
+                    .map_err(|_| Error::LabelOutOfRange(format!("label {v} does not fit in 32 bits")))
+            })
+            .collect::<Result<_>>()?;
+        self.upload_labels(&l, shape)
+    }
+
+    fn upload_bytes(&self, bytes: &[u8], len: usize, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let n = crate::tensor::checked_numel(shape)?;
+        if n != len {
+            return Err(Error::ShapeMismatch(format!(
+                "shape {shape:?} holds {n} elements but {len} values were given"
+            )));
+        }
+        let t = self.empty(shape, dtype)?;
+        if !bytes.is_empty() {
+            self.scoped(|| {
+                self.queue.write_buffer(t.buffer(), t.offset(), bytes);
+                Ok(())
+            })?;
+        }
+        Ok(t)
+    }
+
+    /// Builds (once) and returns the pipeline of `entry` in the composed shader `source`, cached
+    /// under `key`.
+    pub(crate) fn pipeline(&self, key: &str, source: impl FnOnce() -> String, entry: &str) -> Result<wgpu::ComputePipeline> {
+        let full_key = format!("{key}::{entry}");
+        if let Some(p) = self.pipelines.lock().ok().and_then(|m| m.get(&full_key).cloned()) {
+            return Ok(p);
+        }
+        let src = source();
+        let p = self.scoped(|| {
+            let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(key),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+            Ok(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&full_key),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            }))
+        })?;
+        if let Ok(mut m) = self.pipelines.lock() {
+            m.insert(full_key, p.clone());
+        }
+        Ok(p)
+    }
+
+    /// Number of pipelines built so far (each is built once).
+    pub fn pipelines_built(&self) -> usize {
+        self.pipelines.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Reads a tensor's bytes back to the host.
+    pub async fn read_bytes_async(&self, t: &Tensor) -> Result<Vec<u8>> {
+        let bytes = t.byte_len();
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let padded = bytes.div_ceil(4) * 4;
+        let staging = self.alloc(padded, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
+        self.scoped(|| {
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            enc.copy_buffer_to_buffer(t.buffer(), t.offset(), &staging.buffer, 0, padded);
+            self.queue.submit(Some(enc.finish()));
+            Ok(())
+        })?;
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging.buffer.map_async(wgpu::MapMode::Read, 0..padded, move |r| {
+            let _ = tx.send(r);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::DeviceLost(format!("waiting for the device failed: {e}")))?;
+        let mapped = rx.await.map_err(|_| Error::DeviceLost("the read-back was cancelled".into()))?;
+        self.check()?;
+        mapped.map_err(|e| Error::Wgpu(format!("mapping the read-back buffer failed: {e}")))?;
+        let out = {
+            let view = staging
+                .buffer
+                .get_mapped_range(0..padded)
+                .map_err(|e| Error::Wgpu(format!("reading the mapped range failed: {e:?}")))?;
+            view[..bytes as usize].to_vec()
+        };
+        staging.buffer.unmap();
+        Ok(out)
+    }
+
+    /// Reads an f32 tensor back.
+    pub async fn read_async(&self, t: &Tensor) -> Result<Vec<f32>> {
+        if t.dtype() != DType::F32 {
+            return Err(Error::InvalidInput(format!("read needs an f32 tensor, this one is {:?}", t.dtype())));
+        }
+        let b = self.read_bytes_async(t).await?;
+        Ok(bytemuck::pod_collect_to_vec(&b))
+    }
+
+    /// Reads an f32 tensor back, blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_async(t))
+    }
+
+    /// Reads an i32 tensor back, blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_i32(&self, t: &Tensor) -> Result<Vec<i32>> {
+        if t.dtype() != DType::I32 {
+            return Err(Error::InvalidInput(format!("read_i32 needs an i32 tensor, this one is {:?}", t.dtype())));
+        }
+        let b = pollster::block_on(self.read_bytes_async(t))?;
+        Ok(bytemuck::pod_collect_to_vec(&b))
+    }
+
+    /// Reads a scalar (or the first element) of an f32 tensor, blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_scalar(&self, t: &Tensor) -> Result<f32> {
+        self.read(t)?
+            .first()
+            .copied()
+            .ok_or_else(|| Error::EmptyInput("read_scalar of an empty tensor".into()))
+    }
+
+    /// Blocks until the device has finished all submitted work (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn synchronize(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::DeviceLost(format!("waiting for the device failed: {e}")))?;
+        self.check()
+    }
+}

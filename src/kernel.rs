@@ -1,0 +1,319 @@
+//! Shader composition, pipeline keys, and the shared dispatch machinery: programs of compute
+//! steps recorded into one encoder, windows over the storage-binding limit, 2-D grids over the
+//! 65535-workgroups-per-dimension limit, and the deterministic tree reduction.
+
+use crate::context::{LossContext, PoolBuf};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Threads per workgroup of every deepml kernel (shaders/common.wgsl `WG`).
+pub const WG: u32 = 256;
+
+const COMMON: &str = include_str!("../shaders/common.wgsl");
+
+/// A WGSL file of the crate with the constants it is composed with.
+#[derive(Debug, Clone)]
+pub struct ShaderSource {
+    pub name: &'static str,
+    pub body: &'static str,
+    /// `const NAME: u32 = VALUE;` lines prepended to the body: a variant per value.
+    pub consts: Vec<(&'static str, u32)>,
+}
+
+impl ShaderSource {
+    pub fn new(name: &'static str, body: &'static str) -> Self {
+        ShaderSource { name, body, consts: Vec::new() }
+    }
+    pub fn with(mut self, name: &'static str, value: u32) -> Self {
+        self.consts.push((name, value));
+        self
+    }
+    /// The pipeline-cache key of this variant.
+    pub fn key(&self) -> String {
+        let mut k = self.name.to_string();
+        for (n, v) in &self.consts {
+            k.push_str(&format!(":{n}={v}"));
+        }
+        k
+    }
+    /// The full WGSL text: constants, the shared pieces, then the body.
+    pub fn compose(&self) -> String {
+        let mut s = String::new();
+        for (n, v) in &self.consts {
+            s.push_str(&format!("const {n}: u32 = {v}u;\n"));
+        }
+        s.push_str(COMMON);
+        s.push('\n');
+        s.push_str(self.body);
+        s
+    }
+}
+
+pub(crate) const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
+
+/// Every shader variant the library can build, for the portability tests (naga validation
+/// and translation to every back end).
+pub fn all_shader_variants() -> Vec<ShaderSource> {
+    let mut v = vec![ShaderSource::new("reduce", REDUCE)];
+    v.extend(crate::losses::shader_variants());
+    v
+}
+
+/// One buffer range bound to a binding.
+#[derive(Clone)]
+pub(crate) struct Bind {
+    pub binding: u32,
+    pub buffer: wgpu::Buffer,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl Bind {
+    /// The whole tensor.
+    pub fn tensor(binding: u32, t: &Tensor) -> Bind {
+        Bind { binding, buffer: t.buffer().clone(), offset: t.offset(), size: t.byte_len().max(4) }
+    }
+    /// Elements `[first, first + count)` of a tensor of 4-byte elements.
+    pub fn window(binding: u32, t: &Tensor, first: u64, count: u64) -> Bind {
+        Bind {
+            binding,
+            buffer: t.buffer().clone(),
+            offset: t.offset() + first * 4,
+            size: (count * 4).max(4),
+        }
+    }
+    /// A whole scratch buffer.
+    pub fn scratch(binding: u32, b: &PoolBuf) -> Bind {
+        Bind { binding, buffer: b.buffer.clone(), offset: 0, size: b.buffer.size() }
+    }
+}
+
+/// One dispatch: a pipeline, its uniform parameters (binding 0), its storage bindings and grid.
+pub(crate) struct Step {
+    pub pipeline: wgpu::ComputePipeline,
+    pub params: Vec<u8>,
+    pub binds: Vec<Bind>,
+    pub groups: [u32; 3],
+}
+
+/// Scratch buffers that must live until the recorded work has run.
+#[derive(Default)]
+pub struct Scratch {
+    pub(crate) bufs: Vec<PoolBuf>,
+}
+
+impl Scratch {
+    pub(crate) fn keep(&mut self, b: PoolBuf) -> &PoolBuf {
+        self.bufs.push(b);
+        self.bufs.last().expect("just pushed")
+    }
+    pub(crate) fn merge(&mut self, other: Scratch) {
+        self.bufs.extend(other.bufs);
+    }
+}
+
+/// A list of compute steps recorded into one encoder, in order.
+#[derive(Default)]
+pub(crate) struct Program {
+    pub steps: Vec<Step>,
+}
+
+/// A contiguous range of units (elements, rows, samples) processed by one dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub first: u64,
+    pub count: u64,
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+impl LossContext {
+    /// The 2-D grid of `groups` workgroups: up to 65535 (the limit) in x, the rest wrapped in y.
+    pub(crate) fn grid(&self, groups: u64) -> Result<[u32; 3]> {
+        let max = self.limits.max_compute_workgroups_per_dimension.max(1) as u64;
+        let groups = groups.max(1);
+        let x = groups.min(max);
+        let y = groups.div_ceil(x);
+        if y > max {
+            return Err(Error::TooLarge(format!("{groups} workgroups do not fit a {max} x {max} grid")));
+        }
+        Ok([x as u32, y as u32, 1])
+    }
+
+    /// Splits `units` units of `unit_bytes` bytes each into windows that fit one storage
+    /// binding. Every window but the last holds a multiple of `multiple` units, and starts at a
+    /// byte offset aligned for storage bindings.
+    pub(crate) fn windows(&self, units: u64, unit_bytes: u64, multiple: u64) -> Result<Vec<Window>> {
+        let align = self.limits.min_storage_buffer_offset_alignment.max(4) as u64;
+        let unit_bytes = unit_bytes.max(1);
+        let align_units = align / gcd(unit_bytes, align);
+        let step = multiple.max(1) * align_units / gcd(multiple.max(1), align_units);
+        let max_units = self.max_window_bytes / unit_bytes;
+        let per = max_units / step * step;
+        if per == 0 {
+            return Err(Error::TooLarge(format!(
+                "one unit of {} bytes (x{step} for alignment) is over the {}-byte storage binding limit",
+                unit_bytes, self.max_window_bytes
+            )));
+        }
+        let mut out = Vec::new();
+        let mut first = 0;
+        while first < units {
+            let count = per.min(units - first);
+            out.push(Window { first, count });
+            first += count;
+        }
+        if out.is_empty() {
+            out.push(Window { first: 0, count: 0 });
+        }
+        Ok(out)
+    }
+
+    /// A step of pipeline `entry` of `src` with `params` and `binds` over `groups` workgroups.
+    pub(crate) fn step<P: bytemuck::Pod>(
+        &self,
+        src: &ShaderSource,
+        entry: &str,
+        params: &P,
+        binds: Vec<Bind>,
+        groups: u64,
+    ) -> Result<Step> {
+        let pipeline = self.pipeline(&src.key(), || src.compose(), entry)?;
+        Ok(Step { pipeline, params: bytemuck::bytes_of(params).to_vec(), binds, groups: self.grid(groups)? })
+    }
+
+    /// Records the deterministic tree reduction of `rows` rows of `cols` partials held in
+    /// `partials` (row-major) into a new buffer of `rows` totals.
+    pub(crate) fn reduce_rows(
+        &self,
+        prog: &mut Program,
+        scratch: &mut Scratch,
+        partials: &PoolBuf,
+        rows: u64,
+        cols: u64,
+    ) -> Result<PoolBuf> {
+        #[repr(C)]
+        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        struct P {
+            cols: u32,
+            out_cols: u32,
+            rows: u32,
+            pad: u32,
+        }
+        let src = ShaderSource::new("reduce", REDUCE);
+        let chunk = 4 * WG as u64;
+        let mut cols = cols.max(1);
+        let mut cur: Option<PoolBuf> = None;
+        loop {
+            let out_cols = cols.div_ceil(chunk);
+            let dst = self.alloc(rows * out_cols * 4, LossContext::storage_usage())?;
+            let input = match &cur {
+                Some(b) => Bind::scratch(1, b),
+                None => Bind::scratch(1, partials),
+            };
+            let pipeline = self.pipeline(&src.key(), || src.compose(), "reduce")?;
+            if out_cols > self.limits.max_compute_workgroups_per_dimension as u64
+                || rows > self.limits.max_compute_workgroups_per_dimension as u64
+            {
+                return Err(Error::TooLarge(format!("a reduction of {rows} x {cols} partials is too wide")));
+            }
+            let p = P { cols: cols as u32, out_cols: out_cols as u32, rows: rows as u32, pad: 0 };
+            prog.steps.push(Step {
+                pipeline,
+                params: bytemuck::bytes_of(&p).to_vec(),
+                binds: vec![input, Bind::scratch(2, &dst)],
+                groups: [out_cols as u32, rows as u32, 1],
+            });
+            if let Some(b) = cur.take() {
+                scratch.keep(b);
+            }
+            cur = Some(dst);
+            cols = out_cols;
+            if cols == 1 {
+                break;
+            }
+        }
+        Ok(cur.expect("at least one pass"))
+    }
+
+    /// Records `prog` into `encoder`: one uniform buffer for every step's parameters, one
+    /// compute pass. The uniform buffer joins `scratch`.
+    pub(crate) fn encode(&self, prog: Program, encoder: &mut wgpu::CommandEncoder, scratch: &mut Scratch) -> Result<()> {
+        if prog.steps.is_empty() {
+            return Ok(());
+        }
+        let align = self.limits.min_uniform_buffer_offset_alignment.max(16) as u64;
+        let slot = |p: &Step| (p.params.len() as u64).max(16).div_ceil(align) * align;
+        let total: u64 = prog.steps.iter().map(slot).sum();
+        let uniforms = self.alloc(total, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
+        let mut bytes = vec![0u8; total as usize];
+        let mut offsets = Vec::with_capacity(prog.steps.len());
+        let mut at = 0u64;
+        for s in &prog.steps {
+            bytes[at as usize..at as usize + s.params.len()].copy_from_slice(&s.params);
+            offsets.push(at);
+            at += slot(s);
+        }
+        self.scoped(|| {
+            self.queue.write_buffer(&uniforms.buffer, 0, &bytes);
+            let groups: Vec<wgpu::BindGroup> = prog
+                .steps
+                .iter()
+                .zip(&offsets)
+                .map(|(s, &off)| {
+                    let mut entries = vec![wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &uniforms.buffer,
+                            offset: off,
+                            size: std::num::NonZeroU64::new(s.params.len().max(16) as u64),
+                        }),
+                    }];
+                    for b in &s.binds {
+                        entries.push(wgpu::BindGroupEntry {
+                            binding: b.binding,
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: &b.buffer,
+                                offset: b.offset,
+                                size: std::num::NonZeroU64::new(b.size),
+                            }),
+                        });
+                    }
+                    self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: None,
+                        layout: &s.pipeline.get_bind_group_layout(0),
+                        entries: &entries,
+                    })
+                })
+                .collect();
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("deepml"),
+                timestamp_writes: None,
+            });
+            for (s, g) in prog.steps.iter().zip(&groups) {
+                pass.set_pipeline(&s.pipeline);
+                pass.set_bind_group(0, g, &[]);
+                pass.dispatch_workgroups(s.groups[0], s.groups[1], s.groups[2]);
+            }
+            Ok(())
+        })?;
+        scratch.keep(uniforms);
+        Ok(())
+    }
+
+    /// Records `prog` and submits it on the context's queue.
+    pub(crate) fn submit(&self, prog: Program, scratch: &mut Scratch) -> Result<()> {
+        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("deepml") });
+        self.encode(prog, &mut encoder, scratch)?;
+        self.scoped(|| {
+            self.queue.submit(Some(encoder.finish()));
+            Ok(())
+        })
+    }
+}

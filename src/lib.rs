@@ -1,0 +1,25 @@
+//! deepml: the loss functions of computer-vision training and their gradients, as WGSL compute
+//! shaders on any GPU through wgpu (Vulkan, Metal, DX12, GL, and WebGPU in the browser).
+//!
+//! ```no_run
+//! use deepml::{LossContext, Loss, RMSELoss};
+//! let ctx = LossContext::new()?;
+//! let out = ctx.upload(&[0.5, 1.0, 2.0], &[3])?;
+//! let tgt = ctx.upload(&[0.0, 1.0, 1.0], &[3])?;
+//! let r = RMSELoss::default().compute(&ctx, &[&out, &tgt])?;
+//! println!("loss {} grad {:?}", r.value(&ctx)?, r.grad(&ctx, 0)?);
+//! # Ok::<(), deepml::Error>(())
+//! ```
+
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod kernel;
+pub mod losses;
+pub mod tensor;
+
+pub use config::*;
+pub use context::{AdapterReport, AllocStats, ContextOptions, LossContext};
+pub use error::{Error, Result};
+pub use losses::{GradOpts, Loss, LossOutput, Recorder};
+pub use tensor::{DType, Tensor};

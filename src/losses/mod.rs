@@ -1,0 +1,164 @@
+//! The GPU losses. Each module implements [`Loss`] for one config type of `crate::config`:
+//! validation on the host, then its kernels recorded into one program (value and gradient in
+//! one submission).
+
+use crate::context::LossContext;
+use crate::error::{Error, Result};
+use crate::kernel::{Program, Scratch, ShaderSource};
+use crate::tensor::{DType, Tensor};
+
+pub mod pointwise;
+
+/// How the gradients are delivered.
+#[derive(Debug, Clone)]
+pub struct GradOpts {
+    /// Upstream gradient: every gradient is multiplied by it (default 1).
+    pub scale: f32,
+    /// Where to write each differentiable input's gradient (same shape as the input); `None`
+    /// makes a new tensor.
+    pub into: Vec<Option<Tensor>>,
+    /// Add to the values already in `into` instead of overwriting them.
+    pub accumulate: bool,
+}
+
+impl Default for GradOpts {
+    fn default() -> Self {
+        GradOpts { scale: 1.0, into: Vec::new(), accumulate: false }
+    }
+}
+
+impl GradOpts {
+    /// Scales every gradient by `scale`.
+    pub fn scaled(scale: f32) -> Self {
+        GradOpts { scale, ..Default::default() }
+    }
+
+    /// The gradient tensor of differentiable input `i`, shaped like `like`: the caller's, or new.
+    pub(crate) fn grad_for(&self, ctx: &LossContext, i: usize, like: &Tensor) -> Result<Tensor> {
+        if !self.scale.is_finite() {
+            return Err(Error::InvalidConfig(format!("the upstream gradient scale must be finite, got {}", self.scale)));
+        }
+        match self.into.get(i).and_then(|t| t.as_ref()) {
+            Some(t) => {
+                if t.shape() != like.shape() || t.dtype() != DType::F32 {
+                    return Err(Error::ShapeMismatch(format!(
+                        "gradient tensor {i} has shape {:?} ({:?}), the input has {:?}",
+                        t.shape(),
+                        t.dtype(),
+                        like.shape()
+                    )));
+                }
+                Ok(t.clone())
+            }
+            None => {
+                if self.accumulate {
+                    return Err(Error::InvalidInput(format!("accumulate needs a gradient tensor for input {i}")));
+                }
+                ctx.empty(like.shape(), DType::F32)
+            }
+        }
+    }
+
+    pub(crate) fn flags(&self) -> u32 {
+        self.accumulate as u32
+    }
+}
+
+/// The result of a loss: its value (a scalar for `mean`/`sum`, per element or per sample for
+/// `none`) and one gradient per differentiable input, all still on the device.
+pub struct LossOutput {
+    pub loss: Tensor,
+    pub grads: Vec<Tensor>,
+    pub(crate) _scratch: Scratch,
+}
+
+impl LossOutput {
+    /// The loss as a host scalar (the first element for `none`), blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn value(&self, ctx: &LossContext) -> Result<f32> {
+        ctx.read_scalar(&self.loss)
+    }
+    /// Gradient `i`, read back, blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn grad(&self, ctx: &LossContext, i: usize) -> Result<Vec<f32>> {
+        let g = self
+            .grads
+            .get(i)
+            .ok_or_else(|| Error::InvalidInput(format!("this loss has {} gradients, not {}", self.grads.len(), i + 1)))?;
+        ctx.read(g)
+    }
+}
+
+/// Work being recorded: the steps of a program and the scratch buffers they use.
+#[derive(Default)]
+pub struct Recorder {
+    pub(crate) prog: Program,
+    pub(crate) scratch: Scratch,
+}
+
+/// A loss that runs on the GPU. `inputs` follow the Python originals' forward arguments
+/// (see `input_names`).
+pub trait Loss {
+    /// The deepml / PyTorch class name.
+    fn name(&self) -> &'static str;
+    /// The forward arguments, in order.
+    fn input_names(&self) -> &'static [&'static str];
+    /// Which inputs get a gradient, in the order of `LossOutput::grads`.
+    fn differentiable(&self) -> &'static [usize];
+    /// Validates and records the kernels; returns the loss tensor and the gradients.
+    fn build(&self, ctx: &LossContext, inputs: &[&Tensor], opts: &GradOpts, rec: &mut Recorder) -> Result<(Tensor, Vec<Tensor>)>;
+
+    /// Value and gradients in one submission; nothing is read back.
+    fn compute(&self, ctx: &LossContext, inputs: &[&Tensor]) -> Result<LossOutput> {
+        self.compute_with(ctx, inputs, &GradOpts::default())
+    }
+
+    /// As `compute`, with an upstream scale and caller-owned gradient buffers.
+    fn compute_with(&self, ctx: &LossContext, inputs: &[&Tensor], opts: &GradOpts) -> Result<LossOutput> {
+        self.check_arity(inputs)?;
+        let mut rec = Recorder::default();
+        let (loss, grads) = ctx.scoped(|| self.build(ctx, inputs, opts, &mut rec))?;
+        ctx.submit(rec.prog, &mut rec.scratch)?;
+        Ok(LossOutput { loss, grads, _scratch: rec.scratch })
+    }
+
+    /// Records value and gradients into the caller's encoder; the work runs when the caller
+    /// submits it. Keep the returned output alive until then.
+    fn record(&self, ctx: &LossContext, encoder: &mut wgpu::CommandEncoder, inputs: &[&Tensor], opts: &GradOpts) -> Result<LossOutput> {
+        self.check_arity(inputs)?;
+        let mut rec = Recorder::default();
+        let (loss, grads) = ctx.scoped(|| self.build(ctx, inputs, opts, &mut rec))?;
+        ctx.encode(rec.prog, encoder, &mut rec.scratch)?;
+        Ok(LossOutput { loss, grads, _scratch: rec.scratch })
+    }
+
+    #[doc(hidden)]
+    fn check_arity(&self, inputs: &[&Tensor]) -> Result<()> {
+        let names = self.input_names();
+        if inputs.len() != names.len() {
+            return Err(Error::InvalidInput(format!(
+                "{} takes {} inputs ({}), got {}",
+                self.name(),
+                names.len(),
+                names.join(", "),
+                inputs.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a tensor of the wrong element type.
+pub(crate) fn want_dtype(what: &str, name: &str, t: &Tensor, dtype: DType) -> Result<()> {
+    if t.dtype() != dtype {
+        return Err(Error::InvalidInput(format!("{what}: {name} must be {dtype:?}, got {:?}", t.dtype())));
+    }
+    Ok(())
+}
+
+/// Every shader variant of every loss.
+pub(crate) fn shader_variants() -> Vec<ShaderSource> {
+    let mut v = Vec::new();
+    v.extend(pointwise::shader_variants());
+    v
+}

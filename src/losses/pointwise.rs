@@ -1,0 +1,175 @@
+//! `MSELoss`, `L1Loss` and `RMSELoss` (shaders/pointwise.wgsl).
+
+use super::{want_dtype, GradOpts, Loss, Recorder};
+use crate::config::{L1Loss, MSELoss, RMSELoss, Reduction};
+use crate::context::LossContext;
+use crate::error::Result;
+use crate::kernel::{Bind, ShaderSource, WG};
+use crate::tensor::{DType, Tensor};
+
+const BODY: &str = include_str!("../../shaders/pointwise.wgsl");
+/// Elements per workgroup tile (pointwise.wgsl `ITEMS * WG`).
+pub(crate) const TILE: u64 = 8 * WG as u64;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Mse = 0,
+    L1 = 1,
+    Rmse = 2,
+}
+
+fn source(kind: Kind) -> ShaderSource {
+    ShaderSource::new("pointwise", BODY).with("KIND", kind as u32)
+}
+
+pub(crate) fn shader_variants() -> Vec<ShaderSource> {
+    vec![source(Kind::Mse), source(Kind::L1), source(Kind::Rmse)]
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    tile_base: u32,
+    tiles: u32,
+    flags: u32,
+    grad_scale: f32,
+    inv_n: f32,
+    eps: f32,
+    loss_scale: f32,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build(
+    ctx: &LossContext,
+    what: &str,
+    kind: Kind,
+    reduction: Reduction,
+    eps: f64,
+    a: &Tensor,
+    t: &Tensor,
+    opts: &GradOpts,
+    rec: &mut Recorder,
+) -> Result<(Tensor, Vec<Tensor>)> {
+    want_dtype(what, "input", a, DType::F32)?;
+    want_dtype(what, "target", t, DType::F32)?;
+    let n = a.numel() as u64;
+    let src = source(kind);
+    let grad = opts.grad_for(ctx, 0, a)?;
+    let tiles = n.div_ceil(TILE);
+    let (loss_scale, red_scale) = match reduction {
+        Reduction::Mean => (1.0 / n as f64, 1.0 / n as f64),
+        Reduction::Sum | Reduction::None => (1.0, 1.0),
+    };
+    let base = Params {
+        n: 0,
+        tile_base: 0,
+        tiles: tiles as u32,
+        flags: opts.flags(),
+        grad_scale: (opts.scale as f64 * red_scale) as f32,
+        inv_n: (1.0 / n as f64) as f32,
+        eps: eps as f32,
+        loss_scale: loss_scale as f32,
+    };
+    let windows = ctx.windows(n, 4, TILE)?;
+    let per_window = |w: &crate::kernel::Window| Params { n: w.count as u32, tile_base: (w.first / TILE) as u32, ..base };
+    let io = |w: &crate::kernel::Window| {
+        vec![
+            Bind::window(1, a, w.first, w.count),
+            Bind::window(2, t, w.first, w.count),
+            Bind::window(3, &grad, w.first, w.count),
+        ]
+    };
+
+    if reduction == Reduction::None && kind != Kind::Rmse {
+        let elem = ctx.empty(a.shape(), DType::F32)?;
+        for w in &windows {
+            let mut binds = io(w);
+            binds.push(Bind::window(7, &elem, w.first, w.count));
+            let step = ctx.step(&src, "none", &per_window(w), binds, w.count.div_ceil(TILE))?;
+            rec.prog.steps.push(step);
+        }
+        return Ok((elem, vec![grad]));
+    }
+
+    let partials = ctx.alloc(tiles * 4, LossContext::storage_usage())?;
+    for w in &windows {
+        let (entry, mut binds) = if kind == Kind::Rmse {
+            ("stats", io(w)[..2].to_vec())
+        } else {
+            ("stats_grad", io(w))
+        };
+        binds.push(Bind::scratch(4, &partials));
+        let step = ctx.step(&src, entry, &per_window(w), binds, w.count.div_ceil(TILE))?;
+        rec.prog.steps.push(step);
+    }
+    let totals = ctx.reduce_rows(&mut rec.prog, &mut rec.scratch, &partials, 1, tiles)?;
+    rec.scratch.keep(partials);
+    let loss = ctx.empty(&[], DType::F32)?;
+    let step = ctx.step(
+        &src,
+        "finalize",
+        &base,
+        vec![Bind::scratch(5, &totals), Bind::tensor(6, &loss)],
+        1,
+    )?;
+    rec.prog.steps.push(step);
+    if kind == Kind::Rmse {
+        for w in &windows {
+            let mut binds = io(w);
+            binds.push(Bind::scratch(5, &totals));
+            let step = ctx.step(&src, "rmse_grad", &per_window(w), binds, w.count.div_ceil(TILE))?;
+            rec.prog.steps.push(step);
+        }
+    }
+    rec.scratch.keep(totals);
+    Ok((loss, vec![grad]))
+}
+
+impl Loss for RMSELoss {
+    fn name(&self) -> &'static str {
+        "RMSELoss"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        &["output", "target"]
+    }
+    fn differentiable(&self) -> &'static [usize] {
+        &[0]
+    }
+    fn build(&self, ctx: &LossContext, inputs: &[&Tensor], opts: &GradOpts, rec: &mut Recorder) -> Result<(Tensor, Vec<Tensor>)> {
+        self.check_shapes(inputs[0].shape(), inputs[1].shape())?;
+        build(ctx, "RMSELoss", Kind::Rmse, Reduction::Mean, self.eps, inputs[0], inputs[1], opts, rec)
+    }
+}
+
+impl Loss for MSELoss {
+    fn name(&self) -> &'static str {
+        "MSELoss"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        &["input", "target"]
+    }
+    fn differentiable(&self) -> &'static [usize] {
+        &[0]
+    }
+    fn build(&self, ctx: &LossContext, inputs: &[&Tensor], opts: &GradOpts, rec: &mut Recorder) -> Result<(Tensor, Vec<Tensor>)> {
+        self.check_shapes(inputs[0].shape(), inputs[1].shape())?;
+        build(ctx, "MSELoss", Kind::Mse, self.reduction, 0.0, inputs[0], inputs[1], opts, rec)
+    }
+}
+
+impl Loss for L1Loss {
+    fn name(&self) -> &'static str {
+        "L1Loss"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        &["input", "target"]
+    }
+    fn differentiable(&self) -> &'static [usize] {
+        &[0]
+    }
+    fn build(&self, ctx: &LossContext, inputs: &[&Tensor], opts: &GradOpts, rec: &mut Recorder) -> Result<(Tensor, Vec<Tensor>)> {
+        self.check_shapes(inputs[0].shape(), inputs[1].shape())?;
+        build(ctx, "L1Loss", Kind::L1, self.reduction, 0.0, inputs[0], inputs[1], opts, rec)
+    }
+}

@@ -1,0 +1,57 @@
+//! Shared by the GPU tests: one context per test binary, on the adapter CI asks for, named in
+//! the output; random inputs; comparisons.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use deepml::{ContextOptions, LossContext};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+/// The context of this test binary. `DEEPML_EXPECT_BACKEND=vulkan|gl` makes the tests assert
+/// the backend they run on (CI sets it, with WGPU_BACKEND).
+pub fn ctx() -> &'static LossContext {
+    static CTX: OnceLock<LossContext> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let ctx = LossContext::with_options(ContextOptions::default()).expect("no GPU adapter: install mesa-vulkan-drivers");
+        let a = ctx.adapter();
+        eprintln!("deepml tests on: {}", a.summary());
+        if let Ok(want) = std::env::var("DEEPML_EXPECT_BACKEND") {
+            let got = format!("{:?}", a.backend).to_lowercase();
+            assert_eq!(got, want.to_lowercase(), "tests ran on {} but {want} was expected", a.summary());
+        }
+        ctx
+    })
+}
+
+/// A context whose storage bindings are capped at `bytes`, to drive the windowed path.
+pub fn windowed_ctx(bytes: u64) -> LossContext {
+    LossContext::with_options(ContextOptions { max_window_bytes: Some(bytes), ..Default::default() }).unwrap()
+}
+
+pub fn rng(seed: u64) -> SmallRng {
+    SmallRng::seed_from_u64(seed)
+}
+
+pub fn uniform(rng: &mut SmallRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.gen_range(lo..hi)).collect()
+}
+
+pub fn to64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// Asserts `|got - want| <= rtol * |want| + atol * max|want|` elementwise.
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0.0f64, |m, &w| m.max(w.abs()));
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if w.is_nan() {
+            assert!(g.is_nan(), "{what}[{i}]: got {g}, want NaN");
+            continue;
+        }
+        let err = (g as f64 - w).abs();
+        let tol = rtol * w.abs() + atol * scale;
+        assert!(err <= tol, "{what}[{i}]: got {g}, want {w} (err {err:e} > tol {tol:e})");
+    }
+}
