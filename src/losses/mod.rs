@@ -103,8 +103,9 @@ pub trait Loss {
     fn name(&self) -> &'static str;
     /// The forward arguments, in order.
     fn input_names(&self) -> &'static [&'static str];
-    /// Which inputs get a gradient, in the order of `LossOutput::grads`.
-    fn differentiable(&self) -> &'static [usize];
+    /// The names of the gradients, in the order of `LossOutput::grads` (the differentiable
+    /// inputs; for a loss that owns a parameter, that parameter too).
+    fn grad_names(&self) -> &'static [&'static str];
     /// Validates and records the kernels; returns the loss tensor and the gradients.
     fn build(&self, ctx: &LossContext, inputs: &[&Tensor], opts: &GradOpts, rec: &mut Recorder) -> Result<(Tensor, Vec<Tensor>)>;
 

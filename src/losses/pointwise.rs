@@ -133,8 +133,8 @@ impl Loss for RMSELoss {
     fn input_names(&self) -> &'static [&'static str] {
         &["output", "target"]
     }
-    fn differentiable(&self) -> &'static [usize] {
-        &[0]
+    fn grad_names(&self) -> &'static [&'static str] {
+        &["output"]
     }
     fn build(&self, ctx: &LossContext, inputs: &[&Tensor], opts: &GradOpts, rec: &mut Recorder) -> Result<(Tensor, Vec<Tensor>)> {
         self.check_shapes(inputs[0].shape(), inputs[1].shape())?;
@@ -149,8 +149,8 @@ impl Loss for MSELoss {
     fn input_names(&self) -> &'static [&'static str] {
         &["input", "target"]
     }
-    fn differentiable(&self) -> &'static [usize] {
-        &[0]
+    fn grad_names(&self) -> &'static [&'static str] {
+        &["input"]
     }
     fn build(&self, ctx: &LossContext, inputs: &[&Tensor], opts: &GradOpts, rec: &mut Recorder) -> Result<(Tensor, Vec<Tensor>)> {
         self.check_shapes(inputs[0].shape(), inputs[1].shape())?;
@@ -165,8 +165,8 @@ impl Loss for L1Loss {
     fn input_names(&self) -> &'static [&'static str] {
         &["input", "target"]
     }
-    fn differentiable(&self) -> &'static [usize] {
-        &[0]
+    fn grad_names(&self) -> &'static [&'static str] {
+        &["input"]
     }
     fn build(&self, ctx: &LossContext, inputs: &[&Tensor], opts: &GradOpts, rec: &mut Recorder) -> Result<(Tensor, Vec<Tensor>)> {
         self.check_shapes(inputs[0].shape(), inputs[1].shape())?;
