@@ -107,9 +107,6 @@ impl Scratch {
         self.bufs.push(b);
         self.bufs.last().expect("just pushed")
     }
-    pub(crate) fn merge(&mut self, other: Scratch) {
-        self.bufs.extend(other.bufs);
-    }
 }
 
 /// A list of compute steps recorded into one encoder, in order.

@@ -58,6 +58,8 @@ fn build(
     let grad = opts.grad_for(ctx, 0, a)?;
     let tiles = n.div_ceil(TILE);
     let (loss_scale, red_scale) = match reduction {
+        // RMSE's gradient kernel divides by N itself.
+        _ if kind == Kind::Rmse => (1.0, 1.0),
         Reduction::Mean => (1.0 / n as f64, 1.0 / n as f64),
         Reduction::Sum | Reduction::None => (1.0, 1.0),
     };

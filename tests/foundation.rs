@@ -1,0 +1,212 @@
+//! The shared machinery: reductions (accuracy, determinism), windows over the binding limit,
+//! large tensors, typed errors, device loss, pooling.
+mod common;
+
+use deepml::*;
+
+fn mse_sum() -> MSELoss {
+    MSELoss { reduction: Reduction::Sum }
+}
+
+#[test]
+fn reduction_of_ten_million_values_is_accurate() {
+    let ctx = common::ctx();
+    let mut r = common::rng(11);
+    let n = 10_000_000;
+    let x = common::uniform(&mut r, n, 0.0, 1.0);
+    let zeros = vec![0.0f32; n];
+    let want: f64 = x.iter().map(|&v| v as f64).sum();
+    let tx = ctx.upload(&x, &[n]).unwrap();
+    let tz = ctx.upload(&zeros, &[n]).unwrap();
+    let got = L1Loss { reduction: Reduction::Sum }.compute(ctx, &[&tx, &tz]).unwrap().value(ctx).unwrap() as f64;
+    let rel = (got - want).abs() / want;
+    eprintln!("sum of 1e7 uniform values: gpu {got}, f64 {want}, relative error {rel:e}");
+    assert!(rel < 1e-6, "relative error {rel:e}");
+}
+
+#[test]
+fn results_are_bit_identical_over_three_runs() {
+    let ctx = common::ctx();
+    let mut r = common::rng(12);
+    let n = 1_234_567;
+    let a = common::uniform(&mut r, n, -3.0, 3.0);
+    let b = common::uniform(&mut r, n, -3.0, 3.0);
+    let (ta, tb) = (ctx.upload(&a, &[n]).unwrap(), ctx.upload(&b, &[n]).unwrap());
+    let run = |loss: &dyn Loss| {
+        let o = loss.compute(ctx, &[&ta, &tb]).unwrap();
+        let v = ctx.read(&o.loss).unwrap();
+        let g = ctx.read(&o.grads[0]).unwrap();
+        (v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), g.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+    };
+    for loss in [&RMSELoss::default() as &dyn Loss, &MSELoss::default(), &L1Loss::default()] {
+        let first = run(loss);
+        for _ in 0..2 {
+            assert!(run(loss) == first, "{} is not bit-identical from run to run", loss.name());
+        }
+    }
+}
+
+#[test]
+fn windowed_dispatch_matches_the_plain_one() {
+    // Bindings capped at 64 KiB: a 100k-element tensor takes 7 windows.
+    let plain = common::ctx();
+    let small = common::windowed_ctx(64 * 1024);
+    let mut r = common::rng(13);
+    let n = 100_003;
+    let a = common::uniform(&mut r, n, -3.0, 3.0);
+    let b = common::uniform(&mut r, n, -3.0, 3.0);
+    for loss in [&RMSELoss::default() as &dyn Loss, &MSELoss::default(), &L1Loss { reduction: Reduction::None }] {
+        let mut outs = Vec::new();
+        for ctx in [plain, &small] {
+            let (ta, tb) = (ctx.upload(&a, &[n]).unwrap(), ctx.upload(&b, &[n]).unwrap());
+            let o = loss.compute(ctx, &[&ta, &tb]).unwrap();
+            outs.push((ctx.read(&o.loss).unwrap(), ctx.read(&o.grads[0]).unwrap()));
+        }
+        assert_eq!(outs[0], outs[1], "{}: windowed result differs", loss.name());
+    }
+}
+
+#[test]
+fn tensor_over_one_storage_binding_matches_the_reference() {
+    let ctx = common::ctx();
+    let binding = ctx.adapter().limits.max_storage_buffer_binding_size as usize;
+    let n = (1usize << 25) + 12_345; // more than 128 MiB of f32
+    eprintln!("{n} elements = {} MiB, binding limit {} MiB", n * 4 >> 20, binding >> 20);
+    let mut r = common::rng(14);
+    let a = common::uniform(&mut r, n, -1.0, 1.0);
+    let b = common::uniform(&mut r, n, -1.0, 1.0);
+    let (ta, tb) = (ctx.upload(&a, &[n]).unwrap(), ctx.upload(&b, &[n]).unwrap());
+    let o = RMSELoss::default().compute(ctx, &[&ta, &tb]).unwrap();
+    let s: f64 = a.iter().zip(&b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum();
+    let want = (s / n as f64 + 1e-6).sqrt();
+    let got = o.value(ctx).unwrap() as f64;
+    assert!((got - want).abs() <= 1e-6 * want, "rmse {got} vs {want}");
+    let g = ctx.read(&o.grads[0]).unwrap();
+    let want_g: Vec<f64> = a.iter().zip(&b).map(|(&x, &y)| (x as f64 - y as f64) / (n as f64 * want)).collect();
+    common::assert_close("rmse grad", &g, &want_g, 1e-5, 1e-6);
+}
+
+#[test]
+fn every_kind_of_bad_input_is_a_typed_error() {
+    let ctx = common::ctx();
+    let a = ctx.upload(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
+    let b = ctx.upload(&[1.0, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+    let e = ctx.upload(&[], &[0, 3]).unwrap();
+
+    let err = MSELoss::default().compute(ctx, &[&a, &b]).err().unwrap();
+    assert!(matches!(err, Error::ShapeMismatch(_)), "{err}");
+    assert_eq!(err.kind(), "invalid_input");
+
+    let err = L1Loss::default().compute(ctx, &[&e, &e]).err().unwrap();
+    assert!(matches!(err, Error::EmptyInput(_)), "{err}");
+
+    for eps in [-1e-6, f64::NAN, f64::INFINITY] {
+        let err = RMSELoss { eps }.compute(ctx, &[&a, &a]).err().unwrap();
+        assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+        assert_eq!(err.kind(), "invalid_config");
+    }
+    let err = MSELoss::default().compute_with(ctx, &[&a, &a], &GradOpts::scaled(f32::NAN)).err().unwrap();
+    assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+
+    let err = check_labels("test", &[0, 3, 7], 5, Some(-100)).unwrap_err();
+    assert!(matches!(err, Error::LabelOutOfRange(_)), "{err}");
+    assert!(check_labels("test", &[0, -100, 4], 5, Some(-100)).is_ok());
+    let err = ctx.upload_labels_i64(&[1 << 40], &[1]).unwrap_err();
+    assert!(matches!(err, Error::LabelOutOfRange(_)), "{err}");
+
+    let err = LossContext::with_options(ContextOptions { adapter_name: Some("no such adapter 1234".into()), ..Default::default() })
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::NoAdapter(_)), "{err}");
+
+    let err = ctx.empty(&[1 << 40], DType::F32).unwrap_err();
+    assert!(matches!(err, Error::TooLarge(_)), "{err}");
+    let err = ctx.empty(&[usize::MAX, 3], DType::F32).unwrap_err();
+    assert!(matches!(err, Error::TooLarge(_)), "{err}");
+
+    let err = MSELoss::default().compute(ctx, &[&a]).err().unwrap();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+
+    // A buffer without COPY_SRC cannot be read back: wgpu's validation error comes back typed.
+    let raw = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 16,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let t = Tensor::from_buffer(raw, 0, &[4], DType::F32).unwrap();
+    let err = ctx.read(&t).unwrap_err();
+    assert!(matches!(err, Error::Wgpu(_)), "{err}");
+
+    // None of that poisoned the context.
+    let o = MSELoss::default().compute(ctx, &[&a, &a]).unwrap();
+    assert_eq!(o.value(ctx).unwrap(), 0.0);
+}
+
+#[test]
+fn a_lost_device_is_an_error_and_a_new_context_works() {
+    let ctx = LossContext::new().unwrap();
+    let a = ctx.upload(&[1.0, 2.0], &[2]).unwrap();
+    ctx.destroy();
+    let err = MSELoss::default().compute(&ctx, &[&a, &a]).err().unwrap();
+    assert!(matches!(err, Error::DeviceLost(_)), "{err}");
+    assert!(matches!(ctx.read(&a).unwrap_err(), Error::DeviceLost(_)));
+    let fresh = LossContext::new().unwrap();
+    let b = fresh.upload(&[1.0, 3.0], &[2]).unwrap();
+    let c = fresh.upload(&[0.0, 1.0], &[2]).unwrap();
+    assert_eq!(MSELoss::default().compute(&fresh, &[&b, &c]).unwrap().value(&fresh).unwrap(), 2.5);
+}
+
+#[test]
+fn gradient_options_scale_write_into_and_accumulate() {
+    let ctx = common::ctx();
+    let mut r = common::rng(15);
+    let n = 3001;
+    let a = common::uniform(&mut r, n, -1.0, 1.0);
+    let b = common::uniform(&mut r, n, -1.0, 1.0);
+    let (ta, tb) = (ctx.upload(&a, &[n]).unwrap(), ctx.upload(&b, &[n]).unwrap());
+    let base = ctx.read(&mse_sum().compute(ctx, &[&ta, &tb]).unwrap().grads[0]).unwrap();
+    let scaled = ctx.read(&mse_sum().compute_with(ctx, &[&ta, &tb], &GradOpts::scaled(0.5)).unwrap().grads[0]).unwrap();
+    for (s, g) in scaled.iter().zip(&base) {
+        assert_eq!(*s, 0.5 * g);
+    }
+    let acc = ctx.upload(&vec![1.0; n], &[n]).unwrap();
+    let opts = GradOpts { scale: 2.0, into: vec![Some(acc.clone())], accumulate: true };
+    let o = mse_sum().compute_with(ctx, &[&ta, &tb], &opts).unwrap();
+    assert!(o.grads[0].same_buffer(&acc));
+    let got = ctx.read(&acc).unwrap();
+    for (x, g) in got.iter().zip(&base) {
+        assert!((x - (1.0 + 2.0 * g)).abs() <= 1e-6 * (1.0 + x.abs()));
+    }
+}
+
+#[test]
+fn a_training_loop_reuses_its_buffers() {
+    let ctx = LossContext::new().unwrap();
+    let mut r = common::rng(16);
+    let n = 50_000;
+    let a = ctx.upload(&common::uniform(&mut r, n, -1.0, 1.0), &[n]).unwrap();
+    let b = ctx.upload(&common::uniform(&mut r, n, -1.0, 1.0), &[n]).unwrap();
+    let mut after_first = None;
+    for step in 0..200 {
+        let o = RMSELoss::default().compute(&ctx, &[&a, &b]).unwrap();
+        if step % 50 == 0 {
+            o.value(&ctx).unwrap();
+        }
+        drop(o);
+        let s = ctx.stats();
+        match after_first {
+            None => after_first = Some(s.allocated_bytes),
+            Some(bytes) => assert_eq!(s.allocated_bytes, bytes, "step {step} allocated more: {s:?}"),
+        }
+    }
+    assert!(ctx.stats().pool_hits > 0);
+    assert!(ctx.pipelines_built() <= 8, "pipelines are cached");
+}
+
+#[test]
+fn context_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<LossContext>();
+    check::<Tensor>();
+}
