@@ -11,11 +11,15 @@
 //! # Ok::<(), deepml::Error>(())
 //! ```
 
+pub mod cases;
 pub mod config;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod conformance;
 pub mod context;
 pub mod error;
 pub mod kernel;
 pub mod losses;
+pub mod reference;
 pub mod tensor;
 
 pub use config::*;
