@@ -25,5 +25,6 @@ pub mod tensor;
 pub use config::*;
 pub use context::{AdapterReport, AllocStats, ContextOptions, LossContext};
 pub use error::{Error, Result};
+pub use losses::combined::{Combined, CombinedOutput, Term};
 pub use losses::{GradOpts, Loss, LossOutput, Recorder};
 pub use tensor::{DType, Tensor};

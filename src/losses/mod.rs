@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::kernel::{Program, Scratch, ShaderSource};
 use crate::tensor::{DType, Tensor};
 
+pub mod combined;
 pub mod pointwise;
 
 /// How the gradients are delivered.
@@ -172,6 +173,7 @@ pub fn gpu_loss(spec: &crate::cases::LossSpec) -> Option<Box<dyn Loss>> {
 /// Every shader variant of every loss.
 pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     let mut v = Vec::new();
+    v.extend(combined::shader_variants());
     v.extend(pointwise::shader_variants());
     v
 }
