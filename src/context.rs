@@ -196,14 +196,21 @@ async fn pick_adapter(opts: &ContextOptions) -> Result<wgpu::Adapter> {
             adapters.push(a);
         }
     }
-    let found: Vec<String> = adapters.iter().map(|a| AdapterReport::of(a).summary()).collect();
+    let found: Vec<String> = adapters
+        .iter()
+        .map(|a| AdapterReport::of(a).summary())
+        .collect();
     adapters
         .into_iter()
-        .find(|a| name.as_ref().is_none_or(|n| a.get_info().name.to_lowercase().contains(n)))
+        .find(|a| {
+            name.as_ref()
+                .is_none_or(|n| a.get_info().name.to_lowercase().contains(n))
+        })
         .ok_or_else(|| {
             Error::NoAdapter(format!(
                 "no adapter for backends {backends:?}{}; found: [{}]",
-                name.map(|n| format!(" with a name containing {n:?}")).unwrap_or_default(),
+                name.map(|n| format!(" with a name containing {n:?}"))
+                    .unwrap_or_default(),
                 found.join("; ")
             ))
         })
@@ -252,8 +259,16 @@ impl LossContext {
         Self::build(device, queue, report, &ContextOptions::default())
     }
 
-    fn build(device: wgpu::Device, queue: wgpu::Queue, report: AdapterReport, opts: &ContextOptions) -> Self {
-        let state = Arc::new(DeviceState { lost: Mutex::new(None), sticky: Mutex::new(None) });
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        report: AdapterReport,
+        opts: &ContextOptions,
+    ) -> Self {
+        let state = Arc::new(DeviceState {
+            lost: Mutex::new(None),
+            sticky: Mutex::new(None),
+        });
         let s = state.clone();
         device.set_device_lost_callback(move |reason, msg| {
             if let Ok(mut l) = s.lost.lock() {
@@ -269,7 +284,8 @@ impl LossContext {
         let limits = device.limits();
         let features = device.features();
         // Windows stay under the binding limit and under 2^30 elements so u32 indices are safe.
-        let mut max_window_bytes = (limits.max_storage_buffer_binding_size as u64)
+        let mut max_window_bytes = limits
+            .max_storage_buffer_binding_size
             .min(limits.max_buffer_size)
             .min(1u64 << 32);
         if let Some(cap) = opts.max_window_bytes {
@@ -406,10 +422,19 @@ impl LossContext {
             )));
         }
         let key = (size, usage.bits());
-        if let Some(b) = self.pool.free.lock().ok().and_then(|mut f| f.get_mut(&key).and_then(|v| v.pop())) {
+        if let Some(b) = self
+            .pool
+            .free
+            .lock()
+            .ok()
+            .and_then(|mut f| f.get_mut(&key).and_then(|v| v.pop()))
+        {
             self.pool.pooled.fetch_sub(size, Ordering::Relaxed);
             self.pool.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(PoolBuf { buffer: b, pool: Some(self.pool.clone()) });
+            return Ok(PoolBuf {
+                buffer: b,
+                pool: Some(self.pool.clone()),
+            });
         }
         let buffer = self.scoped(|| {
             Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -421,7 +446,10 @@ impl LossContext {
         })?;
         self.pool.allocated.fetch_add(size, Ordering::Relaxed);
         self.pool.created.fetch_add(1, Ordering::Relaxed);
-        Ok(PoolBuf { buffer, pool: Some(self.pool.clone()) })
+        Ok(PoolBuf {
+            buffer,
+            pool: Some(self.pool.clone()),
+        })
     }
 
     pub(crate) fn storage_usage() -> wgpu::BufferUsages {
@@ -432,7 +460,9 @@ impl LossContext {
     pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let n = crate::tensor::checked_numel(shape)?;
         let bytes = (n as u64).checked_mul(dtype.size()).ok_or_else(|| {
-            Error::TooLarge(format!("a tensor of shape {shape:?} does not fit in 64-bit sizes"))
+            Error::TooLarge(format!(
+                "a tensor of shape {shape:?} does not fit in 64-bit sizes"
+            ))
         })?;
         let buf = self.alloc(bytes, Self::storage_usage())?;
         Ok(Tensor::new(Arc::new(buf), shape.to_vec(), dtype))
@@ -445,7 +475,12 @@ impl LossContext {
 
     /// Uploads class labels as an i32 tensor of `shape`.
     pub fn upload_labels(&self, labels: &[i32], shape: &[usize]) -> Result<Tensor> {
-        self.upload_bytes(bytemuck::cast_slice(labels), labels.len(), shape, DType::I32)
+        self.upload_bytes(
+            bytemuck::cast_slice(labels),
+            labels.len(),
+            shape,
+            DType::I32,
+        )
     }
 
     /// Uploads i64 class labels (as PyTorch holds them); each must fit in i32.
@@ -453,14 +488,21 @@ impl LossContext {
         let l: Vec<i32> = labels
             .iter()
             .map(|&v| {
-                i32::try_from(v)
-                    .map_err(|_| Error::LabelOutOfRange(format!("label {v} does not fit in 32 bits")))
+                i32::try_from(v).map_err(|_| {
+                    Error::LabelOutOfRange(format!("label {v} does not fit in 32 bits"))
+                })
             })
             .collect::<Result<_>>()?;
         self.upload_labels(&l, shape)
     }
 
-    fn upload_bytes(&self, bytes: &[u8], len: usize, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    fn upload_bytes(
+        &self,
+        bytes: &[u8],
+        len: usize,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
         let n = crate::tensor::checked_numel(shape)?;
         if n != len {
             return Err(Error::ShapeMismatch(format!(
@@ -479,25 +521,39 @@ impl LossContext {
 
     /// Builds (once) and returns the pipeline of `entry` in the composed shader `source`, cached
     /// under `key`.
-    pub(crate) fn pipeline(&self, key: &str, source: impl FnOnce() -> String, entry: &str) -> Result<wgpu::ComputePipeline> {
+    pub(crate) fn pipeline(
+        &self,
+        key: &str,
+        source: impl FnOnce() -> String,
+        entry: &str,
+    ) -> Result<wgpu::ComputePipeline> {
         let full_key = format!("{key}::{entry}");
-        if let Some(p) = self.pipelines.lock().ok().and_then(|m| m.get(&full_key).cloned()) {
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&full_key).cloned())
+        {
             return Ok(p);
         }
         let src = source();
         let p = self.scoped(|| {
-            let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(key),
-                source: wgpu::ShaderSource::Wgsl(src.into()),
-            });
-            Ok(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&full_key),
-                layout: None,
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: Default::default(),
-                cache: None,
-            }))
+            let module = self
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(key),
+                    source: wgpu::ShaderSource::Wgsl(src.into()),
+                });
+            Ok(self
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(&full_key),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                }))
         })?;
         if let Ok(mut m) = self.pipelines.lock() {
             m.insert(full_key, p.clone());
@@ -517,7 +573,10 @@ impl LossContext {
             return Ok(Vec::new());
         }
         let padded = bytes.div_ceil(4) * 4;
-        let staging = self.alloc(padded, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
+        let staging = self.alloc(
+            padded,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
         self.scoped(|| {
             let mut enc = self.device.create_command_encoder(&Default::default());
             enc.copy_buffer_to_buffer(t.buffer(), t.offset(), &staging.buffer, 0, padded);
@@ -525,14 +584,18 @@ impl LossContext {
             Ok(())
         })?;
         let (tx, rx) = futures_channel::oneshot::channel();
-        staging.buffer.map_async(wgpu::MapMode::Read, 0..padded, move |r| {
-            let _ = tx.send(r);
-        });
+        staging
+            .buffer
+            .map_async(wgpu::MapMode::Read, 0..padded, move |r| {
+                let _ = tx.send(r);
+            });
         #[cfg(not(target_arch = "wasm32"))]
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::DeviceLost(format!("waiting for the device failed: {e}")))?;
-        let mapped = rx.await.map_err(|_| Error::DeviceLost("the read-back was cancelled".into()))?;
+        let mapped = rx
+            .await
+            .map_err(|_| Error::DeviceLost("the read-back was cancelled".into()))?;
         self.check()?;
         mapped.map_err(|e| Error::Wgpu(format!("mapping the read-back buffer failed: {e}")))?;
         let out = {
@@ -549,7 +612,10 @@ impl LossContext {
     /// Reads an f32 tensor back.
     pub async fn read_async(&self, t: &Tensor) -> Result<Vec<f32>> {
         if t.dtype() != DType::F32 {
-            return Err(Error::InvalidInput(format!("read needs an f32 tensor, this one is {:?}", t.dtype())));
+            return Err(Error::InvalidInput(format!(
+                "read needs an f32 tensor, this one is {:?}",
+                t.dtype()
+            )));
         }
         let b = self.read_bytes_async(t).await?;
         Ok(bytemuck::pod_collect_to_vec(&b))
@@ -565,7 +631,10 @@ impl LossContext {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_i32(&self, t: &Tensor) -> Result<Vec<i32>> {
         if t.dtype() != DType::I32 {
-            return Err(Error::InvalidInput(format!("read_i32 needs an i32 tensor, this one is {:?}", t.dtype())));
+            return Err(Error::InvalidInput(format!(
+                "read_i32 needs an i32 tensor, this one is {:?}",
+                t.dtype()
+            )));
         }
         let b = pollster::block_on(self.read_bytes_async(t))?;
         Ok(bytemuck::pod_collect_to_vec(&b))
