@@ -62,6 +62,10 @@ pub struct ContextOptions {
     pub max_window_bytes: Option<u64>,
     /// Do not use subgroup operations even where the adapter has them.
     pub disable_subgroups: bool,
+    /// Scan every f32 input of every loss for NaN and infinity on the device; a loss given one
+    /// then fails at the next read with `Error::InvalidInput`. Off by default: non-finite inputs
+    /// then give non-finite results (see the README).
+    pub check_finite: bool,
 }
 
 /// Allocation statistics of a context: device bytes held, and how they were obtained.
@@ -128,8 +132,14 @@ pub struct LossContext {
     pub(crate) subgroups: bool,
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
     pub(crate) pool: Arc<Pool>,
+    flags: wgpu::Buffer,
+    flag_users: Mutex<Vec<String>>,
+    pub(crate) check_finite: bool,
     state: Arc<DeviceState>,
 }
+
+/// Bytes of the device error flags (4 words).
+pub(crate) const FLAG_BYTES: u64 = 16;
 
 fn backend_rank(b: wgpu::Backend) -> u32 {
     match b {
@@ -292,6 +302,12 @@ impl LossContext {
             max_window_bytes = max_window_bytes.min(cap.max(256));
         }
         let subgroups = features.contains(wgpu::Features::SUBGROUP) && !opts.disable_subgroups;
+        let flags = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("deepml flags"),
+            size: FLAG_BYTES,
+            usage: Self::storage_usage(),
+            mapped_at_creation: false,
+        });
         LossContext {
             device,
             queue,
@@ -301,6 +317,9 @@ impl LossContext {
             max_window_bytes,
             subgroups,
             pipelines: Mutex::new(HashMap::new()),
+            flags,
+            flag_users: Mutex::new(Vec::new()),
+            check_finite: opts.check_finite,
             pool: Arc::new(Pool {
                 free: Mutex::new(HashMap::new()),
                 allocated: AtomicU64::new(0),
@@ -569,44 +588,104 @@ impl LossContext {
     /// Reads a tensor's bytes back to the host.
     pub async fn read_bytes_async(&self, t: &Tensor) -> Result<Vec<u8>> {
         let bytes = t.byte_len();
-        if bytes == 0 {
+        // The error flags of the work submitted so far are read in the same copy, then cleared.
+        let users: Vec<String> = self
+            .flag_users
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default();
+        let armed = !users.is_empty();
+        if bytes == 0 && !armed {
             return Ok(Vec::new());
         }
         let padded = bytes.div_ceil(4) * 4;
+        let total = padded + if armed { FLAG_BYTES } else { 0 };
         let staging = self.alloc(
-            padded,
+            total,
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         )?;
         self.scoped(|| {
             let mut enc = self.device.create_command_encoder(&Default::default());
-            enc.copy_buffer_to_buffer(t.buffer(), t.offset(), &staging.buffer, 0, padded);
+            if padded > 0 {
+                enc.copy_buffer_to_buffer(t.buffer(), t.offset(), &staging.buffer, 0, padded);
+            }
+            if armed {
+                enc.copy_buffer_to_buffer(&self.flags, 0, &staging.buffer, padded, FLAG_BYTES);
+                enc.clear_buffer(&self.flags, 0, None);
+            }
             self.queue.submit(Some(enc.finish()));
             Ok(())
         })?;
         let (tx, rx) = futures_channel::oneshot::channel();
         staging
             .buffer
-            .map_async(wgpu::MapMode::Read, 0..padded, move |r| {
+            .map_async(wgpu::MapMode::Read, 0..total, move |r| {
                 let _ = tx.send(r);
             });
         #[cfg(not(target_arch = "wasm32"))]
-        self.device
+        let waited = self
+            .device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::DeviceLost(format!("waiting for the device failed: {e}")))?;
+            .map_err(|e| Error::DeviceLost(format!("waiting for the device failed: {e}")));
+        #[cfg(target_arch = "wasm32")]
+        let waited: Result<()> = Ok(());
         let mapped = rx
             .await
-            .map_err(|_| Error::DeviceLost("the read-back was cancelled".into()))?;
-        self.check()?;
-        mapped.map_err(|e| Error::Wgpu(format!("mapping the read-back buffer failed: {e}")))?;
-        let out = {
-            let view = staging
-                .buffer
-                .get_mapped_range(0..padded)
-                .map_err(|e| Error::Wgpu(format!("reading the mapped range failed: {e:?}")))?;
-            view[..bytes as usize].to_vec()
+            .map_err(|_| Error::DeviceLost("the read-back was cancelled".into()));
+        let out = match mapped {
+            Ok(Ok(())) => {
+                let data = staging
+                    .buffer
+                    .get_mapped_range(0..total)
+                    .map(|view| view.to_vec())
+                    .map_err(|e| Error::Wgpu(format!("reading the mapped range failed: {e:?}")));
+                // Unmapped on every path, so the pooled buffer can be mapped again.
+                staging.buffer.unmap();
+                data
+            }
+            Ok(Err(e)) => Err(Error::Wgpu(format!("mapping the read-back buffer failed: {e}"))),
+            Err(e) => Err(e),
         };
-        staging.buffer.unmap();
+        waited?;
+        self.check()?;
+        let mut out = out?;
+        if armed {
+            let at = padded as usize;
+            let words: Vec<u32> = bytemuck::pod_collect_to_vec(&out[at..at + FLAG_BYTES as usize]);
+            let what = users.join(", ");
+            if words[0] != 0 {
+                return Err(Error::LabelOutOfRange(format!(
+                    "{what}: a label on the device is outside the class range; the rows that hold one were skipped"
+                )));
+            }
+            if words[1] != 0 {
+                return Err(Error::InvalidInput(format!(
+                    "{what}: an input holds NaN or infinity (check_finite is on)"
+                )));
+            }
+        }
+        out.truncate(bytes as usize);
         Ok(out)
+    }
+
+    /// The context's error flags, for kernels that find bad data on the device: word 0 is set
+    /// to 1 by a label out of range, word 1 by a non-finite input (check_finite). The next read
+    /// copies and clears them, and fails when one is set. `what` names the loss in that error.
+    pub(crate) fn flags_buffer(&self, what: &str) -> wgpu::Buffer {
+        if let Ok(mut u) = self.flag_users.lock() {
+            if !u.iter().any(|x| x == what) {
+                u.push(what.to_string());
+            }
+        }
+        self.flags.clone()
+    }
+
+    /// Reads the pending device flags (see `flag`), blocking: `Ok` when no kernel since the last
+    /// read found bad data on the device.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn check_device_flags(&self) -> Result<()> {
+        let t = self.empty(&[0], DType::F32)?;
+        pollster::block_on(self.read_bytes_async(&t)).map(|_| ())
     }
 
     /// Reads an f32 tensor back.
