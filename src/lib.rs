@@ -16,6 +16,7 @@ pub mod context;
 pub mod error;
 pub mod kernel;
 pub mod losses;
+pub mod reference;
 pub mod tensor;
 
 pub use config::*;
