@@ -7,7 +7,9 @@ use crate::error::{Error, Result};
 use crate::kernel::{Program, Scratch, ShaderSource};
 use crate::tensor::{DType, Tensor};
 
+pub mod bce;
 pub mod pointwise;
+pub mod segmentation;
 
 /// How the gradients are delivered.
 #[derive(Debug, Clone)]
@@ -161,5 +163,7 @@ pub(crate) fn want_dtype(what: &str, name: &str, t: &Tensor, dtype: DType) -> Re
 pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     let mut v = Vec::new();
     v.extend(pointwise::shader_variants());
+    v.extend(segmentation::shader_variants());
+    v.extend(bce::shader_variants());
     v
 }
