@@ -155,10 +155,16 @@ impl TryFrom<RawTensor> for TensorData {
         let data: Vec<f64> = raw.data.into_iter().map(|v| v.0).collect();
         if raw.dtype == DType::I64 {
             if let Some(v) = data.iter().find(|v| !is_int64(**v)) {
-                return Err(format!("int64 tensor holds {v}, which is not a 64-bit integer"));
+                return Err(format!(
+                    "int64 tensor holds {v}, which is not a 64-bit integer"
+                ));
             }
         }
-        Ok(TensorData { shape: raw.shape, dtype: raw.dtype, data })
+        Ok(TensorData {
+            shape: raw.shape,
+            dtype: raw.dtype,
+            data,
+        })
     }
 }
 
@@ -176,7 +182,13 @@ impl Serialize for TensorData {
         let mut t = s.serialize_struct("TensorData", 3)?;
         t.serialize_field("shape", &self.shape)?;
         t.serialize_field("dtype", &self.dtype)?;
-        t.serialize_field("data", &DataOut { dtype: self.dtype, data: &self.data })?;
+        t.serialize_field(
+            "data",
+            &DataOut {
+                dtype: self.dtype,
+                data: &self.data,
+            },
+        )?;
         t.end()
     }
 }
@@ -220,7 +232,9 @@ impl TensorData {
     /// The values as class labels; the tensor must be `int64` (`Error::InvalidInput` otherwise).
     pub fn to_i64(&self, name: &str) -> Result<Vec<i64>> {
         if self.dtype != DType::I64 {
-            return Err(Error::InvalidInput(format!("{name} must be int64 class indices")));
+            return Err(Error::InvalidInput(format!(
+                "{name} must be int64 class indices"
+            )));
         }
         Ok(self.data.iter().map(|&v| v as i64).collect())
     }
@@ -236,8 +250,8 @@ impl TensorData {
 
 /// Reads a cases file from its text.
 pub fn parse(text: &str) -> Result<CasesFile> {
-    let file: CasesFile =
-        serde_json::from_str(text).map_err(|e| Error::Cases(format!("not a valid {FORMAT} file: {e}")))?;
+    let file: CasesFile = serde_json::from_str(text)
+        .map_err(|e| Error::Cases(format!("not a valid {FORMAT} file: {e}")))?;
     validate(&file)?;
     Ok(file)
 }
@@ -263,7 +277,10 @@ pub fn to_json(file: &CasesFile) -> String {
 /// in the inputs and (for an ok case) in the expected values for every name of `grad_wrt`.
 fn validate(file: &CasesFile) -> Result<()> {
     if file.format != FORMAT {
-        return Err(Error::Cases(format!("format is {:?}, expected {FORMAT:?}", file.format)));
+        return Err(Error::Cases(format!(
+            "format is {:?}, expected {FORMAT:?}",
+            file.format
+        )));
     }
     let mut names = BTreeSet::new();
     for case in &file.cases {
@@ -273,7 +290,9 @@ fn validate(file: &CasesFile) -> Result<()> {
         }
         let Tolerance { rtol, atol } = case.tolerance;
         if !(rtol.is_finite() && atol.is_finite() && rtol >= 0.0 && atol >= 0.0) {
-            return Err(bad(format!("tolerance rtol {rtol}, atol {atol} must be finite and >= 0")));
+            return Err(bad(format!(
+                "tolerance rtol {rtol}, atol {atol} must be finite and >= 0"
+            )));
         }
         for g in &case.grad_wrt {
             if !case.inputs.contains_key(g) {
@@ -281,7 +300,9 @@ fn validate(file: &CasesFile) -> Result<()> {
             }
             if let Expected::Ok { grads, .. } = &case.expected {
                 if !grads.contains_key(g) {
-                    return Err(bad(format!("grad_wrt names {g:?}, which has no expected gradient")));
+                    return Err(bad(format!(
+                        "grad_wrt names {g:?}, which has no expected gradient"
+                    )));
                 }
             }
         }
@@ -312,7 +333,10 @@ pub enum LossSpec {
 /// type is `Error::InvalidConfig`; an unknown loss name is `Error::Cases`. The values are not
 /// range-checked here: the loss's own `validate` does that when it is called.
 pub fn loss_spec(case: &Case) -> Result<LossSpec> {
-    let c = Config { loss: &case.loss, map: &case.config };
+    let c = Config {
+        loss: &case.loss,
+        map: &case.config,
+    };
     let spec = match case.loss.as_str() {
         "JaccardLoss" => {
             c.only(&["is_multiclass", "eps", "per_class"])?;
@@ -335,15 +359,21 @@ pub fn loss_spec(case: &Case) -> Result<LossSpec> {
         }
         "RMSELoss" => {
             c.only(&["eps"])?;
-            LossSpec::Rmse(RMSELoss { eps: c.f64_or("eps", RMSELoss::default().eps)? })
+            LossSpec::Rmse(RMSELoss {
+                eps: c.f64_or("eps", RMSELoss::default().eps)?,
+            })
         }
         "MSELoss" => {
             c.only(&["reduction"])?;
-            LossSpec::Mse(MSELoss { reduction: c.reduction()? })
+            LossSpec::Mse(MSELoss {
+                reduction: c.reduction()?,
+            })
         }
         "L1Loss" => {
             c.only(&["reduction"])?;
-            LossSpec::L1(L1Loss { reduction: c.reduction()? })
+            LossSpec::L1(L1Loss {
+                reduction: c.reduction()?,
+            })
         }
         "WeightedBCEWithLogitsLoss" => {
             c.only(&["w_p", "w_n", "epsilon", "reduction"])?;
@@ -413,7 +443,12 @@ pub fn loss_spec(case: &Case) -> Result<LossSpec> {
                 reduction: c.reduction()?,
             })
         }
-        other => return Err(Error::Cases(format!("case {:?}: unknown loss {other:?}", case.name))),
+        other => {
+            return Err(Error::Cases(format!(
+                "case {:?}: unknown loss {other:?}",
+                case.name
+            )))
+        }
     };
     Ok(spec)
 }
@@ -430,9 +465,13 @@ impl Config<'_> {
         Error::InvalidConfig(format!("{}: {key} must be {what}, got {v}", self.loss))
     }
 
-    /// Refuses keys the constructor does not take.
+    /// Refuses keys the constructor does not take (a `null` one counts as absent).
     fn only(&self, keys: &[&str]) -> Result<()> {
-        match self.map.keys().find(|k| !keys.contains(&k.as_str())) {
+        let mut given = self.map.iter().filter(|(_, v)| !v.is_null());
+        match given
+            .find(|(k, _)| !keys.contains(&k.as_str()))
+            .map(|(k, _)| k)
+        {
             Some(k) => Err(Error::InvalidConfig(format!(
                 "{}: unknown argument {k:?} (it takes {})",
                 self.loss,
@@ -448,7 +487,9 @@ impl Config<'_> {
     }
 
     fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
-        let Some(v) = self.get(key) else { return Ok(None) };
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
         let number = match v {
             Value::Number(n) => n.as_f64(),
             Value::String(s) => parse_non_finite(s),
@@ -485,7 +526,9 @@ impl Config<'_> {
     /// An integer, also written as an integral float (`255.0`).
     fn integer(&self, key: &str) -> Option<i64> {
         match self.get(key)? {
-            Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|v| is_int64(*v)).map(|v| v as i64)),
+            Value::Number(n) => n
+                .as_i64()
+                .or_else(|| n.as_f64().filter(|v| is_int64(*v)).map(|v| v as i64)),
             _ => None,
         }
     }
@@ -500,7 +543,10 @@ impl Config<'_> {
     /// A required non-negative count (`in_features`, `out_features`).
     fn count(&self, key: &str) -> Result<usize> {
         if self.get(key).is_none() {
-            return Err(Error::InvalidConfig(format!("{}: {key} is required", self.loss)));
+            return Err(Error::InvalidConfig(format!(
+                "{}: {key} is required",
+                self.loss
+            )));
         }
         self.integer(key)
             .and_then(|v| usize::try_from(v).ok())
@@ -509,17 +555,28 @@ impl Config<'_> {
 
     /// A tensor-valued argument: a TENSOR object, or a plain array of numbers (a vector).
     fn tensor(&self, key: &str) -> Result<Option<HostTensor>> {
-        let Some(v) = self.get(key) else { return Ok(None) };
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
         let t: TensorData = match v {
             Value::Array(_) => {
                 let data: Vec<Number> =
                     Vec::deserialize(v).map_err(|_| self.bad(key, "a tensor"))?;
                 let data: Vec<f64> = data.into_iter().map(|n| n.0).collect();
-                TensorData { shape: vec![data.len()], dtype: DType::F32, data }
+                TensorData {
+                    shape: vec![data.len()],
+                    dtype: DType::F32,
+                    data,
+                }
             }
-            _ => TensorData::deserialize(v).map_err(|e| self.bad(key, &format!("a tensor ({e})")))?,
+            _ => {
+                TensorData::deserialize(v).map_err(|e| self.bad(key, &format!("a tensor ({e})")))?
+            }
         };
-        Ok(Some(HostTensor { data: t.to_f32(), shape: t.shape }))
+        Ok(Some(HostTensor {
+            data: t.to_f32(),
+            shape: t.shape,
+        }))
     }
 }
 
@@ -545,7 +602,10 @@ impl Case {
     /// The input `name`; a case without it is malformed (`Error::Cases`).
     pub fn input(&self, name: &str) -> Result<&TensorData> {
         self.inputs.get(name).ok_or_else(|| {
-            Error::Cases(format!("case {:?} ({}) has no input {name:?}", self.name, self.loss))
+            Error::Cases(format!(
+                "case {:?} ({}) has no input {name:?}",
+                self.name, self.loss
+            ))
         })
     }
 }
@@ -625,18 +685,35 @@ fn eval_reference(case: &Case) -> Result<Evaluated> {
             reference::contrastive(&cfg, &a.data, &b.data, &a.shape, &y.data, &y.shape)?
         }
         LossSpec::Angular(cfg) => {
-            let (x, y, w) = (case.input("x")?, case.input("labels")?, case.input("weight")?);
+            let (x, y, w) = (
+                case.input("x")?,
+                case.input("labels")?,
+                case.input("weight")?,
+            );
             cfg.check_shapes(&x.shape, &y.shape, &w.shape)?;
             let labels = y.to_i64("AngularPenaltySMLoss labels")?;
-            reference::angular(&cfg, &x.data, &x.shape, &labels, &y.shape, &w.data, &w.shape)?
+            reference::angular(
+                &cfg, &x.data, &x.shape, &labels, &y.shape, &w.data, &w.shape,
+            )?
         }
     };
     let mut grads = BTreeMap::new();
     for (name, g) in differentiable_inputs(&case.loss).iter().zip(out.grads) {
         let shape = case.input(name)?.shape.clone();
-        grads.insert(name.to_string(), TensorData { shape, dtype: DType::F32, data: g });
+        grads.insert(
+            name.to_string(),
+            TensorData {
+                shape,
+                dtype: DType::F32,
+                data: g,
+            },
+        );
     }
-    let loss = TensorData { shape: out.loss_shape, dtype: DType::F32, data: out.loss };
+    let loss = TensorData {
+        shape: out.loss_shape,
+        dtype: DType::F32,
+        data: out.loss,
+    };
     Ok(Evaluated { loss, grads })
 }
 
@@ -647,9 +724,16 @@ fn eval_reference(case: &Case) -> Result<Evaluated> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     /// `worst` is the largest error ratio (at most 1).
-    Pass { worst: f64 },
-    Fail { worst: f64, detail: String },
-    Skip { reason: String },
+    Pass {
+        worst: f64,
+    },
+    Fail {
+        worst: f64,
+        detail: String,
+    },
+    Skip {
+        reason: String,
+    },
 }
 
 /// Compares an evaluator's answer with what the case expects. The ratio of an element is
@@ -658,16 +742,24 @@ pub enum Verdict {
 /// on an error of the expected kind.
 pub fn check_case(case: &Case, got: Option<Result<Evaluated>>) -> Verdict {
     let Some(got) = got else {
-        return Verdict::Skip { reason: format!("{} is not implemented by this evaluator", case.loss) };
+        return Verdict::Skip {
+            reason: format!("{} is not implemented by this evaluator", case.loss),
+        };
     };
-    let fail = |detail: String| Verdict::Fail { worst: f64::INFINITY, detail };
+    let fail = |detail: String| Verdict::Fail {
+        worst: f64::INFINITY,
+        detail,
+    };
     match (&case.expected, got) {
         (Expected::Error { kind }, Err(e)) if e.kind() == kind => Verdict::Pass { worst: 0.0 },
-        (Expected::Error { kind }, Err(e)) => {
-            fail(format!("expected an {kind} error, got a {} error: {e}", e.kind()))
-        }
+        (Expected::Error { kind }, Err(e)) => fail(format!(
+            "expected an {kind} error, got a {} error: {e}",
+            e.kind()
+        )),
         (Expected::Error { kind }, Ok(_)) => fail(format!("expected an {kind} error, got a value")),
-        (Expected::Ok { .. }, Err(e)) => fail(format!("expected a value, got a {} error: {e}", e.kind())),
+        (Expected::Ok { .. }, Err(e)) => {
+            fail(format!("expected a value, got a {} error: {e}", e.kind()))
+        }
         (Expected::Ok { loss, grads }, Ok(got)) => compare(case, loss, grads, &got),
     }
 }
@@ -683,11 +775,21 @@ fn compare(
     for name in &case.grad_wrt {
         pairs.push((format!("grad {name}"), grads.get(name), got.grads.get(name)));
     }
-    let mut worst = Worst { ratio: 0.0, detail: String::new() };
+    let mut worst = Worst {
+        ratio: 0.0,
+        detail: String::new(),
+    };
     for (label, exp, got) in pairs {
         let (Some(exp), Some(got)) = (exp, got) else {
-            let missing = if exp.is_none() { "expected value" } else { "computed value" };
-            return Verdict::Fail { worst: f64::INFINITY, detail: format!("{label}: no {missing}") };
+            let missing = if exp.is_none() {
+                "expected value"
+            } else {
+                "computed value"
+            };
+            return Verdict::Fail {
+                worst: f64::INFINITY,
+                detail: format!("{label}: no {missing}"),
+            };
         };
         if exp.shape != got.shape || exp.data.len() != got.data.len() {
             return Verdict::Fail {
@@ -700,7 +802,10 @@ fn compare(
     if worst.ratio <= 1.0 {
         Verdict::Pass { worst: worst.ratio }
     } else {
-        Verdict::Fail { worst: worst.ratio, detail: worst.detail }
+        Verdict::Fail {
+            worst: worst.ratio,
+            detail: worst.detail,
+        }
     }
 }
 
@@ -712,7 +817,11 @@ struct Worst {
 
 impl Worst {
     fn update(&mut self, label: &str, exp: &TensorData, got: &TensorData, tol: Tolerance) {
-        let max_abs = exp.data.iter().filter(|v| v.is_finite()).fold(0.0f64, |m, v| m.max(v.abs()));
+        let max_abs = exp
+            .data
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, |m, v| m.max(v.abs()));
         let scale = tol.atol * max_abs;
         for (i, (&g, &e)) in got.data.iter().zip(&exp.data).enumerate() {
             let r = element_ratio(g, e, tol.rtol, scale);
@@ -730,7 +839,11 @@ impl Worst {
 /// `|got - exp| / (rtol |exp| + scale)`, never NaN.
 fn element_ratio(got: f64, exp: f64, rtol: f64, scale: f64) -> f64 {
     if exp.is_nan() || got.is_nan() {
-        return if exp.is_nan() && got.is_nan() { 0.0 } else { f64::INFINITY };
+        return if exp.is_nan() && got.is_nan() {
+            0.0
+        } else {
+            f64::INFINITY
+        };
     }
     if exp.is_infinite() || got.is_infinite() {
         return if exp == got { 0.0 } else { f64::INFINITY };
@@ -749,10 +862,18 @@ fn element_ratio(got: f64, exp: f64, rtol: f64, scale: f64) -> f64 {
 /// A copy of `case` whose expected values are what was computed (for `deepml eval`).
 pub fn evaluated_case(case: &Case, got: &Result<Evaluated>) -> Case {
     let expected = match got {
-        Ok(ev) => Expected::Ok { loss: ev.loss.clone(), grads: ev.grads.clone() },
-        Err(e) => Expected::Error { kind: e.kind().to_string() },
+        Ok(ev) => Expected::Ok {
+            loss: ev.loss.clone(),
+            grads: ev.grads.clone(),
+        },
+        Err(e) => Expected::Error {
+            kind: e.kind().to_string(),
+        },
     };
-    Case { expected, ..case.clone() }
+    Case {
+        expected,
+        ..case.clone()
+    }
 }
 
 #[cfg(test)]
@@ -780,5 +901,346 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn reference_is_far_inside_the_public_tolerances() {
+        // float64 against float64: only the 8-digit rounding of large expected tensors remains.
+        let file = parse(&public_cases_text()).unwrap();
+        for case in &file.cases {
+            if let Verdict::Pass { worst } = check_case(case, ReferenceEvaluator.eval(case)) {
+                assert!(worst < 1e-3, "{}: worst ratio {worst}", case.name);
+            }
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        // Exact float text round trips need serde_json's `float_roundtrip` feature (its default
+        // parser may be 1 ulp off).
+        let probe: f64 = serde_json::from_str("3.8791175224285555").unwrap();
+        assert_eq!(
+            probe, 3.8791175224285555,
+            "enable serde_json's float_roundtrip feature"
+        );
+        let file = parse(&public_cases_text()).unwrap();
+        let text = to_json(&file);
+        let again = parse(&text).unwrap();
+        assert_eq!(file, again);
+        assert_eq!(text, to_json(&again));
+        // Non-finite values and int64 data survive too.
+        let mut case = file.cases[0].clone();
+        case.expected = Expected::Ok {
+            loss: TensorData::f32(vec![3], vec![f64::NAN, f64::INFINITY, f64::NEG_INFINITY])
+                .unwrap(),
+            grads: BTreeMap::from([("output".to_string(), case.inputs["output"].clone())]),
+        };
+        case.inputs.insert(
+            "labels".into(),
+            TensorData {
+                shape: vec![2],
+                dtype: DType::I64,
+                data: vec![-100.0, 7.0],
+            },
+        );
+        let small = CasesFile {
+            format: FORMAT.into(),
+            meta: Value::Null,
+            cases: vec![case],
+        };
+        let text = to_json(&small);
+        assert!(text.contains(r#"["NaN","Infinity","-Infinity"]"#) && text.contains("[-100,7]"));
+        let back = parse(&text).unwrap();
+        let Expected::Ok { loss, .. } = &back.cases[0].expected else {
+            panic!("not ok")
+        };
+        assert!(
+            loss.data[0].is_nan()
+                && loss.data[1] == f64::INFINITY
+                && loss.data[2] == f64::NEG_INFINITY
+        );
+        assert_eq!(
+            back.cases[0].inputs["labels"],
+            small.cases[0].inputs["labels"]
+        );
+    }
+
+    /// A one-case file whose first input tensor is `tensor` (raw JSON).
+    fn with_tensor(tensor: &str) -> String {
+        format!(
+            r#"{{"format":"deepml-cases/1","meta":{{}},"cases":[{{"name":"a","loss":"MSELoss","config":{{}},
+            "inputs":{{"input":{tensor},"target":{{"shape":[1],"dtype":"float32","data":[0]}}}},
+            "grad_wrt":[],"expected":{{"status":"error","kind":"invalid_input"}},
+            "tolerance":{{"rtol":1e-4,"atol":1e-5}}}}]}}"#
+        )
+    }
+
+    #[test]
+    fn hostile_files_are_errors() {
+        let fine = with_tensor(r#"{"shape":[1],"dtype":"float32","data":["NaN"]}"#);
+        assert!(parse(&fine).is_ok());
+        let bad_tensors = [
+            r#"{"shape":[-1],"dtype":"float32","data":[]}"#,
+            r#"{"shape":[1e30],"dtype":"float32","data":[]}"#,
+            r#"{"shape":[18446744073709551616],"dtype":"float32","data":[]}"#,
+            r#"{"shape":[4294967296,4294967296,4294967296],"dtype":"float32","data":[]}"#,
+            r#"{"shape":[18446744073709551615,0,2],"dtype":"float32","data":[1]}"#,
+            r#"{"shape":[1000000000000],"dtype":"float32","data":[1,2]}"#,
+            r#"{"shape":[2],"dtype":"float32","data":[1]}"#,
+            r#"{"shape":[],"dtype":"float32","data":[]}"#,
+            r#"{"shape":[1.5],"dtype":"float32","data":[1]}"#,
+            r#"{"shape":"1","dtype":"float32","data":[1]}"#,
+            r#"{"shape":[1],"dtype":"float16","data":[1]}"#,
+            r#"{"shape":[1],"dtype":"float32","data":["nan"]}"#,
+            r#"{"shape":[1],"dtype":"float32","data":[null]}"#,
+            r#"{"shape":[1],"dtype":"float32","data":[[1]]}"#,
+            r#"{"shape":[1],"dtype":"float32","data":[1e999]}"#,
+            r#"{"shape":[1],"dtype":"int64","data":[1.5]}"#,
+            r#"{"shape":[1],"dtype":"int64","data":["NaN"]}"#,
+            r#"{"shape":[1],"dtype":"int64","data":[1e300]}"#,
+            r#"{"shape":[1],"dtype":"float32"}"#,
+            r#"[1]"#,
+            r#"null"#,
+        ];
+        for t in bad_tensors {
+            let e = parse(&with_tensor(t)).unwrap_err();
+            assert_eq!(e.kind(), "cases", "{t}");
+        }
+        let bad_files = [
+            "",
+            "{",
+            "[]",
+            "null",
+            r#"{"format":"deepml-cases/1"}"#,
+            r#"{"format":"deepml-cases/2","meta":{},"cases":[]}"#,
+            r#"{"format":1,"meta":{},"cases":[]}"#,
+            r#"{"format":"deepml-cases/1","meta":{},"cases":{}}"#,
+            r#"{"format":"deepml-cases/1","meta":{},"cases":[{}]}"#,
+            r#"{"format":"deepml-cases/1","meta":{},"cases":[1]}"#,
+        ];
+        for f in bad_files {
+            assert_eq!(parse(f).unwrap_err().kind(), "cases", "{f}");
+        }
+        // Deep nesting hits serde_json's recursion limit, not the stack.
+        let deep = format!(
+            r#"{{"format":"deepml-cases/1","meta":{}{},"cases":[]}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(parse(&deep).unwrap_err().kind(), "cases");
+        // Case-level consistency.
+        let good = with_tensor(r#"{"shape":[1],"dtype":"float32","data":[1]}"#);
+        let edits = [
+            (r#""grad_wrt":[]"#, r#""grad_wrt":["nope"]"#),
+            (r#""status":"error""#, r#""status":"maybe""#),
+            (r#""rtol":1e-4"#, r#""rtol":-1"#),
+            (r#""rtol":1e-4"#, r#""rtol":"Infinity""#),
+            (r#""kind":"invalid_input""#, r#""kind":3"#),
+            (r#""name":"a""#, r#""name":null"#),
+        ];
+        for (from, to) in edits {
+            let text = good.replacen(from, to, 1);
+            assert_ne!(text, good);
+            assert_eq!(parse(&text).unwrap_err().kind(), "cases", "{to}");
+        }
+        let two = good.replacen(r#""cases":[{"#, r#""cases":[{"name":"a","loss":"L1Loss","inputs":{},"expected":{"status":"error","kind":"x"},"tolerance":{"rtol":0,"atol":0}},{"#, 1);
+        assert_eq!(parse(&two).unwrap_err().kind(), "cases", "duplicate names");
+    }
+
+    #[test]
+    fn truncated_and_corrupted_public_files_are_errors() {
+        let text = public_cases_text();
+        let bytes = text.as_bytes();
+        for cut in (0..bytes.len())
+            .step_by(bytes.len() / 97)
+            .chain([1, 2, bytes.len() - 1])
+        {
+            let part = String::from_utf8_lossy(&bytes[..cut]);
+            assert!(parse(&part).is_err(), "cut at {cut}");
+        }
+        // Byte changes anywhere: an error or a valid file, never a panic.
+        let mut state = 12345u64;
+        for _ in 0..300 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let at = (state >> 33) as usize % bytes.len();
+            let mut b = bytes.to_vec();
+            let table = b"0-9e.,:[]{}\"x ";
+            b[at] = table[(state >> 20) as usize % table.len()];
+            if let Ok(file) = parse(&String::from_utf8_lossy(&b)) {
+                for case in &file.cases {
+                    let _ = check_case(case, ReferenceEvaluator.eval(case));
+                }
+            }
+        }
+    }
+
+    fn public_case(name: &str) -> Case {
+        let file = parse(&public_cases_text()).unwrap();
+        file.cases.into_iter().find(|c| c.name == name).unwrap()
+    }
+
+    #[test]
+    fn configs_take_defaults_and_refuse_bad_values() {
+        let mut case = public_case("ang_arcface_default");
+        let LossSpec::Angular(cfg) = loss_spec(&case).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (cfg.scale(), cfg.margin(), cfg.normalize_weight, cfg.eps),
+            (64.0, 0.5, true, 1e-7)
+        );
+        case.config.insert("s".into(), Value::from(0));
+        let LossSpec::Angular(cfg) = loss_spec(&case).unwrap() else {
+            panic!()
+        };
+        assert_eq!(cfg.s, Some(0.0));
+        let refuse = |key: &str, v: Value, kind: &str| {
+            let mut c = case.clone();
+            c.config.insert(key.into(), v.clone());
+            assert_eq!(loss_spec(&c).unwrap_err().kind(), kind, "{key} = {v}");
+        };
+        refuse("loss_type", Value::from("adaface"), "invalid_config");
+        refuse("loss_type", Value::from(1), "invalid_config");
+        refuse("s", Value::from("64"), "invalid_config");
+        refuse("in_features", Value::from(-3), "invalid_config");
+        refuse("in_features", Value::from(2.5), "invalid_config");
+        refuse("normalize_weight", Value::from(1), "invalid_config");
+        refuse("reduction", Value::from("avg"), "invalid_config");
+        refuse("scale", Value::from(1.0), "invalid_config");
+        let mut c = case.clone();
+        c.config.insert("scale".into(), Value::Null);
+        assert!(loss_spec(&c).is_ok(), "a null argument counts as absent");
+        // A non-finite value reads, and the loss's validation refuses it.
+        let mut c = case.clone();
+        c.config.insert("eps".into(), Value::from("NaN"));
+        assert_eq!(
+            ReferenceEvaluator.eval(&c).unwrap().unwrap_err().kind(),
+            "invalid_config"
+        );
+        // Tensor arguments: TENSOR objects or plain vectors.
+        let mut ce = public_case("ce_weight_mean");
+        let LossSpec::CrossEntropy(cfg) = loss_spec(&ce).unwrap() else {
+            panic!()
+        };
+        assert_eq!(cfg.weight.unwrap().shape, vec![6]);
+        ce.config
+            .insert("weight".into(), serde_json::json!([1, 2, 3, 4, 5, 6]));
+        ce.config.insert("ignore_index".into(), Value::from(255.0));
+        let LossSpec::CrossEntropy(cfg) = loss_spec(&ce).unwrap() else {
+            panic!()
+        };
+        assert_eq!(cfg.weight.unwrap().data, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(cfg.ignore_index, 255);
+        ce.config.insert(
+            "weight".into(),
+            serde_json::json!({"shape": [7], "dtype": "float32", "data": [1]}),
+        );
+        assert_eq!(loss_spec(&ce).unwrap_err().kind(), "invalid_config");
+        ce.config
+            .insert("weight".into(), serde_json::json!([1, 2, 3]));
+        assert_eq!(
+            ReferenceEvaluator.eval(&ce).unwrap().unwrap_err().kind(),
+            "invalid_input"
+        );
+        // Unknown losses are a malformed file; missing inputs too.
+        let mut odd = public_case("mse_mean");
+        odd.loss = "HuberLoss".into();
+        assert_eq!(loss_spec(&odd).unwrap_err().kind(), "cases");
+        let mut odd = public_case("mse_mean");
+        odd.inputs.remove("target");
+        assert_eq!(
+            ReferenceEvaluator.eval(&odd).unwrap().unwrap_err().kind(),
+            "cases"
+        );
+        // Float labels where int64 class indices are needed.
+        let mut odd = public_case("ce_mean");
+        odd.inputs.get_mut("target").unwrap().dtype = DType::F32;
+        assert_eq!(
+            ReferenceEvaluator.eval(&odd).unwrap().unwrap_err().kind(),
+            "invalid_input"
+        );
+    }
+
+    #[test]
+    fn verdicts() {
+        let case = public_case("mse_none");
+        let good = ReferenceEvaluator.eval(&case).unwrap().unwrap();
+        assert!(matches!(
+            check_case(&case, Some(Ok(good.clone()))),
+            Verdict::Pass { .. }
+        ));
+        assert!(matches!(check_case(&case, None), Verdict::Skip { .. }));
+        // One element just outside its tolerance fails, just inside passes.
+        let Expected::Ok { loss, .. } = &case.expected else {
+            panic!()
+        };
+        let max_abs = loss.data.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let allowed = 1e-4 * loss.data[3].abs() + 1e-5 * max_abs;
+        for (delta, pass) in [(0.9 * allowed, true), (1.1 * allowed, false)] {
+            let mut got = good.clone();
+            got.loss.data[3] = loss.data[3] + delta;
+            let v = check_case(&case, Some(Ok(got)));
+            assert_eq!(matches!(v, Verdict::Pass { .. }), pass, "{v:?}");
+        }
+        // Shapes must match; NaN matches only NaN.
+        let mut got = good.clone();
+        got.loss.shape = vec![35];
+        assert!(matches!(
+            check_case(&case, Some(Ok(got))),
+            Verdict::Fail { .. }
+        ));
+        let mut got = good.clone();
+        got.grads.get_mut("input").unwrap().data[0] = f64::NAN;
+        assert!(matches!(
+            check_case(&case, Some(Ok(got))),
+            Verdict::Fail { .. }
+        ));
+        assert_eq!(element_ratio(f64::NAN, f64::NAN, 0.0, 0.0), 0.0);
+        assert_eq!(element_ratio(1.0, 1.0, 0.0, 0.0), 0.0);
+        assert_eq!(element_ratio(1.0, 2.0, 0.0, 0.0), f64::INFINITY);
+        assert_eq!(element_ratio(f64::INFINITY, f64::INFINITY, 1e-4, 0.0), 0.0);
+        assert_eq!(
+            element_ratio(1.0, f64::NEG_INFINITY, 1e-4, 1.0),
+            f64::INFINITY
+        );
+        // Errors: the kind must match; an error where a value is expected fails with its message.
+        let err = || Err(Error::ShapeMismatch("boom".into()));
+        let v = check_case(&case, Some(err()));
+        assert!(
+            matches!(&v, Verdict::Fail { detail, .. } if detail.contains("boom")),
+            "{v:?}"
+        );
+        let bad = public_case("mse_err_shape_mismatch");
+        assert!(matches!(
+            check_case(&bad, Some(err())),
+            Verdict::Pass { .. }
+        ));
+        let cfg_err = Err(Error::InvalidConfig("x".into()));
+        assert!(matches!(
+            check_case(&bad, Some(cfg_err)),
+            Verdict::Fail { .. }
+        ));
+        assert!(matches!(
+            check_case(&bad, Some(Ok(good))),
+            Verdict::Fail { .. }
+        ));
+    }
+
+    #[test]
+    fn evaluated_cases_check_against_themselves() {
+        let file = parse(&public_cases_text()).unwrap();
+        let cases: Vec<Case> = file
+            .cases
+            .iter()
+            .map(|c| evaluated_case(c, &ReferenceEvaluator.eval(c).unwrap()))
+            .collect();
+        let out = CasesFile { cases, ..file };
+        let back = parse(&to_json(&out)).unwrap();
+        for case in &back.cases {
+            let v = check_case(case, ReferenceEvaluator.eval(case));
+            assert_eq!(v, Verdict::Pass { worst: 0.0 }, "{}", case.name);
+        }
     }
 }

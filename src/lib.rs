@@ -11,7 +11,10 @@
 //! # Ok::<(), deepml::Error>(())
 //! ```
 
+pub mod cases;
 pub mod config;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod conformance;
 pub mod context;
 pub mod error;
 pub mod kernel;
@@ -22,5 +25,6 @@ pub mod tensor;
 pub use config::*;
 pub use context::{AdapterReport, AllocStats, ContextOptions, LossContext};
 pub use error::{Error, Result};
+pub use losses::combined::{Combined, CombinedOutput, Term};
 pub use losses::{GradOpts, Loss, LossOutput, Recorder};
 pub use tensor::{DType, Tensor};

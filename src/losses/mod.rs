@@ -8,6 +8,7 @@ use crate::kernel::{Program, Scratch, ShaderSource};
 use crate::tensor::{DType, Tensor};
 
 pub mod bce;
+pub mod combined;
 pub mod pointwise;
 pub mod segmentation;
 
@@ -159,9 +160,22 @@ pub(crate) fn want_dtype(what: &str, name: &str, t: &Tensor, dtype: DType) -> Re
     Ok(())
 }
 
+/// The GPU loss of a case's spec; `None` where that loss is not implemented on the GPU yet.
+/// One line per loss: the registry of the conformance checker and the demo.
+pub fn gpu_loss(spec: &crate::cases::LossSpec) -> Option<Box<dyn Loss>> {
+    use crate::cases::LossSpec as S;
+    match spec {
+        S::Rmse(c) => Some(Box::new(c.clone())),
+        S::Mse(c) => Some(Box::new(c.clone())),
+        S::L1(c) => Some(Box::new(c.clone())),
+        _ => None,
+    }
+}
+
 /// Every shader variant of every loss.
 pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     let mut v = Vec::new();
+    v.extend(combined::shader_variants());
     v.extend(pointwise::shader_variants());
     v.extend(segmentation::shader_variants());
     v.extend(bce::shader_variants());

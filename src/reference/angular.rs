@@ -103,7 +103,9 @@ pub fn angular(
         let y = labels[i] as usize;
         let (num, dnum_dc) = numerator(cfg, wf[y]);
         // The logits of the softmax: the margin-penalised target and s wf_j elsewhere.
-        let logits: Vec<f64> = (0..classes).map(|j| if j == y { num } else { s * wf[j] }).collect();
+        let logits: Vec<f64> = (0..classes)
+            .map(|j| if j == y { num } else { s * wf[j] })
+            .collect();
         let lse = log_sum_exp(&logits);
         losses.push(lse - num);
         // d(-L_i)/d logit_j = softmax_j - [j = y]; logit_j = s wf_j off the target.
@@ -136,7 +138,11 @@ pub fn angular(
         dwn
     };
     let (loss, loss_shape) = reduce_samples(cfg.reduction, losses);
-    Ok(RefOutput { loss, loss_shape, grads: vec![dx, dw] })
+    Ok(RefOutput {
+        loss,
+        loss_shape,
+        grads: vec![dx, dw],
+    })
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {

@@ -30,7 +30,10 @@ struct DistanceGrad {
 fn euclidean(a: &[f64], b: &[f64]) -> DistanceGrad {
     let diff: Vec<f64> = a.iter().zip(b).map(|(a, b)| a - b + PAIRWISE_EPS).collect();
     let d = norm(&diff);
-    let dd_da: Vec<f64> = diff.iter().map(|v| if d > 0.0 { v / d } else { 0.0 }).collect();
+    let dd_da: Vec<f64> = diff
+        .iter()
+        .map(|v| if d > 0.0 { v / d } else { 0.0 })
+        .collect();
     let dd_db = dd_da.iter().map(|v| -v).collect();
     DistanceGrad { d, dd_da, dd_db }
 }
@@ -51,7 +54,11 @@ fn cosine(a: &[f64], b: &[f64]) -> DistanceGrad {
             })
             .collect()
     };
-    DistanceGrad { d: 1.0 - cos, dd_da: dcos(a, b, na, ra, nb), dd_db: dcos(b, a, nb, rb, na) }
+    DistanceGrad {
+        d: 1.0 - cos,
+        dd_da: dcos(a, b, na, ra, nb),
+        dd_db: dcos(b, a, nb, rb, na),
+    }
 }
 
 /// `ContrastiveLoss`: `embeddings1`, `embeddings2` `[N, D]`, `label` `[N]`; grads `[d e1, d e2]`.
@@ -72,27 +79,25 @@ pub fn contrastive(
     let scale = reduction_scale(cfg.reduction, n);
 
     let mut losses = Vec::with_capacity(n);
-    let mut g1 = vec![0.0; e1.len()];
-    let mut g2 = vec![0.0; e2.len()];
-    for i in 0..n {
-        let rows = i * dim..(i + 1) * dim;
-        let (a, b) = (&e1[rows.clone()], &e2[rows.clone()]);
+    let (mut g1, mut g2) = (Vec::with_capacity(e1.len()), Vec::with_capacity(e2.len()));
+    // `dim >= 1`: check_shapes refuses empty embeddings.
+    for ((a, b), &y) in e1.chunks(dim).zip(e2.chunks(dim)).zip(label) {
         let dist = match cfg.distance {
             Distance::Euclidean => euclidean(a, b),
             Distance::Cosine => cosine(a, b),
         };
-        let (y, d) = (label[i], dist.d);
+        let d = dist.d;
         let hinge = (cfg.margin - d).max(0.0);
         losses.push(y * d * d + (1.0 - y) * hinge * hinge);
         // dl/dd = 2 y d - 2 (1 - y) max(0, margin - d).
         let dl_dd = scale * (2.0 * y * d - 2.0 * (1.0 - y) * hinge);
-        for (g, v) in g1[rows.clone()].iter_mut().zip(&dist.dd_da) {
-            *g = dl_dd * v;
-        }
-        for (g, v) in g2[rows].iter_mut().zip(&dist.dd_db) {
-            *g = dl_dd * v;
-        }
+        g1.extend(dist.dd_da.iter().map(|v| dl_dd * v));
+        g2.extend(dist.dd_db.iter().map(|v| dl_dd * v));
     }
     let (loss, loss_shape) = reduce_samples(cfg.reduction, losses);
-    Ok(RefOutput { loss, loss_shape, grads: vec![g1, g2] })
+    Ok(RefOutput {
+        loss,
+        loss_shape,
+        grads: vec![g1, g2],
+    })
 }

@@ -26,7 +26,11 @@ pub fn cross_entropy(
     let layout = cfg.check_shapes(input_shape, target_shape)?;
     check_len("CrossEntropyLoss", "input", input, input_shape)?;
     check_len("CrossEntropyLoss", "target", target, target_shape)?;
-    let ChannelLayout { outer, channels, inner } = layout;
+    let ChannelLayout {
+        outer,
+        channels,
+        inner,
+    } = layout;
     check_labels("CrossEntropyLoss", target, channels, Some(cfg.ignore_index))?;
 
     let weights: Vec<f64> = match &cfg.weight {
@@ -73,7 +77,11 @@ pub fn cross_entropy(
     }
 
     Ok(match cfg.reduction {
-        Reduction::None => RefOutput { loss, loss_shape: target_shape.to_vec(), grads: vec![grad] },
+        Reduction::None => RefOutput {
+            loss,
+            loss_shape: target_shape.to_vec(),
+            grads: vec![grad],
+        },
         Reduction::Sum => RefOutput::scalar(loss.iter().sum(), vec![grad]),
         Reduction::Mean => {
             // Ignored positions have a gradient of exactly 0 (also when W = 0, as PyTorch).

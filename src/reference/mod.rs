@@ -40,7 +40,11 @@ pub struct RefOutput {
 impl RefOutput {
     /// A scalar loss with its gradients.
     fn scalar(loss: f64, grads: Vec<Vec<f64>>) -> Self {
-        RefOutput { loss: vec![loss], loss_shape: vec![], grads }
+        RefOutput {
+            loss: vec![loss],
+            loss_shape: vec![],
+            grads,
+        }
     }
 }
 
@@ -50,9 +54,14 @@ impl RefOutput {
 /// The element count of a shape, refusing one whose product overflows (before `check_shapes`,
 /// whose plain product would).
 fn checked_numel(what: &str, name: &str, shape: &[usize]) -> Result<usize> {
-    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| {
-        Error::InvalidInput(format!("{what}: the shape {shape:?} of {name} is too large"))
-    })
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "{what}: the shape {shape:?} of {name} is too large"
+            ))
+        })
 }
 
 /// A data slice must hold exactly the elements its shape declares.
@@ -112,7 +121,11 @@ fn sign(x: f64) -> f64 {
 /// (`g[i] = d l[i] / d x[i]`): `mean` divides both by the count, `none` keeps the shape.
 fn reduce_pointwise(reduction: Reduction, l: Vec<f64>, shape: &[usize], g: Vec<f64>) -> RefOutput {
     match reduction {
-        Reduction::None => RefOutput { loss: l, loss_shape: shape.to_vec(), grads: vec![g] },
+        Reduction::None => RefOutput {
+            loss: l,
+            loss_shape: shape.to_vec(),
+            grads: vec![g],
+        },
         Reduction::Sum => RefOutput::scalar(l.iter().sum(), vec![g]),
         Reduction::Mean => {
             let n = l.len() as f64;

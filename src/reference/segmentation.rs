@@ -10,12 +10,18 @@ fn activation(x: &[f64], layout: ChannelLayout, multiclass: bool) -> Vec<f64> {
     if !multiclass {
         return x.iter().map(|&v| sigmoid(v)).collect();
     }
-    let ChannelLayout { outer, channels, inner } = layout;
+    let ChannelLayout {
+        outer,
+        channels,
+        inner,
+    } = layout;
     let mut p = vec![0.0; x.len()];
     for n in 0..outer {
         for k in 0..inner {
             let at = |c: usize| (n * channels + c) * inner + k;
-            let max = (0..channels).map(|c| x[at(c)]).fold(f64::NEG_INFINITY, f64::max);
+            let max = (0..channels)
+                .map(|c| x[at(c)])
+                .fold(f64::NEG_INFINITY, f64::max);
             let total: f64 = (0..channels).map(|c| (x[at(c)] - max).exp()).sum();
             for c in 0..channels {
                 p[at(c)] = (x[at(c)] - max).exp() / total;
@@ -35,10 +41,18 @@ fn activation_backward(
 ) -> Vec<f64> {
     if !multiclass {
         // sigmoid'(x) = sigmoid(x) sigmoid(-x): no cancellation in 1 - p at large x.
-        return x.iter().zip(g).map(|(&x, &g)| g * sigmoid(x) * sigmoid(-x)).collect();
+        return x
+            .iter()
+            .zip(g)
+            .map(|(&x, &g)| g * sigmoid(x) * sigmoid(-x))
+            .collect();
     }
     // softmax: dx_c = p_c (g_c - sum_j p_j g_j) per pixel.
-    let ChannelLayout { outer, channels, inner } = layout;
+    let ChannelLayout {
+        outer,
+        channels,
+        inner,
+    } = layout;
     let mut dx = vec![0.0; p.len()];
     for n in 0..outer {
         for k in 0..inner {
@@ -104,7 +118,12 @@ fn overlap_loss(
 }
 
 /// `JaccardLoss`: `r = I / (S - I + eps)`.
-pub fn jaccard(cfg: &JaccardLoss, output: &[f64], target: &[f64], shape: &[usize]) -> Result<RefOutput> {
+pub fn jaccard(
+    cfg: &JaccardLoss,
+    output: &[f64],
+    target: &[f64],
+    shape: &[usize],
+) -> Result<RefOutput> {
     checked_numel("JaccardLoss", "output", shape)?;
     let layout = cfg.check_shapes(shape, shape)?;
     check_len("JaccardLoss", "output", output, shape)?;
@@ -115,7 +134,14 @@ pub fn jaccard(cfg: &JaccardLoss, output: &[f64], target: &[f64], shape: &[usize
         // dr/dI = (d + I) / d^2, dr/dS = -I / d^2.
         (i / d, (d + i) / (d * d), -i / (d * d))
     };
-    Ok(overlap_loss(output, target, layout, cfg.is_multiclass, cfg.per_class, &ratio))
+    Ok(overlap_loss(
+        output,
+        target,
+        layout,
+        cfg.is_multiclass,
+        cfg.per_class,
+        &ratio,
+    ))
 }
 
 /// `DiceLoss`: `r = (2 I + smooth) / max(S + smooth, eps)`; the `max` passes the gradient to
@@ -132,5 +158,12 @@ pub fn dice(cfg: &DiceLoss, output: &[f64], target: &[f64], shape: &[usize]) -> 
         let dden_ds = if s + smooth >= eps { 1.0 } else { 0.0 };
         (num / den, 2.0 / den, -num * dden_ds / (den * den))
     };
-    Ok(overlap_loss(output, target, layout, cfg.is_multiclass, cfg.per_class, &ratio))
+    Ok(overlap_loss(
+        output,
+        target,
+        layout,
+        cfg.is_multiclass,
+        cfg.per_class,
+        &ratio,
+    ))
 }

@@ -63,9 +63,12 @@ fn check_fd(label: &str, x: &[f64], analytic: &[f64], f: impl Fn(&[f64]) -> f64)
         probe[i] = x[i];
         y
     };
-    for i in 0..x.len() {
+    // Large inputs: a strided sample of about 400 elements (every channel and position is hit).
+    let stride = (x.len() / 400).max(1);
+    for i in (0..x.len()).step_by(stride) {
         let h = 1e-4 * x[i].abs().max(1.0);
-        let fd = (8.0 * (at(i, x[i] + h) - at(i, x[i] - h)) - (at(i, x[i] + 2.0 * h) - at(i, x[i] - 2.0 * h)))
+        let fd = (8.0 * (at(i, x[i] + h) - at(i, x[i] - h))
+            - (at(i, x[i] + 2.0 * h) - at(i, x[i] - 2.0 * h)))
             / (12.0 * h);
         // The stencil is exact to O(h^4); its rounding error is O(1e-16 |f| / h).
         let allowed = 1e-6 * analytic[i].abs() + 1e-7 * scale + 1e-10 * (1.0 + f0);
@@ -75,7 +78,10 @@ fn check_fd(label: &str, x: &[f64], analytic: &[f64], f: impl Fn(&[f64]) -> f64)
         }
     }
     let (ratio, i, fd, an) = worst;
-    assert!(ratio <= 1.0, "{label}: element {i}: finite difference {fd:e}, analytic {an:e} (ratio {ratio:.2})");
+    assert!(
+        ratio <= 1.0,
+        "{label}: element {i}: finite difference {fd:e}, analytic {an:e} (ratio {ratio:.2})"
+    );
 }
 
 const REDUCTIONS: [Reduction; 3] = [Reduction::Mean, Reduction::Sum, Reduction::None];
@@ -83,8 +89,18 @@ const REDUCTIONS: [Reduction; 3] = [Reduction::Mean, Reduction::Sum, Reduction::
 // ---------------------------------------------------------------------------------------------
 // Jaccard and Dice.
 
+/// One Jaccard / Dice setting with its inputs.
+struct Segmentation {
+    label: String,
+    shape: Vec<usize>,
+    multiclass: bool,
+    per_class: bool,
+    x: Vec<f64>,
+    t: Vec<f64>,
+}
+
 /// Every segmentation setting: shape, multiclass, per_class, soft or hard targets.
-fn segmentation_settings(seed: u64) -> Vec<(String, Vec<usize>, bool, bool, Vec<f64>, Vec<f64>)> {
+fn segmentation_settings(seed: u64) -> Vec<Segmentation> {
     let mut r = rng(seed);
     let mut out = Vec::new();
     let shapes: [&[usize]; 5] = [&[2, 1, 5, 7], &[13], &[3, 5, 7, 11], &[4, 3], &[2, 4, 5, 3]];
@@ -107,8 +123,16 @@ fn segmentation_settings(seed: u64) -> Vec<(String, Vec<usize>, bool, bool, Vec<
                     uniform(&mut r, n, 0.0, 1.0)
                 };
                 for (kind, t) in [("hard", hard), ("soft", soft)] {
-                    let label = format!("{shape:?} multiclass {multiclass} per_class {per_class} {kind}");
-                    out.push((label, shape.to_vec(), multiclass, per_class, x.clone(), t));
+                    let label =
+                        format!("{shape:?} multiclass {multiclass} per_class {per_class} {kind}");
+                    out.push(Segmentation {
+                        label,
+                        shape: shape.to_vec(),
+                        multiclass,
+                        per_class,
+                        x: x.clone(),
+                        t,
+                    });
                 }
             }
         }
@@ -118,28 +142,63 @@ fn segmentation_settings(seed: u64) -> Vec<(String, Vec<usize>, bool, bool, Vec<
 
 #[test]
 fn jaccard_gradients() {
-    for (label, shape, is_multiclass, per_class, x, t) in segmentation_settings(1) {
+    for setting in segmentation_settings(1) {
+        let Segmentation {
+            label,
+            shape,
+            multiclass: is_multiclass,
+            per_class,
+            x,
+            t,
+        } = setting;
         for eps in [1e-7, 0.5] {
-            let cfg = JaccardLoss { is_multiclass, eps, per_class };
+            let cfg = JaccardLoss {
+                is_multiclass,
+                eps,
+                per_class,
+            };
             let out = jaccard(&cfg, &x, &t, &shape).unwrap();
             assert_eq!(out.loss_shape, Vec::<usize>::new());
-            assert!(out.loss[0] > 0.0 && out.loss[0] < 1.0, "{label}: loss {}", out.loss[0]);
-            check_fd(&format!("jaccard {label} eps {eps}"), &x, &out.grads[0], |x| {
-                summed(&jaccard(&cfg, x, &t, &shape).unwrap())
-            });
+            assert!(
+                out.loss[0] > 0.0 && out.loss[0] < 1.0,
+                "{label}: loss {}",
+                out.loss[0]
+            );
+            check_fd(
+                &format!("jaccard {label} eps {eps}"),
+                &x,
+                &out.grads[0],
+                |x| summed(&jaccard(&cfg, x, &t, &shape).unwrap()),
+            );
         }
     }
 }
 
 #[test]
 fn dice_gradients() {
-    for (label, shape, is_multiclass, per_class, x, t) in segmentation_settings(2) {
+    for setting in segmentation_settings(2) {
+        let Segmentation {
+            label,
+            shape,
+            multiclass: is_multiclass,
+            per_class,
+            x,
+            t,
+        } = setting;
         for (smooth, eps) in [(0.0, 1e-7), (1.0, 1e-7), (0.5, 0.0)] {
-            let cfg = DiceLoss { is_multiclass, smooth, eps, per_class };
+            let cfg = DiceLoss {
+                is_multiclass,
+                smooth,
+                eps,
+                per_class,
+            };
             let out = dice(&cfg, &x, &t, &shape).unwrap();
-            check_fd(&format!("dice {label} smooth {smooth}"), &x, &out.grads[0], |x| {
-                summed(&dice(&cfg, x, &t, &shape).unwrap())
-            });
+            check_fd(
+                &format!("dice {label} smooth {smooth}"),
+                &x,
+                &out.grads[0],
+                |x| summed(&dice(&cfg, x, &t, &shape).unwrap()),
+            );
         }
     }
 }
@@ -151,12 +210,17 @@ fn dice_denominator_clamped_at_eps() {
     let shape = [2, 1, 3, 4];
     let x = uniform(&mut r, 24, -3.0, 3.0);
     let t = uniform(&mut r, 24, 0.0, 1.0);
-    let cfg = DiceLoss { eps: 1e3, ..DiceLoss::default() };
+    let cfg = DiceLoss {
+        eps: 1e3,
+        ..DiceLoss::default()
+    };
     let out = dice(&cfg, &x, &t, &shape).unwrap();
     let p: Vec<f64> = x.iter().map(|&v| sigmoid(v)).collect();
     let inter: f64 = p.iter().zip(&t).map(|(p, t)| p * t).sum();
     assert!((out.loss[0] - (1.0 - 2.0 * inter / 1e3)).abs() < 1e-12);
-    check_fd("dice clamped", &x, &out.grads[0], |x| summed(&dice(&cfg, x, &t, &shape).unwrap()));
+    check_fd("dice clamped", &x, &out.grads[0], |x| {
+        summed(&dice(&cfg, x, &t, &shape).unwrap())
+    });
 }
 
 #[test]
@@ -189,9 +253,12 @@ fn rmse_gradients() {
         for eps in [1e-6, 0.0, 0.25] {
             let cfg = RMSELoss { eps };
             let out = rmse(&cfg, &x, &t, &shape).unwrap();
-            check_fd(&format!("rmse {shape:?} eps {eps}"), &x, &out.grads[0], |x| {
-                summed(&rmse(&cfg, x, &t, &shape).unwrap())
-            });
+            check_fd(
+                &format!("rmse {shape:?} eps {eps}"),
+                &x,
+                &out.grads[0],
+                |x| summed(&rmse(&cfg, x, &t, &shape).unwrap()),
+            );
         }
     }
 }
@@ -215,7 +282,11 @@ fn mse_and_l1_gradients() {
     let x = uniform(&mut r, n, -2.0, 2.0);
     let t = uniform(&mut r, n, -2.0, 2.0);
     for reduction in REDUCTIONS {
-        let expect_shape = if reduction == Reduction::None { shape.to_vec() } else { vec![] };
+        let expect_shape = if reduction == Reduction::None {
+            shape.to_vec()
+        } else {
+            vec![]
+        };
         let cfg = MSELoss { reduction };
         let out = mse(&cfg, &x, &t, &shape).unwrap();
         assert_eq!(out.loss_shape, expect_shape);
@@ -233,7 +304,15 @@ fn mse_and_l1_gradients() {
 
 #[test]
 fn l1_gradient_of_zero_is_zero() {
-    let out = l1(&L1Loss { reduction: Reduction::Sum }, &[1.0, 2.0, 3.0], &[1.0, 0.0, 4.0], &[3]).unwrap();
+    let out = l1(
+        &L1Loss {
+            reduction: Reduction::Sum,
+        },
+        &[1.0, 2.0, 3.0],
+        &[1.0, 0.0, 4.0],
+        &[3],
+    )
+    .unwrap();
     assert_eq!(out.loss, vec![3.0]);
     assert_eq!(out.grads[0], vec![0.0, 1.0, -1.0]);
 }
@@ -247,16 +326,36 @@ fn weighted_bce_gradients() {
     for logits_shape in [vec![37], vec![37, 1], vec![1, 1]] {
         let n = numel(&logits_shape);
         let x: Vec<f64> = uniform(&mut r, n, -6.0, 6.0);
-        let y: Vec<f64> = (0..n).map(|i| if i % 3 == 0 { 0.3 } else { f64::from(r.gen_bool(0.5) as u8) }).collect();
+        let y: Vec<f64> = (0..n)
+            .map(|i| {
+                if i % 3 == 0 {
+                    0.3
+                } else {
+                    f64::from(r.gen_bool(0.5) as u8)
+                }
+            })
+            .collect();
         for reduction in REDUCTIONS {
             for (w_p, w_n, epsilon) in [(3.0, 1.0, 1e-7), (0.25, 2.0, 1e-3), (1.0, 1.0, 0.0)] {
-                let cfg = WeightedBCEWithLogitsLoss { w_p, w_n, epsilon, reduction };
+                let cfg = WeightedBCEWithLogitsLoss {
+                    w_p,
+                    w_n,
+                    epsilon,
+                    reduction,
+                };
                 let out = weighted_bce(&cfg, &x, &logits_shape, &y, &[n]).unwrap();
-                let want = if reduction == Reduction::None { vec![n] } else { vec![] };
+                let want = if reduction == Reduction::None {
+                    vec![n]
+                } else {
+                    vec![]
+                };
                 assert_eq!(out.loss_shape, want);
-                check_fd(&format!("wbce {logits_shape:?} {reduction:?} {w_p} {w_n} {epsilon}"), &x, &out.grads[0], |x| {
-                    summed(&weighted_bce(&cfg, x, &logits_shape, &y, &[n]).unwrap())
-                });
+                check_fd(
+                    &format!("wbce {logits_shape:?} {reduction:?} {w_p} {w_n} {epsilon}"),
+                    &x,
+                    &out.grads[0],
+                    |x| summed(&weighted_bce(&cfg, x, &logits_shape, &y, &[n]).unwrap()),
+                );
             }
         }
     }
@@ -265,12 +364,17 @@ fn weighted_bce_gradients() {
 #[test]
 fn weighted_bce_saturated_logits_are_capped() {
     // A wrong-sign saturated logit costs -ln(epsilon) (times the weight), no more.
-    let cfg = WeightedBCEWithLogitsLoss { reduction: Reduction::None, ..Default::default() };
+    let cfg = WeightedBCEWithLogitsLoss {
+        reduction: Reduction::None,
+        ..Default::default()
+    };
     let out = weighted_bce(&cfg, &[-200.0, 200.0, 200.0], &[3], &[1.0, 0.0, 1.0], &[3]).unwrap();
     let cap = -(1e-7f64).ln();
     assert!((out.loss[0] - cap).abs() < 1e-9 && (out.loss[1] - cap).abs() < 1e-9);
     assert!(out.loss[2].abs() < 1e-6);
-    assert!(out.grads[0].iter().all(|g| g.is_finite() && g.abs() < 1e-70));
+    assert!(out.grads[0]
+        .iter()
+        .all(|g| g.is_finite() && g.abs() < 1e-70));
 }
 
 fn host(data: &[f64], shape: &[usize]) -> HostTensor {
@@ -288,15 +392,25 @@ fn bce_with_logits_gradients() {
         (None, None),
         (Some(host(&[0.5, 1.5], &[2])), None),
         (None, Some(host(&[3.0, 0.5], &[2]))),
-        (Some(host(&[0.25, 1.0, 2.0, 0.5], &[4, 1, 1])), Some(host(&[2.0, 1.5], &[2]))),
+        (
+            Some(host(&[0.25, 1.0, 2.0, 0.5], &[4, 1, 1])),
+            Some(host(&[2.0, 1.5], &[2])),
+        ),
     ];
     for (weight, pos_weight) in args {
         for reduction in REDUCTIONS {
-            let cfg = BCEWithLogitsLoss { weight: weight.clone(), reduction, pos_weight: pos_weight.clone() };
+            let cfg = BCEWithLogitsLoss {
+                weight: weight.clone(),
+                reduction,
+                pos_weight: pos_weight.clone(),
+            };
             let out = bce_with_logits(&cfg, &x, &t, &shape).unwrap();
-            check_fd(&format!("bce {reduction:?} {weight:?} {pos_weight:?}"), &x, &out.grads[0], |x| {
-                summed(&bce_with_logits(&cfg, x, &t, &shape).unwrap())
-            });
+            check_fd(
+                &format!("bce {reduction:?} {weight:?} {pos_weight:?}"),
+                &x,
+                &out.grads[0],
+                |x| summed(&bce_with_logits(&cfg, x, &t, &shape).unwrap()),
+            );
         }
     }
 }
@@ -308,7 +422,11 @@ fn bce_with_logits_broadcast_index() {
     let x = vec![0.0; 120];
     let t = vec![0.0; 120];
     let w = [1.0, 2.0, 3.0, 4.0];
-    let cfg = BCEWithLogitsLoss { weight: Some(host(&w, &[4, 1, 1])), reduction: Reduction::None, ..Default::default() };
+    let cfg = BCEWithLogitsLoss {
+        weight: Some(host(&w, &[4, 1, 1])),
+        reduction: Reduction::None,
+        ..Default::default()
+    };
     let out = bce_with_logits(&cfg, &x, &t, &shape).unwrap();
     for (i, l) in out.loss.iter().enumerate() {
         assert!((l - w[(i / 10) % 4] * 2f64.ln()).abs() < 1e-12);
@@ -318,33 +436,69 @@ fn bce_with_logits_broadcast_index() {
 // ---------------------------------------------------------------------------------------------
 // Cross-entropy.
 
-fn class_targets(r: &mut StdRng, n: usize, classes: usize, ignore: i64, ignored_every: usize) -> Vec<i64> {
+fn class_targets(
+    r: &mut StdRng,
+    n: usize,
+    classes: usize,
+    ignore: i64,
+    ignored_every: usize,
+) -> Vec<i64> {
     (0..n)
-        .map(|i| if ignored_every > 0 && i % ignored_every == 1 { ignore } else { r.gen_range(0..classes as i64) })
+        .map(|i| {
+            if ignored_every > 0 && i % ignored_every == 1 {
+                ignore
+            } else {
+                r.gen_range(0..classes as i64)
+            }
+        })
         .collect()
 }
 
 #[test]
 fn cross_entropy_gradients() {
     let mut r = rng(8);
-    let layouts: [(&[usize], &[usize]); 4] = [(&[10, 6], &[10]), (&[2, 4, 3, 5], &[2, 3, 5]), (&[5], &[]), (&[3, 5, 7, 11], &[3, 7, 11])];
+    let layouts: [(&[usize], &[usize]); 4] = [
+        (&[10, 6], &[10]),
+        (&[2, 4, 3, 5], &[2, 3, 5]),
+        (&[5], &[]),
+        (&[3, 5, 7, 11], &[3, 7, 11]),
+    ];
     for (input_shape, target_shape) in layouts {
-        let classes = if input_shape.len() == 1 { input_shape[0] } else { input_shape[1] };
+        let classes = if input_shape.len() == 1 {
+            input_shape[0]
+        } else {
+            input_shape[1]
+        };
         let x = uniform(&mut r, numel(input_shape), -4.0, 4.0);
         let weights: Vec<f64> = uniform(&mut r, classes, 0.2, 2.5);
         for (ignore_index, ignored_every) in [(-100, 0), (255, 3)] {
-            let target = class_targets(&mut r, numel(target_shape), classes, ignore_index, ignored_every);
+            let target = class_targets(
+                &mut r,
+                numel(target_shape),
+                classes,
+                ignore_index,
+                ignored_every,
+            );
             for weight in [None, Some(host(&weights, &[classes]))] {
                 for label_smoothing in [0.0, 0.25] {
                     for reduction in REDUCTIONS {
-                        let cfg = CrossEntropyLoss { weight: weight.clone(), ignore_index, reduction, label_smoothing };
-                        let out = cross_entropy(&cfg, &x, input_shape, &target, target_shape).unwrap();
+                        let cfg = CrossEntropyLoss {
+                            weight: weight.clone(),
+                            ignore_index,
+                            reduction,
+                            label_smoothing,
+                        };
+                        let out =
+                            cross_entropy(&cfg, &x, input_shape, &target, target_shape).unwrap();
                         if reduction == Reduction::None {
                             assert_eq!(out.loss_shape, target_shape.to_vec());
                         }
                         let label = format!("ce {input_shape:?} ignore {ignore_index} w {} ls {label_smoothing} {reduction:?}", weight.is_some());
                         check_fd(&label, &x, &out.grads[0], |x| {
-                            summed(&cross_entropy(&cfg, x, input_shape, &target, target_shape).unwrap())
+                            summed(
+                                &cross_entropy(&cfg, x, input_shape, &target, target_shape)
+                                    .unwrap(),
+                            )
                         });
                     }
                 }
@@ -359,23 +513,37 @@ fn cross_entropy_matches_the_pytorch_formula() {
     let x = [1.0, -0.5, 2.0];
     let w = [0.5, 2.0, 1.5];
     let ls = 0.3;
-    let cfg = CrossEntropyLoss { weight: Some(host(&w, &[3])), label_smoothing: ls, ..Default::default() };
+    let cfg = CrossEntropyLoss {
+        weight: Some(host(&w, &[3])),
+        label_smoothing: ls,
+        ..Default::default()
+    };
     let out = cross_entropy(&cfg, &x, &[1, 3], &[1], &[1]).unwrap();
     let lse = x.iter().map(|v: &f64| v.exp()).sum::<f64>().ln();
     let logp: Vec<f64> = x.iter().map(|v| v - lse).collect();
     let nll = -w[1] * logp[1] / w[1];
     let smooth = -(0..3).map(|c| w[c] * logp[c]).sum::<f64>() / w[1];
     let want = (1.0 - ls) * nll + ls / 3.0 * smooth;
-    assert!((out.loss[0] - want).abs() < 1e-12, "{} vs {want}", out.loss[0]);
+    assert!(
+        (out.loss[0] - want).abs() < 1e-12,
+        "{} vs {want}",
+        out.loss[0]
+    );
 }
 
 #[test]
 fn cross_entropy_all_ignored_mean_is_nan() {
-    let cfg = CrossEntropyLoss { label_smoothing: 0.1, ..Default::default() };
+    let cfg = CrossEntropyLoss {
+        label_smoothing: 0.1,
+        ..Default::default()
+    };
     let out = cross_entropy(&cfg, &[1.0, 2.0, 3.0, 4.0], &[2, 2], &[-100, -100], &[2]).unwrap();
     assert!(out.loss[0].is_nan());
     assert_eq!(out.grads[0], vec![0.0; 4]);
-    let cfg = CrossEntropyLoss { reduction: Reduction::Sum, ..Default::default() };
+    let cfg = CrossEntropyLoss {
+        reduction: Reduction::Sum,
+        ..Default::default()
+    };
     let out = cross_entropy(&cfg, &[1.0, 2.0, 3.0, 4.0], &[2, 2], &[-100, -100], &[2]).unwrap();
     assert_eq!(out.loss, vec![0.0]);
 }
@@ -399,11 +567,17 @@ fn contrastive_gradients() {
     let n = numel(&shape);
     let a = uniform(&mut r, n, -1.0, 1.0);
     let b = uniform(&mut r, n, -1.0, 1.0);
-    let y: Vec<f64> = (0..9).map(|i| if i == 4 { 0.7 } else { f64::from(i % 2 == 0) }).collect();
+    let y: Vec<f64> = (0..9)
+        .map(|i| if i == 4 { 0.7 } else { f64::from(i % 2 == 0) })
+        .collect();
     for distance in [Distance::Euclidean, Distance::Cosine] {
         for margin in [0.5, 2.0, 6.0] {
             for reduction in REDUCTIONS {
-                let cfg = ContrastiveLoss { margin, distance, reduction };
+                let cfg = ContrastiveLoss {
+                    margin,
+                    distance,
+                    reduction,
+                };
                 let out = contrastive(&cfg, &a, &b, &shape, &y, &[9]).unwrap();
                 let label = format!("contrastive {distance:?} margin {margin} {reduction:?}");
                 check_fd(&format!("{label} e1"), &a, &out.grads[0], |a| {
@@ -421,16 +595,33 @@ fn contrastive_gradients() {
 fn contrastive_identical_rows_are_finite() {
     let a = [0.5, -1.0, 2.0, 0.25, 1.0, 1.0];
     for distance in [Distance::Euclidean, Distance::Cosine] {
-        let cfg = ContrastiveLoss { distance, ..Default::default() };
+        let cfg = ContrastiveLoss {
+            distance,
+            ..Default::default()
+        };
         let out = contrastive(&cfg, &a, &a, &[2, 3], &[1.0, 0.0], &[2]).unwrap();
         assert!(out.loss[0].is_finite());
-        assert!(out.grads.iter().flatten().all(|g| g.is_finite()), "{distance:?}: {out:?}");
+        assert!(
+            out.grads.iter().flatten().all(|g| g.is_finite()),
+            "{distance:?}: {out:?}"
+        );
     }
     // Euclidean: d = sqrt(D) 1e-6 exactly, so a similar pair costs D 1e-12.
-    let out = contrastive(&ContrastiveLoss::default(), &a[..3], &a[..3], &[1, 3], &[1.0], &[1]).unwrap();
+    let out = contrastive(
+        &ContrastiveLoss::default(),
+        &a[..3],
+        &a[..3],
+        &[1, 3],
+        &[1.0],
+        &[1],
+    )
+    .unwrap();
     assert!((out.loss[0] - 3e-12).abs() < 1e-24);
     // Zero embeddings in the cosine distance: norms clamped at 1e-8, no NaN.
-    let cfg = ContrastiveLoss { distance: Distance::Cosine, ..Default::default() };
+    let cfg = ContrastiveLoss {
+        distance: Distance::Cosine,
+        ..Default::default()
+    };
     let out = contrastive(&cfg, &[0.0; 3], &[1.0, 2.0, 3.0], &[1, 3], &[0.0], &[1]).unwrap();
     assert!(out.loss[0].is_finite() && out.grads.iter().flatten().all(|g| g.is_finite()));
 }
@@ -438,7 +629,12 @@ fn contrastive_identical_rows_are_finite() {
 // ---------------------------------------------------------------------------------------------
 // Angular penalty.
 
-fn angular_inputs(seed: u64, n: usize, features: usize, classes: usize) -> (Vec<f64>, Vec<i64>, Vec<f64>) {
+fn angular_inputs(
+    seed: u64,
+    n: usize,
+    features: usize,
+    classes: usize,
+) -> (Vec<f64>, Vec<i64>, Vec<f64>) {
     let mut r = rng(seed);
     let x = uniform(&mut r, n * features, -1.0, 1.0);
     let labels = (0..n).map(|_| r.gen_range(0..classes as i64)).collect();
@@ -454,7 +650,11 @@ fn angular_gradients() {
     let (xs, ws) = ([n, features], [classes, features]);
     for loss_type in [LossType::ArcFace, LossType::SphereFace, LossType::CosFace] {
         for normalize_weight in [true, false] {
-            for (s, m) in [(None, None), (Some(10.0), Some(0.3)), (Some(0.0), Some(0.0))] {
+            for (s, m) in [
+                (None, None),
+                (Some(10.0), Some(0.3)),
+                (Some(0.0), Some(0.0)),
+            ] {
                 for reduction in REDUCTIONS {
                     let cfg = AngularPenaltySMConfig {
                         s,
@@ -464,7 +664,11 @@ fn angular_gradients() {
                         ..AngularPenaltySMConfig::new(features, classes, loss_type)
                     };
                     let out = angular(&cfg, &x, &xs, &labels, &[n], &w, &ws).unwrap();
-                    let want = if reduction == Reduction::None { vec![n] } else { vec![] };
+                    let want = if reduction == Reduction::None {
+                        vec![n]
+                    } else {
+                        vec![]
+                    };
                     assert_eq!(out.loss_shape, want);
                     let label = format!("angular {loss_type:?} norm {normalize_weight} s {s:?} m {m:?} {reduction:?}");
                     check_fd(&format!("{label} x"), &x, &out.grads[0], |x| {
@@ -485,8 +689,20 @@ fn angular_is_finite_where_exp_overflows() {
     let (n, features, classes) = (4, 8, 6);
     let (x, labels, w) = angular_inputs(11, n, features, classes);
     let w: Vec<f64> = w.iter().map(|v| v * 300.0).collect();
-    let cfg = AngularPenaltySMConfig { normalize_weight: false, ..AngularPenaltySMConfig::new(features, classes, LossType::ArcFace) };
-    let out = angular(&cfg, &x, &[n, features], &labels, &[n], &w, &[classes, features]).unwrap();
+    let cfg = AngularPenaltySMConfig {
+        normalize_weight: false,
+        ..AngularPenaltySMConfig::new(features, classes, LossType::ArcFace)
+    };
+    let out = angular(
+        &cfg,
+        &x,
+        &[n, features],
+        &labels,
+        &[n],
+        &w,
+        &[classes, features],
+    )
+    .unwrap();
     assert!(out.loss[0].is_finite() && out.loss[0] > 100.0);
     assert!(out.grads.iter().flatten().all(|g| g.is_finite()));
 }
@@ -500,12 +716,22 @@ fn angular_clamped_target_has_no_target_path_gradient() {
     for (k, v) in x.iter().enumerate() {
         w[3 + k] = -2.0 * v;
     }
-    let cfg = AngularPenaltySMConfig { s: Some(0.0), ..AngularPenaltySMConfig::new(3, 3, LossType::ArcFace) };
-    let cfg = AngularPenaltySMConfig { s: Some(5.0), ..cfg };
+    let cfg = AngularPenaltySMConfig {
+        s: Some(0.0),
+        ..AngularPenaltySMConfig::new(3, 3, LossType::ArcFace)
+    };
+    let cfg = AngularPenaltySMConfig {
+        s: Some(5.0),
+        ..cfg
+    };
     let out = angular(&cfg, &x, &[1, 3], &[1], &[1], &w, &[3, 3]).unwrap();
     assert!(out.loss[0].is_finite());
     // Only the target row's path could move W[1]; its gradient is 0.
-    assert!(out.grads[1][3..6].iter().all(|&g| g == 0.0), "{:?}", out.grads[1]);
+    assert!(
+        out.grads[1][3..6].iter().all(|&g| g == 0.0),
+        "{:?}",
+        out.grads[1]
+    );
     assert!(out.grads.iter().flatten().all(|g| g.is_finite()));
 }
 
@@ -516,24 +742,71 @@ fn angular_clamped_target_has_no_target_path_gradient() {
 fn bad_inputs_are_errors_not_panics() {
     let kind = |r: Result<RefOutput>| r.unwrap_err().kind();
     // Data that does not fit the shape.
-    assert_eq!(kind(mse(&MSELoss::default(), &[1.0; 5], &[1.0; 6], &[6])), "invalid_input");
-    assert_eq!(kind(jaccard(&JaccardLoss::default(), &[1.0; 3], &[1.0; 4], &[4])), "invalid_input");
+    assert_eq!(
+        kind(mse(&MSELoss::default(), &[1.0; 5], &[1.0; 6], &[6])),
+        "invalid_input"
+    );
+    assert_eq!(
+        kind(jaccard(&JaccardLoss::default(), &[1.0; 3], &[1.0; 4], &[4])),
+        "invalid_input"
+    );
     // A shape whose product overflows.
     let huge = [usize::MAX, 3];
-    assert_eq!(kind(rmse(&RMSELoss::default(), &[], &[], &huge)), "invalid_input");
-    assert_eq!(kind(cross_entropy(&CrossEntropyLoss::default(), &[], &huge, &[], &[usize::MAX])), "invalid_input");
+    assert_eq!(
+        kind(rmse(&RMSELoss::default(), &[], &[], &huge)),
+        "invalid_input"
+    );
+    assert_eq!(
+        kind(cross_entropy(
+            &CrossEntropyLoss::default(),
+            &[],
+            &huge,
+            &[],
+            &[usize::MAX]
+        )),
+        "invalid_input"
+    );
     // Labels out of range.
     let ce = CrossEntropyLoss::default();
-    assert_eq!(kind(cross_entropy(&ce, &[0.0; 6], &[2, 3], &[0, 3], &[2])), "invalid_input");
-    assert_eq!(kind(cross_entropy(&ce, &[0.0; 6], &[2, 3], &[0, -1], &[2])), "invalid_input");
+    assert_eq!(
+        kind(cross_entropy(&ce, &[0.0; 6], &[2, 3], &[0, 3], &[2])),
+        "invalid_input"
+    );
+    assert_eq!(
+        kind(cross_entropy(&ce, &[0.0; 6], &[2, 3], &[0, -1], &[2])),
+        "invalid_input"
+    );
     let cfg = AngularPenaltySMConfig::new(2, 3, LossType::CosFace);
-    assert_eq!(kind(angular(&cfg, &[1.0; 2], &[1, 2], &[3], &[1], &[1.0; 6], &[3, 2])), "invalid_input");
+    assert_eq!(
+        kind(angular(
+            &cfg,
+            &[1.0; 2],
+            &[1, 2],
+            &[3],
+            &[1],
+            &[1.0; 6],
+            &[3, 2]
+        )),
+        "invalid_input"
+    );
     // Config domains.
-    assert_eq!(kind(rmse(&RMSELoss { eps: -1.0 }, &[1.0], &[1.0], &[1])), "invalid_config");
-    let cfg = AngularPenaltySMConfig { eps: 3.0, ..AngularPenaltySMConfig::new(2, 3, LossType::ArcFace) };
+    assert_eq!(
+        kind(rmse(&RMSELoss { eps: -1.0 }, &[1.0], &[1.0], &[1])),
+        "invalid_config"
+    );
+    let cfg = AngularPenaltySMConfig {
+        eps: 3.0,
+        ..AngularPenaltySMConfig::new(2, 3, LossType::ArcFace)
+    };
     assert!(angular(&cfg, &[1.0; 2], &[1, 2], &[0], &[1], &[1.0; 6], &[3, 2]).is_ok());
     // Empty batches.
     let c = ContrastiveLoss::default();
-    assert_eq!(kind(contrastive(&c, &[], &[], &[0, 4], &[], &[0])), "invalid_input");
-    assert_eq!(kind(dice(&DiceLoss::default(), &[], &[], &[0, 1, 2])), "invalid_input");
+    assert_eq!(
+        kind(contrastive(&c, &[], &[], &[0, 4], &[], &[0])),
+        "invalid_input"
+    );
+    assert_eq!(
+        kind(dice(&DiceLoss::default(), &[], &[], &[0, 1, 2])),
+        "invalid_input"
+    );
 }

@@ -1,0 +1,209 @@
+//! `Combined`: a weighted sum of losses in one submission (deepml's `0.5 * BCE + 0.5 * Jaccard`,
+//! or a multi-task `seg + 0.5 * cls`), and the in-place `axpy` of training loops.
+
+use super::{GradOpts, Loss, Recorder};
+use crate::context::LossContext;
+use crate::error::{Error, Result};
+use crate::kernel::{Bind, Scratch, ShaderSource, WG};
+use crate::tensor::{DType, Tensor};
+
+const UTIL: &str = include_str!("../../shaders/util.wgsl");
+
+pub(crate) fn shader_variants() -> Vec<ShaderSource> {
+    vec![ShaderSource::new("util", UTIL)]
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    first: u32,
+    a: f32,
+    pad: u32,
+}
+
+/// One term of a [`Combined`] loss: `weight * loss(inputs[i] for i in inputs)`.
+pub struct Term {
+    pub weight: f32,
+    pub loss: Box<dyn Loss + Send + Sync>,
+    /// For each of the loss's inputs, its index in the combined input list.
+    pub inputs: Vec<usize>,
+}
+
+/// A weighted sum of losses. Terms may share inputs (BCE and Jaccard on the same logits) or
+/// not (a segmentation term and a classification term); every term's scaled gradient is
+/// accumulated into one gradient per combined input.
+#[derive(Default)]
+pub struct Combined {
+    pub terms: Vec<Term>,
+}
+
+/// What a [`Combined`] loss returns, all on the device.
+pub struct CombinedOutput {
+    /// `sum_k weight_k * loss_k`, a scalar.
+    pub total: Tensor,
+    /// Each term's own (unweighted) value.
+    pub terms: Vec<Tensor>,
+    /// The gradient of the total with respect to each combined input (`None` where no term
+    /// differentiates that input).
+    pub grads: Vec<Option<Tensor>>,
+    _scratch: Scratch,
+}
+
+impl Combined {
+    pub fn new() -> Self {
+        Combined::default()
+    }
+
+    /// Adds `weight * loss`, the loss taking the combined inputs at positions `inputs`.
+    pub fn term(mut self, weight: f32, loss: impl Loss + Send + Sync + 'static, inputs: &[usize]) -> Self {
+        self.terms.push(Term { weight, loss: Box::new(loss), inputs: inputs.to_vec() });
+        self
+    }
+
+    /// Value, per-term values and gradients in one submission.
+    pub fn compute(&self, ctx: &LossContext, inputs: &[&Tensor]) -> Result<CombinedOutput> {
+        let mut rec = Recorder::default();
+        let (total, terms, grads) = ctx.scoped(|| self.build(ctx, inputs, 1.0, &mut rec))?;
+        ctx.submit(rec.prog, &mut rec.scratch)?;
+        Ok(CombinedOutput { total, terms, grads, _scratch: rec.scratch })
+    }
+
+    /// Records the same work into the caller's encoder.
+    pub fn record(&self, ctx: &LossContext, encoder: &mut wgpu::CommandEncoder, inputs: &[&Tensor]) -> Result<CombinedOutput> {
+        let mut rec = Recorder::default();
+        let (total, terms, grads) = ctx.scoped(|| self.build(ctx, inputs, 1.0, &mut rec))?;
+        ctx.encode(rec.prog, encoder, &mut rec.scratch)?;
+        Ok(CombinedOutput { total, terms, grads, _scratch: rec.scratch })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn build(
+        &self,
+        ctx: &LossContext,
+        inputs: &[&Tensor],
+        scale: f32,
+        rec: &mut Recorder,
+    ) -> Result<(Tensor, Vec<Tensor>, Vec<Option<Tensor>>)> {
+        if self.terms.is_empty() {
+            return Err(Error::InvalidConfig("a Combined loss needs at least one term".into()));
+        }
+        let mut grads: Vec<Option<Tensor>> = vec![None; inputs.len()];
+        let mut written = vec![false; inputs.len()];
+        let total = ctx.empty(&[], DType::F32)?;
+        let src = ShaderSource::new("util", UTIL);
+        let mut term_values = Vec::new();
+        for (k, term) in self.terms.iter().enumerate() {
+            if !term.weight.is_finite() {
+                return Err(Error::InvalidConfig(format!("term {k}: weight {} is not finite", term.weight)));
+            }
+            let names = term.loss.input_names();
+            if term.inputs.len() != names.len() {
+                return Err(Error::InvalidInput(format!(
+                    "term {k} ({}) takes {} inputs, {} indices given",
+                    term.loss.name(),
+                    names.len(),
+                    term.inputs.len()
+                )));
+            }
+            let mine: Vec<&Tensor> = term
+                .inputs
+                .iter()
+                .map(|&i| {
+                    inputs.get(i).copied().ok_or_else(|| {
+                        Error::InvalidInput(format!("term {k}: input index {i} but only {} inputs", inputs.len()))
+                    })
+                })
+                .collect::<Result<_>>()?;
+            // Each gradient of the term goes to the combined input it differentiates; the first
+            // term to touch an input writes its gradient, the others add to it.
+            let targets: Vec<Option<usize>> = term
+                .loss
+                .grad_names()
+                .iter()
+                .map(|g| names.iter().position(|n| n == g).map(|p| term.inputs[p]))
+                .collect();
+            let mut into = Vec::new();
+            let mut accumulate = None;
+            for t in &targets {
+                let Some(ci) = *t else {
+                    return Err(Error::InvalidInput(format!(
+                        "term {k} ({}) has a gradient that is not one of its inputs; it cannot be combined",
+                        term.loss.name()
+                    )));
+                };
+                if grads[ci].is_none() {
+                    grads[ci] = Some(ctx.empty(inputs[ci].shape(), DType::F32)?);
+                }
+                let acc = written[ci];
+                if accumulate.is_some_and(|a| a != acc) {
+                    return Err(Error::InvalidInput(format!(
+                        "term {k} ({}): its gradients mix inputs seen and unseen by earlier terms",
+                        term.loss.name()
+                    )));
+                }
+                accumulate = Some(acc);
+                into.push(grads[ci].clone());
+            }
+            let opts = GradOpts { scale: scale * term.weight, into, accumulate: accumulate.unwrap_or(false) };
+            let (value, _) = term.loss.build(ctx, &mine, &opts, rec)?;
+            if value.numel() != 1 {
+                return Err(Error::InvalidConfig(format!(
+                    "term {k} ({}) must reduce to a scalar (reduction mean or sum), its loss has shape {:?}",
+                    term.loss.name(),
+                    value.shape()
+                )));
+            }
+            for ci in targets.into_iter().flatten() {
+                written[ci] = true;
+            }
+            let p = Params { n: 1, first: (k == 0) as u32, a: term.weight, pad: 0 };
+            let step = ctx.step(&src, "accumulate_scalar", &p, vec![Bind::tensor(1, &total), Bind::tensor(2, &value)], 1)?;
+            rec.prog.steps.push(step);
+            term_values.push(value);
+        }
+        Ok((total, term_values, grads))
+    }
+}
+
+impl LossContext {
+    /// `x += a * y` in place, on the device (an SGD step: `a = -lr`). One submission.
+    pub fn axpy(&self, x: &Tensor, a: f32, y: &Tensor) -> Result<()> {
+        let mut rec = Recorder::default();
+        self.scoped(|| self.axpy_steps(&mut rec, x, a, y))?;
+        self.submit(rec.prog, &mut rec.scratch)
+    }
+
+    /// Records `x += a * y` into the caller's encoder; keep the returned scratch until the
+    /// encoder is submitted.
+    pub fn record_axpy(&self, encoder: &mut wgpu::CommandEncoder, x: &Tensor, a: f32, y: &Tensor) -> Result<Scratch> {
+        let mut rec = Recorder::default();
+        self.scoped(|| self.axpy_steps(&mut rec, x, a, y))?;
+        self.encode(rec.prog, encoder, &mut rec.scratch)?;
+        Ok(rec.scratch)
+    }
+
+    fn axpy_steps(&self, rec: &mut Recorder, x: &Tensor, a: f32, y: &Tensor) -> Result<()> {
+        if x.shape() != y.shape() || x.dtype() != DType::F32 || y.dtype() != DType::F32 {
+            return Err(Error::ShapeMismatch(format!(
+                "axpy: x {:?} ({:?}) and y {:?} ({:?}) must be f32 tensors of one shape",
+                x.shape(),
+                x.dtype(),
+                y.shape(),
+                y.dtype()
+            )));
+        }
+        if !a.is_finite() {
+            return Err(Error::InvalidConfig(format!("axpy: a = {a} is not finite")));
+        }
+        let src = ShaderSource::new("util", UTIL);
+        let per = 4 * WG as u64;
+        for w in self.windows(x.numel() as u64, 4, per)? {
+            let p = Params { n: w.count as u32, first: 0, a, pad: 0 };
+            let binds = vec![Bind::window(1, x, w.first, w.count), Bind::window(2, y, w.first, w.count)];
+            let step = self.step(&src, "axpy", &p, binds, w.count.div_ceil(per))?;
+            rec.prog.steps.push(step);
+        }
+        Ok(())
+    }
+}

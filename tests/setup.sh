@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what deepml's demo and tests need on a fresh Debian machine, skipping what is there:
+# a Rust toolchain, and a software GPU (Mesa's lavapipe for Vulkan, llvmpipe through EGL for GL).
+set -euo pipefail
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=
+apt_install() {
+  [ -n "$apt_updated" ] || { as_root apt-get update -q; apt_updated=1; }
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends "$@"
+}
+
+if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+  apt_install curl ca-certificates build-essential
+  curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+fi
+
+missing=()
+ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers)
+ldconfig -p | grep -q 'libEGL.so.1' || missing+=(libegl1)
+ls /usr/lib/*/libEGL_mesa.so.0 >/dev/null 2>&1 || missing+=(libegl-mesa0)
+ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1 || missing+=(libgl1-mesa-dri)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt_install "${missing[@]}"
+fi
