@@ -168,6 +168,10 @@ pub fn gpu_loss(spec: &crate::cases::LossSpec) -> Option<Box<dyn Loss>> {
         S::Rmse(c) => Some(Box::new(c.clone())),
         S::Mse(c) => Some(Box::new(c.clone())),
         S::L1(c) => Some(Box::new(c.clone())),
+        S::Jaccard(c) => Some(Box::new(c.clone())),
+        S::Dice(c) => Some(Box::new(c.clone())),
+        S::WeightedBce(c) => Some(Box::new(c.clone())),
+        S::Bce(c) => Some(Box::new(c.clone())),
         _ => None,
     }
 }

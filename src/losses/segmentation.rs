@@ -85,7 +85,11 @@ fn build(
     let grad = opts.grad_for(ctx, 0, x)?;
     // Binary with one global ratio: every element is independent, so flatten to [numel, 1, 1].
     let layout = if !multi && !per_class {
-        ChannelLayout { outer: layout.numel(), channels: 1, inner: 1 }
+        ChannelLayout {
+            outer: layout.numel(),
+            channels: 1,
+            inner: 1,
+        }
     } else {
         layout
     };
@@ -103,7 +107,13 @@ fn build(
     for w in &raw {
         let pixels = w.count * inner;
         let n = pixels.div_ceil(TILE);
-        wins.push(Win { elem_first: w.first * c * inner, elems: w.count * c * inner, pixels, tile_base: tiles, tiles: n });
+        wins.push(Win {
+            elem_first: w.first * c * inner,
+            elems: w.count * c * inner,
+            pixels,
+            tile_base: tiles,
+            tiles: n,
+        });
         tiles += n;
     }
     let src = source(kind, multi, per_class);
@@ -121,7 +131,11 @@ fn build(
         smooth: smooth as f32,
         pad1: 0.0,
     };
-    let per_window = |w: &Win| Params { pixels: w.pixels as u32, tile_base: w.tile_base as u32, ..base };
+    let per_window = |w: &Win| Params {
+        pixels: w.pixels as u32,
+        tile_base: w.tile_base as u32,
+        ..base
+    };
 
     let partials = ctx.alloc(2 * groups * tiles * 4, LossContext::storage_usage())?;
     for w in &wins {
@@ -133,7 +147,13 @@ fn build(
         let step = ctx.step(&src, "stats", &per_window(w), binds, w.tiles)?;
         rec.prog.steps.push(step);
     }
-    let totals = ctx.reduce_rows(&mut rec.prog, &mut rec.scratch, &partials, 2 * groups, tiles)?;
+    let totals = ctx.reduce_rows(
+        &mut rec.prog,
+        &mut rec.scratch,
+        &partials,
+        2 * groups,
+        tiles,
+    )?;
     rec.scratch.keep(partials);
     let loss = ctx.empty(&[], DType::F32)?;
     let coef = ctx.alloc(2 * groups * 4, LossContext::storage_usage())?;
@@ -141,7 +161,11 @@ fn build(
         &src,
         "finalize",
         &base,
-        vec![Bind::scratch(5, &totals), Bind::tensor(6, &loss), Bind::scratch(7, &coef)],
+        vec![
+            Bind::scratch(5, &totals),
+            Bind::tensor(6, &loss),
+            Bind::scratch(7, &coef),
+        ],
         1,
     )?;
     rec.prog.steps.push(step);
@@ -170,10 +194,29 @@ impl Loss for JaccardLoss {
     fn grad_names(&self) -> &'static [&'static str] {
         &["output"]
     }
-    fn build(&self, ctx: &LossContext, inputs: &[&Tensor], opts: &GradOpts, rec: &mut Recorder) -> Result<(Tensor, Vec<Tensor>)> {
+    fn build(
+        &self,
+        ctx: &LossContext,
+        inputs: &[&Tensor],
+        opts: &GradOpts,
+        rec: &mut Recorder,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let layout = self.check_shapes(inputs[0].shape(), inputs[1].shape())?;
         let (multi, per_class) = (self.is_multiclass, self.per_class);
-        build(ctx, "JaccardLoss", Kind::Jaccard, multi, per_class, layout, self.eps, 0.0, inputs[0], inputs[1], opts, rec)
+        build(
+            ctx,
+            "JaccardLoss",
+            Kind::Jaccard,
+            multi,
+            per_class,
+            layout,
+            self.eps,
+            0.0,
+            inputs[0],
+            inputs[1],
+            opts,
+            rec,
+        )
     }
 }
 
@@ -187,9 +230,28 @@ impl Loss for DiceLoss {
     fn grad_names(&self) -> &'static [&'static str] {
         &["output"]
     }
-    fn build(&self, ctx: &LossContext, inputs: &[&Tensor], opts: &GradOpts, rec: &mut Recorder) -> Result<(Tensor, Vec<Tensor>)> {
+    fn build(
+        &self,
+        ctx: &LossContext,
+        inputs: &[&Tensor],
+        opts: &GradOpts,
+        rec: &mut Recorder,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let layout = self.check_shapes(inputs[0].shape(), inputs[1].shape())?;
         let (multi, per_class) = (self.is_multiclass, self.per_class);
-        build(ctx, "DiceLoss", Kind::Dice, multi, per_class, layout, self.eps, self.smooth, inputs[0], inputs[1], opts, rec)
+        build(
+            ctx,
+            "DiceLoss",
+            Kind::Dice,
+            multi,
+            per_class,
+            layout,
+            self.eps,
+            self.smooth,
+            inputs[0],
+            inputs[1],
+            opts,
+            rec,
+        )
     }
 }
