@@ -7,8 +7,10 @@ use crate::error::{Error, Result};
 use crate::kernel::{Program, Scratch, ShaderSource};
 use crate::tensor::{DType, Tensor};
 
+pub mod bce;
 pub mod combined;
 pub mod pointwise;
+pub mod segmentation;
 
 /// How the gradients are delivered.
 #[derive(Debug, Clone)]
@@ -209,6 +211,10 @@ pub fn gpu_loss(spec: &crate::cases::LossSpec) -> Option<Box<dyn Loss>> {
         S::Rmse(c) => Some(Box::new(c.clone())),
         S::Mse(c) => Some(Box::new(c.clone())),
         S::L1(c) => Some(Box::new(c.clone())),
+        S::Jaccard(c) => Some(Box::new(c.clone())),
+        S::Dice(c) => Some(Box::new(c.clone())),
+        S::WeightedBce(c) => Some(Box::new(c.clone())),
+        S::Bce(c) => Some(Box::new(c.clone())),
         _ => None,
     }
 }
@@ -218,5 +224,7 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     let mut v = Vec::new();
     v.extend(combined::shader_variants());
     v.extend(pointwise::shader_variants());
+    v.extend(segmentation::shader_variants());
+    v.extend(bce::shader_variants());
     v
 }
