@@ -147,7 +147,12 @@ pub trait Loss {
     ) -> Result<LossOutput> {
         self.check_arity(inputs)?;
         let mut rec = Recorder::default();
-        let (loss, grads) = ctx.scoped(|| self.build(ctx, inputs, opts, &mut rec))?;
+        let (loss, grads) = ctx.scoped(|| {
+            if ctx.check_finite {
+                ctx.finite_steps(&mut rec, self.name(), inputs)?;
+            }
+            self.build(ctx, inputs, opts, &mut rec)
+        })?;
         ctx.submit(rec.prog, &mut rec.scratch)?;
         Ok(LossOutput {
             loss,
@@ -167,7 +172,12 @@ pub trait Loss {
     ) -> Result<LossOutput> {
         self.check_arity(inputs)?;
         let mut rec = Recorder::default();
-        let (loss, grads) = ctx.scoped(|| self.build(ctx, inputs, opts, &mut rec))?;
+        let (loss, grads) = ctx.scoped(|| {
+            if ctx.check_finite {
+                ctx.finite_steps(&mut rec, self.name(), inputs)?;
+            }
+            self.build(ctx, inputs, opts, &mut rec)
+        })?;
         ctx.encode(rec.prog, encoder, &mut rec.scratch)?;
         Ok(LossOutput {
             loss,
