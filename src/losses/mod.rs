@@ -8,6 +8,7 @@ use crate::kernel::{Program, Scratch, ShaderSource};
 use crate::tensor::{DType, Tensor};
 
 pub mod combined;
+pub mod cross_entropy;
 pub mod pointwise;
 
 /// How the gradients are delivered.
@@ -166,6 +167,7 @@ pub fn gpu_loss(spec: &crate::cases::LossSpec) -> Option<Box<dyn Loss>> {
         S::Rmse(c) => Some(Box::new(c.clone())),
         S::Mse(c) => Some(Box::new(c.clone())),
         S::L1(c) => Some(Box::new(c.clone())),
+        S::CrossEntropy(c) => Some(Box::new(c.clone())),
         _ => None,
     }
 }
@@ -175,5 +177,6 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     let mut v = Vec::new();
     v.extend(combined::shader_variants());
     v.extend(pointwise::shader_variants());
+    v.extend(cross_entropy::shader_variants());
     v
 }
