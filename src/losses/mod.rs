@@ -8,6 +8,7 @@ use crate::kernel::{Program, Scratch, ShaderSource};
 use crate::tensor::{DType, Tensor};
 
 pub mod combined;
+pub mod contrastive;
 pub mod cross_entropy;
 pub mod pointwise;
 
@@ -168,6 +169,7 @@ pub fn gpu_loss(spec: &crate::cases::LossSpec) -> Option<Box<dyn Loss>> {
         S::Mse(c) => Some(Box::new(c.clone())),
         S::L1(c) => Some(Box::new(c.clone())),
         S::CrossEntropy(c) => Some(Box::new(c.clone())),
+        S::Contrastive(c) => Some(Box::new(c.clone())),
         _ => None,
     }
 }
@@ -178,5 +180,6 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     v.extend(combined::shader_variants());
     v.extend(pointwise::shader_variants());
     v.extend(cross_entropy::shader_variants());
+    v.extend(contrastive::shader_variants());
     v
 }
