@@ -4,7 +4,6 @@
 // A workgroup of WG threads handles WG / TPR consecutive rows.
 //
 // Passes and traffic (P = N K positions, C classes):
-//   init        1 thread: clears the bad-label flag.
 //   weight_sum  (mean only) reads the P labels (+ their class weights): one partial per tile,
 //               then reduce.wgsl folds them into W = summed weight of the non-ignored targets.
 //   rows_*      per row: read 1 (online softmax: running max and sum), read 2 (p = exp(x - lse),
@@ -180,12 +179,6 @@ fn row(lid: u32, r: u32, gscale: f32) -> f32 {
         return bitcast<f32>(P.nan_bits);
     }
     return 0.0;
-}
-
-@compute @workgroup_size(1)
-fn init() {
-    // (reads P: every entry point uses binding 0)
-    flag[0] = min(P.rows, 0u);
 }
 
 // W: the summed class weight of the valid, non-ignored targets (tiles of ITEMS * WG labels).

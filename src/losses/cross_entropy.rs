@@ -3,12 +3,10 @@
 //! Labels live on the device, so the host cannot check them before the work runs. A caller
 //! that has them on the host checks them with [`CrossEntropyLoss::check_target_labels`]. On the
 //! device an out-of-range label that is not `ignore_index` is never used as an index: its row
-//! gets a zero gradient and a NaN loss (so a `mean` / `sum` is NaN too), and a one-`u32` flag
-//! buffer is set to 1. The flag is kept alive in the [`LossOutput`]; [`CrossEntropyLoss::compute_flagged`]
-//! also returns it as an `I32 [1]` tensor (read it with `LossContext::read_i32` while the output
-//! is alive).
+//! gets a zero gradient and a NaN loss (so a `mean` / `sum` is NaN too), and the context's
+//! label flag is set: the next read of any tensor fails with `Error::LabelOutOfRange`.
 
-use super::{want_dtype, GradOpts, Loss, LossOutput, Recorder};
+use super::{want_dtype, GradOpts, Loss, Recorder};
 use crate::config::{check_labels, CrossEntropyLoss, Reduction};
 use crate::context::LossContext;
 use crate::error::{Error, Result};
@@ -69,39 +67,14 @@ impl CrossEntropyLoss {
         check_labels("CrossEntropyLoss", labels, classes, Some(self.ignore_index))
     }
 
-    /// As [`Loss::compute_with`], also returning the device's bad-label flag: an `I32 [1]`
-    /// tensor that holds 1 once the work has run if some label was out of range (and not
-    /// `ignore_index`), else 0. It shares a buffer kept by the output: read it while the output
-    /// is alive.
-    pub fn compute_flagged(
-        &self,
-        ctx: &LossContext,
-        inputs: &[&Tensor],
-        opts: &GradOpts,
-    ) -> Result<(LossOutput, Tensor)> {
-        self.check_arity(inputs)?;
-        let mut rec = Recorder::default();
-        let (loss, grads, flag) = ctx.scoped(|| self.record_all(ctx, inputs, opts, &mut rec))?;
-        ctx.submit(rec.prog, &mut rec.scratch)?;
-        let flag = Tensor::from_buffer(flag, 0, &[1], DType::I32)?;
-        Ok((
-            LossOutput {
-                loss,
-                grads,
-                _scratch: rec.scratch,
-            },
-            flag,
-        ))
-    }
-
-    /// Records every pass; returns the loss, the gradient, and the flag buffer (kept in `rec`).
+    /// Records every pass; returns the loss and the gradient.
     fn record_all(
         &self,
         ctx: &LossContext,
         inputs: &[&Tensor],
         opts: &GradOpts,
         rec: &mut Recorder,
-    ) -> Result<(Tensor, Vec<Tensor>, wgpu::Buffer)> {
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         const WHAT: &str = "CrossEntropyLoss";
         let (x, t) = (inputs[0], inputs[1]);
         let layout = self.check_shapes(x.shape(), t.shape())?;
@@ -137,8 +110,12 @@ impl CrossEntropyLoss {
             }
             None => ctx.alloc(4, usage)?,
         };
-        let flag_buf = ctx.alloc(4, usage)?;
-        let flag_handle = flag_buf.buffer.clone();
+        let flag = Bind {
+            binding: 8,
+            buffer: ctx.flags_buffer("CrossEntropyLoss"),
+            offset: 0,
+            size: crate::context::FLAG_BYTES,
+        };
 
         let ignore = i32::try_from(self.ignore_index).ok();
         let mean = self.reduction == Reduction::Mean;
@@ -167,10 +144,6 @@ impl CrossEntropyLoss {
             wsum: wsum as f32,
             grad_scale: opts.scale,
         };
-
-        rec.prog
-            .steps
-            .push(ctx.step(&src, "init", &base, vec![Bind::scratch(8, &flag_buf)], 1)?);
 
         // Pass 1 (mean): W, the summed weight of the non-ignored targets.
         let wtot = if mean {
@@ -239,7 +212,7 @@ impl CrossEntropyLoss {
                 label_bind(2, w, t),
                 Bind::scratch(3, &weight_buf),
                 Bind::window(4, &grad, w.first * c * k, w.count * c * k),
-                Bind::scratch(8, &flag_buf),
+                flag.clone(),
             ]
         };
 
@@ -298,8 +271,7 @@ impl CrossEntropyLoss {
             rec.scratch.keep(tot);
         }
         rec.scratch.keep(weight_buf);
-        rec.scratch.keep(flag_buf);
-        Ok((loss, vec![grad], flag_handle))
+        Ok((loss, vec![grad]))
     }
 }
 
@@ -328,7 +300,6 @@ impl Loss for CrossEntropyLoss {
         opts: &GradOpts,
         rec: &mut Recorder,
     ) -> Result<(Tensor, Vec<Tensor>)> {
-        let (loss, grads, _flag) = self.record_all(ctx, inputs, opts, rec)?;
-        Ok((loss, grads))
+        self.record_all(ctx, inputs, opts, rec)
     }
 }
