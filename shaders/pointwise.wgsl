@@ -17,8 +17,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> t: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<In>;
+@group(0) @binding(2) var<storage, read> t: array<In>;
 @group(0) @binding(3) var<storage, read_write> grad: array<f32>;
 @group(0) @binding(4) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(5) var<storage, read> totals: array<f32>;
@@ -54,7 +54,7 @@ fn stats_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     for (var k = 0u; k < ITEMS; k = k + 1u) {
         let i = (g * ITEMS + k) * WG + lid;
         if (i < P.n) {
-            let e = elem(a[i], t[i]);
+            let e = elem(f32(a[i]), f32(t[i]));
             acc = acc + e.x;
             put_grad(i, e.y * P.grad_scale);
         }
@@ -77,7 +77,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     for (var k = 0u; k < ITEMS; k = k + 1u) {
         let i = (g * ITEMS + k) * WG + lid;
         if (i < P.n) {
-            acc = acc + elem(a[i], t[i]).x;
+            acc = acc + elem(f32(a[i]), f32(t[i])).x;
         }
     }
     let s = wg_sum(lid, acc);
@@ -112,7 +112,7 @@ fn rmse_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     for (var k = 0u; k < ITEMS; k = k + 1u) {
         let i = (g * ITEMS + k) * WG + lid;
         if (i < P.n) {
-            put_grad(i, (a[i] - t[i]) * c);
+            put_grad(i, (f32(a[i]) - f32(t[i])) * c);
         }
     }
 }
@@ -125,7 +125,7 @@ fn none(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     for (var k = 0u; k < ITEMS; k = k + 1u) {
         let i = (g * ITEMS + k) * WG + lid;
         if (i < P.n) {
-            let e = elem(a[i], t[i]);
+            let e = elem(f32(a[i]), f32(t[i]));
             elem_loss[i] = e.x;
             put_grad(i, e.y * P.grad_scale);
         }

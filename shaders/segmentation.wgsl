@@ -40,8 +40,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> t: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<In>;
+@group(0) @binding(2) var<storage, read> t: array<In>;
 @group(0) @binding(3) var<storage, read_write> grad: array<f32>;
 @group(0) @binding(4) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(5) var<storage, read> totals: array<f32>;
@@ -81,14 +81,14 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 let e0 = first_elem(q);
                 if (MULTI == 1u) {
                     // Online softmax: m = running max, s = sum exp(x - m), v = sum exp(x - m) t.
-                    var m = x[e0];
+                    var m = f32(x[e0]);
                     var s = 1.0;
-                    var v = t[e0];
-                    var ts = t[e0];
+                    var v = f32(t[e0]);
+                    var ts = f32(t[e0]);
                     for (var c = 1u; c < C; c = c + 1u) {
                         let e = e0 + c * P.inner;
-                        let xv = x[e];
-                        let tv = t[e];
+                        let xv = f32(x[e]);
+                        let tv = f32(t[e]);
                         if (xv > m) {
                             let r = exp(m - xv);
                             s = s * r + 1.0;
@@ -106,8 +106,8 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 } else {
                     for (var c = 0u; c < C; c = c + 1u) {
                         let e = e0 + c * P.inner;
-                        let p = sigmoid(x[e]);
-                        let tv = t[e];
+                        let p = sigmoid(f32(x[e]));
+                        let tv = f32(t[e]);
                         acc_i = acc_i + p * tv;
                         acc_s = acc_s + p + tv;
                     }
@@ -131,10 +131,10 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         let q = (g * ITEMS + it) * WG + lid;
         if (MULTI == 1u && q < P.pixels) {
             let e0 = first_elem(q);
-            var m = x[e0];
+            var m = f32(x[e0]);
             var s = 1.0;
             for (var c = 1u; c < C; c = c + 1u) {
-                let xv = x[e0 + c * P.inner];
+                let xv = f32(x[e0 + c * P.inner]);
                 if (xv > m) {
                     s = s * exp(m - xv) + 1.0;
                     m = xv;
@@ -155,11 +155,11 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 let e = first_elem(q) + c * P.inner;
                 var p: f32;
                 if (MULTI == 1u) {
-                    p = exp(x[e] - mx[it]) / sm[it];
+                    p = exp(f32(x[e]) - mx[it]) / sm[it];
                 } else {
-                    p = sigmoid(x[e]);
+                    p = sigmoid(f32(x[e]));
                 }
-                let tv = t[e];
+                let tv = f32(t[e]);
                 acc_i = acc_i + p * tv;
                 acc_s = acc_s + p + tv;
             }
@@ -229,13 +229,13 @@ fn grad_pass(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
         let e0 = first_elem(q);
         if (MULTI == 1u) {
             // Online: m = running max, s = sum exp(x - m), u = sum exp(x - m) dL/dp.
-            var m = x[e0];
+            var m = f32(x[e0]);
             var s = 1.0;
-            var u = dl_dp(0u, t[e0]);
+            var u = dl_dp(0u, f32(t[e0]));
             for (var c = 1u; c < C; c = c + 1u) {
                 let e = e0 + c * P.inner;
-                let xv = x[e];
-                let gv = dl_dp(c, t[e]);
+                let xv = f32(x[e]);
+                let gv = dl_dp(c, f32(t[e]));
                 if (xv > m) {
                     let r = exp(m - xv);
                     s = s * r + 1.0;
@@ -250,14 +250,14 @@ fn grad_pass(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
             let dot = u / s;
             for (var c = 0u; c < C; c = c + 1u) {
                 let e = e0 + c * P.inner;
-                let p = exp(x[e] - m) / s;
-                put_grad(e, p * (dl_dp(c, t[e]) - dot));
+                let p = exp(f32(x[e]) - m) / s;
+                put_grad(e, p * (dl_dp(c, f32(t[e])) - dot));
             }
         } else {
             for (var c = 0u; c < C; c = c + 1u) {
                 let e = e0 + c * P.inner;
-                let xv = x[e];
-                put_grad(e, dl_dp(c, t[e]) * sigmoid(xv) * sigmoid(-xv));
+                let xv = f32(x[e]);
+                put_grad(e, dl_dp(c, f32(t[e])) * sigmoid(xv) * sigmoid(-xv));
             }
         }
     }

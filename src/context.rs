@@ -492,6 +492,16 @@ impl LossContext {
         self.upload_bytes(bytemuck::cast_slice(data), data.len(), shape, DType::F32)
     }
 
+    /// Uploads f32 values as an f16 tensor of `shape` (rounded to nearest even), for the
+    /// pointwise and segmentation losses on adapters with SHADER_F16.
+    pub fn upload_f16(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        let h: Vec<u16> = data
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_bits())
+            .collect();
+        self.upload_bytes(bytemuck::cast_slice(&h), h.len(), shape, DType::F16)
+    }
+
     /// Uploads class labels as an i32 tensor of `shape`.
     pub fn upload_labels(&self, labels: &[i32], shape: &[usize]) -> Result<Tensor> {
         self.upload_bytes(
@@ -531,7 +541,14 @@ impl LossContext {
         let t = self.empty(shape, dtype)?;
         if !bytes.is_empty() {
             self.scoped(|| {
-                self.queue.write_buffer(t.buffer(), t.offset(), bytes);
+                if bytes.len() % 4 == 0 {
+                    self.queue.write_buffer(t.buffer(), t.offset(), bytes);
+                } else {
+                    // Copies go in 4-byte units; the buffer is allocated padded.
+                    let mut padded = bytes.to_vec();
+                    padded.resize(bytes.len().div_ceil(4) * 4, 0);
+                    self.queue.write_buffer(t.buffer(), t.offset(), &padded);
+                }
                 Ok(())
             })?;
         }
@@ -706,6 +723,21 @@ impl LossContext {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
         pollster::block_on(self.read_async(t))
+    }
+
+    /// Reads an f16 tensor back as f32 values, blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_f16(&self, t: &Tensor) -> Result<Vec<f32>> {
+        if t.dtype() != DType::F16 {
+            return Err(Error::InvalidInput(format!(
+                "read_f16 needs an f16 tensor, this one is {:?}",
+                t.dtype()
+            )));
+        }
+        let b = pollster::block_on(self.read_bytes_async(t))?;
+        Ok(b.chunks_exact(2)
+            .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            .collect())
     }
 
     /// Reads an i32 tensor back, blocking (native only).

@@ -18,6 +18,8 @@ pub struct ShaderSource {
     pub body: &'static str,
     /// `const NAME: u32 = VALUE;` lines prepended to the body: a variant per value.
     pub consts: Vec<(&'static str, u32)>,
+    /// The element type of the inputs, `In` in the shader: f32, or f16 (with `enable f16;`).
+    pub f16: bool,
 }
 
 impl ShaderSource {
@@ -26,10 +28,16 @@ impl ShaderSource {
             name,
             body,
             consts: Vec::new(),
+            f16: false,
         }
     }
     pub fn with(mut self, name: &'static str, value: u32) -> Self {
         self.consts.push((name, value));
+        self
+    }
+    /// The variant whose inputs are f16.
+    pub fn with_f16(mut self, f16: bool) -> Self {
+        self.f16 = f16;
         self
     }
     /// The pipeline-cache key of this variant.
@@ -38,11 +46,19 @@ impl ShaderSource {
         for (n, v) in &self.consts {
             k.push_str(&format!(":{n}={v}"));
         }
+        if self.f16 {
+            k.push_str(":f16");
+        }
         k
     }
     /// The full WGSL text: constants, the shared pieces, then the body.
     pub fn compose(&self) -> String {
         let mut s = String::new();
+        if self.f16 {
+            s.push_str("enable f16;\nalias In = f16;\n");
+        } else {
+            s.push_str("alias In = f32;\n");
+        }
         for (n, v) in &self.consts {
             s.push_str(&format!("const {n}: u32 = {v}u;\n"));
         }
@@ -81,16 +97,18 @@ impl Bind {
             binding,
             buffer: t.buffer().clone(),
             offset: t.offset(),
-            size: t.byte_len().max(4),
+            size: t.padded_len().max(4),
         }
     }
-    /// Elements `[first, first + count)` of a tensor of 4-byte elements.
+    /// Elements `[first, first + count)` of a tensor (2 or 4 bytes each; the size is rounded
+    /// up to 4 bytes, which the buffer always has).
     pub fn window(binding: u32, t: &Tensor, first: u64, count: u64) -> Bind {
+        let e = t.dtype().size();
         Bind {
             binding,
             buffer: t.buffer().clone(),
-            offset: t.offset() + first * 4,
-            size: (count * 4).max(4),
+            offset: t.offset() + first * e,
+            size: (count * e).div_ceil(4).max(1) * 4,
         }
     }
     /// A whole scratch buffer.

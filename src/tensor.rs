@@ -12,12 +12,18 @@ pub enum DType {
     F32,
     /// 32-bit signed integer: class labels.
     I32,
+    /// 16-bit float: inputs of the pointwise and segmentation losses where the adapter has
+    /// SHADER_F16 (they accumulate in f32 and write f32 gradients).
+    F16,
 }
 
 impl DType {
     /// Bytes per element.
     pub fn size(self) -> u64 {
-        4
+        match self {
+            DType::F32 | DType::I32 => 4,
+            DType::F16 => 2,
+        }
     }
 }
 
@@ -125,6 +131,12 @@ impl Tensor {
     /// Bytes of the elements.
     pub fn byte_len(&self) -> u64 {
         self.numel() as u64 * self.dtype.size()
+    }
+
+    /// Bytes of the elements rounded up to 4, the granularity of bindings and copies (the
+    /// buffer is always allocated that large).
+    pub fn padded_len(&self) -> u64 {
+        self.byte_len().div_ceil(4) * 4
     }
 
     /// The same elements under another shape with the same element count.

@@ -204,6 +204,31 @@ pub trait Loss {
     }
 }
 
+/// Checks float inputs that share one element type: all f32, or all f16 (which needs the
+/// adapter's SHADER_F16). Returns whether they are f16.
+pub(crate) fn float_inputs(
+    ctx: &LossContext,
+    what: &str,
+    named: &[(&str, &Tensor)],
+) -> Result<bool> {
+    let first = named[0].1.dtype();
+    for (name, t) in named {
+        if !matches!(t.dtype(), DType::F32 | DType::F16) || t.dtype() != first {
+            return Err(Error::InvalidInput(format!(
+                "{what}: {name} is {:?}; the inputs must all be F32 or all F16",
+                t.dtype()
+            )));
+        }
+    }
+    if first == DType::F16 && !ctx.has_f16() {
+        return Err(Error::InvalidInput(format!(
+            "{what}: f16 inputs need the SHADER_F16 feature, which {} does not have",
+            ctx.adapter().name
+        )));
+    }
+    Ok(first == DType::F16)
+}
+
 /// Refuses a tensor of the wrong element type.
 pub(crate) fn want_dtype(what: &str, name: &str, t: &Tensor, dtype: DType) -> Result<()> {
     if t.dtype() != dtype {

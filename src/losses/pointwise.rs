@@ -1,6 +1,6 @@
 //! `MSELoss`, `L1Loss` and `RMSELoss` (shaders/pointwise.wgsl).
 
-use super::{want_dtype, GradOpts, Loss, Recorder};
+use super::{float_inputs, GradOpts, Loss, Recorder};
 use crate::config::{L1Loss, MSELoss, RMSELoss, Reduction};
 use crate::context::LossContext;
 use crate::error::Result;
@@ -18,12 +18,23 @@ enum Kind {
     Rmse = 2,
 }
 
-fn source(kind: Kind) -> ShaderSource {
-    ShaderSource::new("pointwise", BODY).with("KIND", kind as u32)
+fn source(kind: Kind, f16: bool) -> ShaderSource {
+    ShaderSource::new("pointwise", BODY)
+        .with("KIND", kind as u32)
+        .with_f16(f16)
 }
 
 pub(crate) fn shader_variants() -> Vec<ShaderSource> {
-    vec![source(Kind::Mse), source(Kind::L1), source(Kind::Rmse)]
+    [false, true]
+        .into_iter()
+        .flat_map(|h| {
+            [
+                source(Kind::Mse, h),
+                source(Kind::L1, h),
+                source(Kind::Rmse, h),
+            ]
+        })
+        .collect()
 }
 
 #[repr(C)]
@@ -51,10 +62,9 @@ fn build(
     opts: &GradOpts,
     rec: &mut Recorder,
 ) -> Result<(Tensor, Vec<Tensor>)> {
-    want_dtype(what, "input", a, DType::F32)?;
-    want_dtype(what, "target", t, DType::F32)?;
+    let f16 = float_inputs(ctx, what, &[("input", a), ("target", t)])?;
     let n = a.numel() as u64;
-    let src = source(kind);
+    let src = source(kind, f16);
     let grad = opts.grad_for(ctx, 0, a)?;
     let tiles = n.div_ceil(TILE);
     let (loss_scale, red_scale) = match reduction {

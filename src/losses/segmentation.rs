@@ -3,7 +3,7 @@
 //! with `per_class`), the deterministic tree reduction, a finalize step (loss and gradient
 //! coefficients), and a gradient pass through the sigmoid or the channel softmax.
 
-use super::{want_dtype, GradOpts, Loss, Recorder};
+use super::{float_inputs, GradOpts, Loss, Recorder};
 use crate::config::{ChannelLayout, DiceLoss, JaccardLoss};
 use crate::context::LossContext;
 use crate::error::Result;
@@ -20,11 +20,12 @@ enum Kind {
     Dice = 1,
 }
 
-fn source(kind: Kind, multi: bool, per_class: bool) -> ShaderSource {
+fn source(kind: Kind, multi: bool, per_class: bool, f16: bool) -> ShaderSource {
     ShaderSource::new("segmentation", BODY)
         .with("KIND", kind as u32)
         .with("MULTI", multi as u32)
         .with("PER_CLASS", per_class as u32)
+        .with_f16(f16)
 }
 
 pub(crate) fn shader_variants() -> Vec<ShaderSource> {
@@ -32,7 +33,9 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     for kind in [Kind::Jaccard, Kind::Dice] {
         for multi in [false, true] {
             for per_class in [false, true] {
-                v.push(source(kind, multi, per_class));
+                for f16 in [false, true] {
+                    v.push(source(kind, multi, per_class, f16));
+                }
             }
         }
     }
@@ -80,8 +83,7 @@ fn build(
     opts: &GradOpts,
     rec: &mut Recorder,
 ) -> Result<(Tensor, Vec<Tensor>)> {
-    want_dtype(what, "output", x, DType::F32)?;
-    want_dtype(what, "target", t, DType::F32)?;
+    let f16 = float_inputs(ctx, what, &[("output", x), ("target", t)])?;
     let grad = opts.grad_for(ctx, 0, x)?;
     // Binary with one global ratio: every element is independent, so flatten to [numel, 1, 1].
     let layout = if !multi && !per_class {
@@ -116,7 +118,7 @@ fn build(
         });
         tiles += n;
     }
-    let src = source(kind, multi, per_class);
+    let src = source(kind, multi, per_class, f16);
     let base = Params {
         pixels: 0,
         inner: inner as u32,
