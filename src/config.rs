@@ -53,7 +53,10 @@ impl HostTensor {
     }
     /// A vector of shape `[len]`.
     pub fn vector(data: Vec<f32>) -> Self {
-        HostTensor { shape: vec![data.len()], data }
+        HostTensor {
+            shape: vec![data.len()],
+            data,
+        }
     }
 }
 
@@ -64,10 +67,14 @@ pub fn numel(shape: &[usize]) -> usize {
 
 fn finite_nonneg(name: &str, v: f64) -> Result<()> {
     if !v.is_finite() {
-        return Err(Error::InvalidConfig(format!("{name} must be finite, got {v}")));
+        return Err(Error::InvalidConfig(format!(
+            "{name} must be finite, got {v}"
+        )));
     }
     if v < 0.0 {
-        return Err(Error::InvalidConfig(format!("{name} must be >= 0, got {v}")));
+        return Err(Error::InvalidConfig(format!(
+            "{name} must be >= 0, got {v}"
+        )));
     }
     Ok(())
 }
@@ -113,9 +120,21 @@ impl ChannelLayout {
     /// A rank-1 shape is `[N]` with one channel.
     pub fn of(shape: &[usize]) -> ChannelLayout {
         match shape.len() {
-            0 => ChannelLayout { outer: 1, channels: 1, inner: 1 },
-            1 => ChannelLayout { outer: shape[0], channels: 1, inner: 1 },
-            _ => ChannelLayout { outer: shape[0], channels: shape[1], inner: numel(&shape[2..]) },
+            0 => ChannelLayout {
+                outer: 1,
+                channels: 1,
+                inner: 1,
+            },
+            1 => ChannelLayout {
+                outer: shape[0],
+                channels: 1,
+                inner: 1,
+            },
+            _ => ChannelLayout {
+                outer: shape[0],
+                channels: shape[1],
+                inner: numel(&shape[2..]),
+            },
         }
     }
 }
@@ -135,7 +154,9 @@ pub fn check_segmentation(
         )));
     }
     if output.is_empty() {
-        return Err(Error::ShapeMismatch(format!("{what}: output must have at least one dimension")));
+        return Err(Error::ShapeMismatch(format!(
+            "{what}: output must have at least one dimension"
+        )));
     }
     non_empty(what, "output", output)?;
     Ok(ChannelLayout::of(output))
@@ -151,20 +172,33 @@ pub struct JaccardLoss {
 
 impl Default for JaccardLoss {
     fn default() -> Self {
-        JaccardLoss { is_multiclass: false, eps: 1e-7, per_class: false }
+        JaccardLoss {
+            is_multiclass: false,
+            eps: 1e-7,
+            per_class: false,
+        }
     }
 }
 
 impl JaccardLoss {
     pub fn new(is_multiclass: bool) -> Self {
-        JaccardLoss { is_multiclass, ..Default::default() }
+        JaccardLoss {
+            is_multiclass,
+            ..Default::default()
+        }
     }
     pub fn validate(&self) -> Result<()> {
         finite_nonneg("JaccardLoss eps", self.eps)
     }
     pub fn check_shapes(&self, output: &[usize], target: &[usize]) -> Result<ChannelLayout> {
         self.validate()?;
-        check_segmentation("JaccardLoss", self.is_multiclass, self.per_class, output, target)
+        check_segmentation(
+            "JaccardLoss",
+            self.is_multiclass,
+            self.per_class,
+            output,
+            target,
+        )
     }
 }
 
@@ -180,13 +214,21 @@ pub struct DiceLoss {
 
 impl Default for DiceLoss {
     fn default() -> Self {
-        DiceLoss { is_multiclass: false, smooth: 0.0, eps: 1e-7, per_class: false }
+        DiceLoss {
+            is_multiclass: false,
+            smooth: 0.0,
+            eps: 1e-7,
+            per_class: false,
+        }
     }
 }
 
 impl DiceLoss {
     pub fn new(is_multiclass: bool) -> Self {
-        DiceLoss { is_multiclass, ..Default::default() }
+        DiceLoss {
+            is_multiclass,
+            ..Default::default()
+        }
     }
     pub fn validate(&self) -> Result<()> {
         finite_nonneg("DiceLoss smooth", self.smooth)?;
@@ -194,7 +236,13 @@ impl DiceLoss {
     }
     pub fn check_shapes(&self, output: &[usize], target: &[usize]) -> Result<ChannelLayout> {
         self.validate()?;
-        check_segmentation("DiceLoss", self.is_multiclass, self.per_class, output, target)
+        check_segmentation(
+            "DiceLoss",
+            self.is_multiclass,
+            self.per_class,
+            output,
+            target,
+        )
     }
 }
 
@@ -255,7 +303,12 @@ pub struct WeightedBCEWithLogitsLoss {
 
 impl Default for WeightedBCEWithLogitsLoss {
     fn default() -> Self {
-        WeightedBCEWithLogitsLoss { w_p: 1.0, w_n: 1.0, epsilon: 1e-7, reduction: Reduction::Mean }
+        WeightedBCEWithLogitsLoss {
+            w_p: 1.0,
+            w_n: 1.0,
+            epsilon: 1e-7,
+            reduction: Reduction::Mean,
+        }
     }
 }
 
@@ -314,7 +367,11 @@ pub struct ContrastiveLoss {
 
 impl Default for ContrastiveLoss {
     fn default() -> Self {
-        ContrastiveLoss { margin: 2.0, distance: Distance::Euclidean, reduction: Reduction::Mean }
+        ContrastiveLoss {
+            margin: 2.0,
+            distance: Distance::Euclidean,
+            reduction: Reduction::Mean,
+        }
     }
 }
 
@@ -323,7 +380,12 @@ impl ContrastiveLoss {
         finite_nonneg("ContrastiveLoss margin", self.margin)
     }
     /// Returns `(N, D)`.
-    pub fn check_shapes(&self, e1: &[usize], e2: &[usize], label: &[usize]) -> Result<(usize, usize)> {
+    pub fn check_shapes(
+        &self,
+        e1: &[usize],
+        e2: &[usize],
+        label: &[usize],
+    ) -> Result<(usize, usize)> {
         self.validate()?;
         same_shape("ContrastiveLoss", "embeddings1", e1, "embeddings2", e2)?;
         if e1.len() != 2 {
@@ -477,7 +539,12 @@ pub struct Broadcast {
 /// Finds how `arg` broadcasts against `input` (PyTorch's rules). Shapes that broadcast as one
 /// contiguous block of dimensions (a suffix like `[C]` against `[N, C]`, or `[C, 1, 1]` against
 /// `[N, C, H, W]`) are supported; anything else is refused.
-pub fn check_broadcast(what: &str, name: &str, arg: &[usize], input: &[usize]) -> Result<Broadcast> {
+pub fn check_broadcast(
+    what: &str,
+    name: &str,
+    arg: &[usize],
+    input: &[usize],
+) -> Result<Broadcast> {
     let err = || {
         Error::ShapeMismatch(format!(
             "{what}: {name} of shape {arg:?} does not broadcast against the input {input:?}"
@@ -497,14 +564,20 @@ pub fn check_broadcast(what: &str, name: &str, arg: &[usize], input: &[usize]) -
     // The dimensions where the argument varies must be one contiguous block.
     let varying: Vec<usize> = (0..full.len()).filter(|&k| full[k] != 1).collect();
     let Some((&first, &last)) = varying.first().zip(varying.last()) else {
-        return Ok(Broadcast { stride: 1, period: 1 });
+        return Ok(Broadcast {
+            stride: 1,
+            period: 1,
+        });
     };
     if last - first + 1 != varying.len() {
         return Err(Error::InvalidInput(format!(
             "{what}: {name} of shape {arg:?} broadcasts over non-contiguous dimensions of {input:?}, which is not supported"
         )));
     }
-    Ok(Broadcast { stride: numel(&input[last + 1..]), period: numel(&full[first..=last]) })
+    Ok(Broadcast {
+        stride: numel(&input[last + 1..]),
+        period: numel(&full[first..=last]),
+    })
 }
 
 /// `BCEWithLogitsLoss(weight = None, reduction = "mean", pos_weight = None)`, PyTorch's semantics.
@@ -590,7 +663,8 @@ impl CrossEntropyLoss {
         let layout = match input.len() {
             0 => {
                 return Err(Error::ShapeMismatch(
-                    "CrossEntropyLoss: input must be [C], [N, C] or [N, C, d1, ...], got a scalar".into(),
+                    "CrossEntropyLoss: input must be [C], [N, C] or [N, C, d1, ...], got a scalar"
+                        .into(),
                 ))
             }
             1 => {
@@ -599,7 +673,11 @@ impl CrossEntropyLoss {
                         "CrossEntropyLoss: an unbatched input {input:?} needs a scalar target, got {target:?}"
                     )));
                 }
-                ChannelLayout { outer: 1, channels: input[0], inner: 1 }
+                ChannelLayout {
+                    outer: 1,
+                    channels: input[0],
+                    inner: 1,
+                }
             }
             _ => {
                 let mut want = vec![input[0]];
@@ -613,7 +691,9 @@ impl CrossEntropyLoss {
             }
         };
         if layout.numel() == 0 {
-            return Err(Error::EmptyInput(format!("CrossEntropyLoss: input {input:?} has no elements")));
+            return Err(Error::EmptyInput(format!(
+                "CrossEntropyLoss: input {input:?} has no elements"
+            )));
         }
         if let Some(w) = &self.weight {
             if w.data.len() != layout.channels || w.shape.len() != 1 {
@@ -633,12 +713,27 @@ mod tests {
 
     #[test]
     fn broadcast_forms() {
-        assert_eq!(check_broadcast("t", "w", &[5], &[6, 5]).unwrap(), Broadcast { stride: 1, period: 5 });
+        assert_eq!(
+            check_broadcast("t", "w", &[5], &[6, 5]).unwrap(),
+            Broadcast {
+                stride: 1,
+                period: 5
+            }
+        );
         assert_eq!(
             check_broadcast("t", "w", &[3, 1, 1], &[2, 3, 4, 5]).unwrap(),
-            Broadcast { stride: 20, period: 3 }
+            Broadcast {
+                stride: 20,
+                period: 3
+            }
         );
-        assert_eq!(check_broadcast("t", "w", &[1], &[2, 3]).unwrap(), Broadcast { stride: 1, period: 1 });
+        assert_eq!(
+            check_broadcast("t", "w", &[1], &[2, 3]).unwrap(),
+            Broadcast {
+                stride: 1,
+                period: 1
+            }
+        );
         assert!(check_broadcast("t", "w", &[4], &[6, 5]).is_err());
         assert!(check_broadcast("t", "w", &[2, 1, 4], &[2, 3, 4]).is_err());
     }
@@ -648,7 +743,10 @@ mod tests {
         assert!(RMSELoss { eps: -1.0 }.validate().is_err());
         assert!(RMSELoss { eps: f64::NAN }.validate().is_err());
         assert!(LossType::parse("adaface").is_err());
-        let ce = CrossEntropyLoss { label_smoothing: 1.5, ..Default::default() };
+        let ce = CrossEntropyLoss {
+            label_smoothing: 1.5,
+            ..Default::default()
+        };
         assert_eq!(ce.validate().unwrap_err().kind(), "invalid_config");
     }
 }

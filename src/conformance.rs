@@ -20,11 +20,21 @@ fn check_host_labels(spec: &LossSpec, case: &Case) -> Result<()> {
         LossSpec::CrossEntropy(c) => {
             let input = case.input("input")?;
             let layout = c.check_shapes(&input.shape, &case.input("target")?.shape)?;
-            check_labels("CrossEntropyLoss", &case.input("target")?.to_i64("target")?, layout.channels, Some(c.ignore_index))
+            check_labels(
+                "CrossEntropyLoss",
+                &case.input("target")?.to_i64("target")?,
+                layout.channels,
+                Some(c.ignore_index),
+            )
         }
         LossSpec::Angular(c) => {
             c.validate()?;
-            check_labels("AngularPenaltySMLoss", &case.input("labels")?.to_i64("labels")?, c.out_features, None)
+            check_labels(
+                "AngularPenaltySMLoss",
+                &case.input("labels")?.to_i64("labels")?,
+                c.out_features,
+                None,
+            )
         }
         _ => Ok(()),
     }
@@ -39,7 +49,11 @@ fn upload(ctx: &LossContext, t: &TensorData, name: &str) -> Result<Tensor> {
 
 fn download(ctx: &LossContext, t: &Tensor) -> Result<TensorData> {
     let v = ctx.read(t)?;
-    Ok(TensorData { shape: t.shape().to_vec(), dtype: cases::DType::F32, data: v.iter().map(|&x| x as f64).collect() })
+    Ok(TensorData {
+        shape: t.shape().to_vec(),
+        dtype: cases::DType::F32,
+        data: v.iter().map(|&x| x as f64).collect(),
+    })
 }
 
 impl GpuEvaluator<'_> {
@@ -56,7 +70,10 @@ impl GpuEvaluator<'_> {
         for (name, g) in loss.grad_names().iter().zip(&out.grads) {
             grads.insert(name.to_string(), download(self.ctx, g)?);
         }
-        Ok(Evaluated { loss: download(self.ctx, &out.loss)?, grads })
+        Ok(Evaluated {
+            loss: download(self.ctx, &out.loss)?,
+            grads,
+        })
     }
 }
 

@@ -62,6 +62,10 @@ pub struct ContextOptions {
     pub max_window_bytes: Option<u64>,
     /// Do not use subgroup operations even where the adapter has them.
     pub disable_subgroups: bool,
+    /// Scan every f32 input of every loss for NaN and infinity on the device; a loss given one
+    /// then fails at the next read with `Error::InvalidInput`. Off by default: non-finite inputs
+    /// then give non-finite results (see the README).
+    pub check_finite: bool,
 }
 
 /// Allocation statistics of a context: device bytes held, and how they were obtained.
@@ -128,8 +132,14 @@ pub struct LossContext {
     pub(crate) subgroups: bool,
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
     pub(crate) pool: Arc<Pool>,
+    flags: wgpu::Buffer,
+    flag_users: Mutex<Vec<String>>,
+    pub(crate) check_finite: bool,
     state: Arc<DeviceState>,
 }
+
+/// Bytes of the device error flags (4 words).
+pub(crate) const FLAG_BYTES: u64 = 16;
 
 fn backend_rank(b: wgpu::Backend) -> u32 {
     match b {
@@ -196,14 +206,21 @@ async fn pick_adapter(opts: &ContextOptions) -> Result<wgpu::Adapter> {
             adapters.push(a);
         }
     }
-    let found: Vec<String> = adapters.iter().map(|a| AdapterReport::of(a).summary()).collect();
+    let found: Vec<String> = adapters
+        .iter()
+        .map(|a| AdapterReport::of(a).summary())
+        .collect();
     adapters
         .into_iter()
-        .find(|a| name.as_ref().is_none_or(|n| a.get_info().name.to_lowercase().contains(n)))
+        .find(|a| {
+            name.as_ref()
+                .is_none_or(|n| a.get_info().name.to_lowercase().contains(n))
+        })
         .ok_or_else(|| {
             Error::NoAdapter(format!(
                 "no adapter for backends {backends:?}{}; found: [{}]",
-                name.map(|n| format!(" with a name containing {n:?}")).unwrap_or_default(),
+                name.map(|n| format!(" with a name containing {n:?}"))
+                    .unwrap_or_default(),
                 found.join("; ")
             ))
         })
@@ -252,8 +269,16 @@ impl LossContext {
         Self::build(device, queue, report, &ContextOptions::default())
     }
 
-    fn build(device: wgpu::Device, queue: wgpu::Queue, report: AdapterReport, opts: &ContextOptions) -> Self {
-        let state = Arc::new(DeviceState { lost: Mutex::new(None), sticky: Mutex::new(None) });
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        report: AdapterReport,
+        opts: &ContextOptions,
+    ) -> Self {
+        let state = Arc::new(DeviceState {
+            lost: Mutex::new(None),
+            sticky: Mutex::new(None),
+        });
         let s = state.clone();
         device.set_device_lost_callback(move |reason, msg| {
             if let Ok(mut l) = s.lost.lock() {
@@ -269,13 +294,20 @@ impl LossContext {
         let limits = device.limits();
         let features = device.features();
         // Windows stay under the binding limit and under 2^30 elements so u32 indices are safe.
-        let mut max_window_bytes = (limits.max_storage_buffer_binding_size as u64)
+        let mut max_window_bytes = limits
+            .max_storage_buffer_binding_size
             .min(limits.max_buffer_size)
             .min(1u64 << 32);
         if let Some(cap) = opts.max_window_bytes {
             max_window_bytes = max_window_bytes.min(cap.max(256));
         }
         let subgroups = features.contains(wgpu::Features::SUBGROUP) && !opts.disable_subgroups;
+        let flags = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("deepml flags"),
+            size: FLAG_BYTES,
+            usage: Self::storage_usage(),
+            mapped_at_creation: false,
+        });
         LossContext {
             device,
             queue,
@@ -285,6 +317,9 @@ impl LossContext {
             max_window_bytes,
             subgroups,
             pipelines: Mutex::new(HashMap::new()),
+            flags,
+            flag_users: Mutex::new(Vec::new()),
+            check_finite: opts.check_finite,
             pool: Arc::new(Pool {
                 free: Mutex::new(HashMap::new()),
                 allocated: AtomicU64::new(0),
@@ -406,10 +441,19 @@ impl LossContext {
             )));
         }
         let key = (size, usage.bits());
-        if let Some(b) = self.pool.free.lock().ok().and_then(|mut f| f.get_mut(&key).and_then(|v| v.pop())) {
+        if let Some(b) = self
+            .pool
+            .free
+            .lock()
+            .ok()
+            .and_then(|mut f| f.get_mut(&key).and_then(|v| v.pop()))
+        {
             self.pool.pooled.fetch_sub(size, Ordering::Relaxed);
             self.pool.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(PoolBuf { buffer: b, pool: Some(self.pool.clone()) });
+            return Ok(PoolBuf {
+                buffer: b,
+                pool: Some(self.pool.clone()),
+            });
         }
         let buffer = self.scoped(|| {
             Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -421,7 +465,10 @@ impl LossContext {
         })?;
         self.pool.allocated.fetch_add(size, Ordering::Relaxed);
         self.pool.created.fetch_add(1, Ordering::Relaxed);
-        Ok(PoolBuf { buffer, pool: Some(self.pool.clone()) })
+        Ok(PoolBuf {
+            buffer,
+            pool: Some(self.pool.clone()),
+        })
     }
 
     pub(crate) fn storage_usage() -> wgpu::BufferUsages {
@@ -432,7 +479,9 @@ impl LossContext {
     pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let n = crate::tensor::checked_numel(shape)?;
         let bytes = (n as u64).checked_mul(dtype.size()).ok_or_else(|| {
-            Error::TooLarge(format!("a tensor of shape {shape:?} does not fit in 64-bit sizes"))
+            Error::TooLarge(format!(
+                "a tensor of shape {shape:?} does not fit in 64-bit sizes"
+            ))
         })?;
         let buf = self.alloc(bytes, Self::storage_usage())?;
         Ok(Tensor::new(Arc::new(buf), shape.to_vec(), dtype))
@@ -445,7 +494,12 @@ impl LossContext {
 
     /// Uploads class labels as an i32 tensor of `shape`.
     pub fn upload_labels(&self, labels: &[i32], shape: &[usize]) -> Result<Tensor> {
-        self.upload_bytes(bytemuck::cast_slice(labels), labels.len(), shape, DType::I32)
+        self.upload_bytes(
+            bytemuck::cast_slice(labels),
+            labels.len(),
+            shape,
+            DType::I32,
+        )
     }
 
     /// Uploads i64 class labels (as PyTorch holds them); each must fit in i32.
@@ -453,14 +507,21 @@ impl LossContext {
         let l: Vec<i32> = labels
             .iter()
             .map(|&v| {
-                i32::try_from(v)
-                    .map_err(|_| Error::LabelOutOfRange(format!("label {v} does not fit in 32 bits")))
+                i32::try_from(v).map_err(|_| {
+                    Error::LabelOutOfRange(format!("label {v} does not fit in 32 bits"))
+                })
             })
             .collect::<Result<_>>()?;
         self.upload_labels(&l, shape)
     }
 
-    fn upload_bytes(&self, bytes: &[u8], len: usize, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    fn upload_bytes(
+        &self,
+        bytes: &[u8],
+        len: usize,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
         let n = crate::tensor::checked_numel(shape)?;
         if n != len {
             return Err(Error::ShapeMismatch(format!(
@@ -479,25 +540,39 @@ impl LossContext {
 
     /// Builds (once) and returns the pipeline of `entry` in the composed shader `source`, cached
     /// under `key`.
-    pub(crate) fn pipeline(&self, key: &str, source: impl FnOnce() -> String, entry: &str) -> Result<wgpu::ComputePipeline> {
+    pub(crate) fn pipeline(
+        &self,
+        key: &str,
+        source: impl FnOnce() -> String,
+        entry: &str,
+    ) -> Result<wgpu::ComputePipeline> {
         let full_key = format!("{key}::{entry}");
-        if let Some(p) = self.pipelines.lock().ok().and_then(|m| m.get(&full_key).cloned()) {
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&full_key).cloned())
+        {
             return Ok(p);
         }
         let src = source();
         let p = self.scoped(|| {
-            let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(key),
-                source: wgpu::ShaderSource::Wgsl(src.into()),
-            });
-            Ok(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&full_key),
-                layout: None,
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: Default::default(),
-                cache: None,
-            }))
+            let module = self
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(key),
+                    source: wgpu::ShaderSource::Wgsl(src.into()),
+                });
+            Ok(self
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(&full_key),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                }))
         })?;
         if let Ok(mut m) = self.pipelines.lock() {
             m.insert(full_key, p.clone());
@@ -513,43 +588,113 @@ impl LossContext {
     /// Reads a tensor's bytes back to the host.
     pub async fn read_bytes_async(&self, t: &Tensor) -> Result<Vec<u8>> {
         let bytes = t.byte_len();
-        if bytes == 0 {
+        // The error flags of the work submitted so far are read in the same copy, then cleared.
+        let users: Vec<String> = self
+            .flag_users
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default();
+        let armed = !users.is_empty();
+        if bytes == 0 && !armed {
             return Ok(Vec::new());
         }
         let padded = bytes.div_ceil(4) * 4;
-        let staging = self.alloc(padded, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
+        let total = padded + if armed { FLAG_BYTES } else { 0 };
+        let staging = self.alloc(
+            total,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
         self.scoped(|| {
             let mut enc = self.device.create_command_encoder(&Default::default());
-            enc.copy_buffer_to_buffer(t.buffer(), t.offset(), &staging.buffer, 0, padded);
+            if padded > 0 {
+                enc.copy_buffer_to_buffer(t.buffer(), t.offset(), &staging.buffer, 0, padded);
+            }
+            if armed {
+                enc.copy_buffer_to_buffer(&self.flags, 0, &staging.buffer, padded, FLAG_BYTES);
+                enc.clear_buffer(&self.flags, 0, None);
+            }
             self.queue.submit(Some(enc.finish()));
             Ok(())
         })?;
         let (tx, rx) = futures_channel::oneshot::channel();
-        staging.buffer.map_async(wgpu::MapMode::Read, 0..padded, move |r| {
-            let _ = tx.send(r);
-        });
+        staging
+            .buffer
+            .map_async(wgpu::MapMode::Read, 0..total, move |r| {
+                let _ = tx.send(r);
+            });
         #[cfg(not(target_arch = "wasm32"))]
-        self.device
+        let waited = self
+            .device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::DeviceLost(format!("waiting for the device failed: {e}")))?;
-        let mapped = rx.await.map_err(|_| Error::DeviceLost("the read-back was cancelled".into()))?;
-        self.check()?;
-        mapped.map_err(|e| Error::Wgpu(format!("mapping the read-back buffer failed: {e}")))?;
-        let out = {
-            let view = staging
-                .buffer
-                .get_mapped_range(0..padded)
-                .map_err(|e| Error::Wgpu(format!("reading the mapped range failed: {e:?}")))?;
-            view[..bytes as usize].to_vec()
+            .map_err(|e| Error::DeviceLost(format!("waiting for the device failed: {e}")));
+        #[cfg(target_arch = "wasm32")]
+        let waited: Result<()> = Ok(());
+        let mapped = rx
+            .await
+            .map_err(|_| Error::DeviceLost("the read-back was cancelled".into()));
+        let out = match mapped {
+            Ok(Ok(())) => {
+                let data = staging
+                    .buffer
+                    .get_mapped_range(0..total)
+                    .map(|view| view.to_vec())
+                    .map_err(|e| Error::Wgpu(format!("reading the mapped range failed: {e:?}")));
+                // Unmapped on every path, so the pooled buffer can be mapped again.
+                staging.buffer.unmap();
+                data
+            }
+            Ok(Err(e)) => Err(Error::Wgpu(format!("mapping the read-back buffer failed: {e}"))),
+            Err(e) => Err(e),
         };
-        staging.buffer.unmap();
+        waited?;
+        self.check()?;
+        let mut out = out?;
+        if armed {
+            let at = padded as usize;
+            let words: Vec<u32> = bytemuck::pod_collect_to_vec(&out[at..at + FLAG_BYTES as usize]);
+            let what = users.join(", ");
+            if words[0] != 0 {
+                return Err(Error::LabelOutOfRange(format!(
+                    "{what}: a label on the device is outside the class range; the rows that hold one were skipped"
+                )));
+            }
+            if words[1] != 0 {
+                return Err(Error::InvalidInput(format!(
+                    "{what}: an input holds NaN or infinity (check_finite is on)"
+                )));
+            }
+        }
+        out.truncate(bytes as usize);
         Ok(out)
+    }
+
+    /// The context's error flags, for kernels that find bad data on the device: word 0 is set
+    /// to 1 by a label out of range, word 1 by a non-finite input (check_finite). The next read
+    /// copies and clears them, and fails when one is set. `what` names the loss in that error.
+    pub(crate) fn flags_buffer(&self, what: &str) -> wgpu::Buffer {
+        if let Ok(mut u) = self.flag_users.lock() {
+            if !u.iter().any(|x| x == what) {
+                u.push(what.to_string());
+            }
+        }
+        self.flags.clone()
+    }
+
+    /// Reads the pending device flags (see `flag`), blocking: `Ok` when no kernel since the last
+    /// read found bad data on the device.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn check_device_flags(&self) -> Result<()> {
+        let t = self.empty(&[0], DType::F32)?;
+        pollster::block_on(self.read_bytes_async(&t)).map(|_| ())
     }
 
     /// Reads an f32 tensor back.
     pub async fn read_async(&self, t: &Tensor) -> Result<Vec<f32>> {
         if t.dtype() != DType::F32 {
-            return Err(Error::InvalidInput(format!("read needs an f32 tensor, this one is {:?}", t.dtype())));
+            return Err(Error::InvalidInput(format!(
+                "read needs an f32 tensor, this one is {:?}",
+                t.dtype()
+            )));
         }
         let b = self.read_bytes_async(t).await?;
         Ok(bytemuck::pod_collect_to_vec(&b))
@@ -565,7 +710,10 @@ impl LossContext {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_i32(&self, t: &Tensor) -> Result<Vec<i32>> {
         if t.dtype() != DType::I32 {
-            return Err(Error::InvalidInput(format!("read_i32 needs an i32 tensor, this one is {:?}", t.dtype())));
+            return Err(Error::InvalidInput(format!(
+                "read_i32 needs an i32 tensor, this one is {:?}",
+                t.dtype()
+            )));
         }
         let b = pollster::block_on(self.read_bytes_async(t))?;
         Ok(bytemuck::pod_collect_to_vec(&b))

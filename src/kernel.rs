@@ -22,7 +22,11 @@ pub struct ShaderSource {
 
 impl ShaderSource {
     pub fn new(name: &'static str, body: &'static str) -> Self {
-        ShaderSource { name, body, consts: Vec::new() }
+        ShaderSource {
+            name,
+            body,
+            consts: Vec::new(),
+        }
     }
     pub fn with(mut self, name: &'static str, value: u32) -> Self {
         self.consts.push((name, value));
@@ -56,6 +60,8 @@ pub(crate) const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
 pub fn all_shader_variants() -> Vec<ShaderSource> {
     let mut v = vec![ShaderSource::new("reduce", REDUCE)];
     v.extend(crate::losses::shader_variants());
+    #[cfg(not(target_arch = "wasm32"))]
+    v.extend(crate::bench::shader_variants());
     v
 }
 
@@ -71,7 +77,12 @@ pub(crate) struct Bind {
 impl Bind {
     /// The whole tensor.
     pub fn tensor(binding: u32, t: &Tensor) -> Bind {
-        Bind { binding, buffer: t.buffer().clone(), offset: t.offset(), size: t.byte_len().max(4) }
+        Bind {
+            binding,
+            buffer: t.buffer().clone(),
+            offset: t.offset(),
+            size: t.byte_len().max(4),
+        }
     }
     /// Elements `[first, first + count)` of a tensor of 4-byte elements.
     pub fn window(binding: u32, t: &Tensor, first: u64, count: u64) -> Bind {
@@ -84,7 +95,12 @@ impl Bind {
     }
     /// A whole scratch buffer.
     pub fn scratch(binding: u32, b: &PoolBuf) -> Bind {
-        Bind { binding, buffer: b.buffer.clone(), offset: 0, size: b.buffer.size() }
+        Bind {
+            binding,
+            buffer: b.buffer.clone(),
+            offset: 0,
+            size: b.buffer.size(),
+        }
     }
 }
 
@@ -138,7 +154,9 @@ impl LossContext {
         let x = groups.min(max);
         let y = groups.div_ceil(x);
         if y > max {
-            return Err(Error::TooLarge(format!("{groups} workgroups do not fit a {max} x {max} grid")));
+            return Err(Error::TooLarge(format!(
+                "{groups} workgroups do not fit a {max} x {max} grid"
+            )));
         }
         Ok([x as u32, y as u32, 1])
     }
@@ -146,7 +164,12 @@ impl LossContext {
     /// Splits `units` units of `unit_bytes` bytes each into windows that fit one storage
     /// binding. Every window but the last holds a multiple of `multiple` units, and starts at a
     /// byte offset aligned for storage bindings.
-    pub(crate) fn windows(&self, units: u64, unit_bytes: u64, multiple: u64) -> Result<Vec<Window>> {
+    pub(crate) fn windows(
+        &self,
+        units: u64,
+        unit_bytes: u64,
+        multiple: u64,
+    ) -> Result<Vec<Window>> {
         let align = self.limits.min_storage_buffer_offset_alignment.max(4) as u64;
         let unit_bytes = unit_bytes.max(1);
         let align_units = align / gcd(unit_bytes, align);
@@ -182,7 +205,12 @@ impl LossContext {
         groups: u64,
     ) -> Result<Step> {
         let pipeline = self.pipeline(&src.key(), || src.compose(), entry)?;
-        Ok(Step { pipeline, params: bytemuck::bytes_of(params).to_vec(), binds, groups: self.grid(groups)? })
+        Ok(Step {
+            pipeline,
+            params: bytemuck::bytes_of(params).to_vec(),
+            binds,
+            groups: self.grid(groups)?,
+        })
     }
 
     /// Records the deterministic tree reduction of `rows` rows of `cols` partials held in
@@ -218,9 +246,16 @@ impl LossContext {
             if out_cols > self.limits.max_compute_workgroups_per_dimension as u64
                 || rows > self.limits.max_compute_workgroups_per_dimension as u64
             {
-                return Err(Error::TooLarge(format!("a reduction of {rows} x {cols} partials is too wide")));
+                return Err(Error::TooLarge(format!(
+                    "a reduction of {rows} x {cols} partials is too wide"
+                )));
             }
-            let p = P { cols: cols as u32, out_cols: out_cols as u32, rows: rows as u32, pad: 0 };
+            let p = P {
+                cols: cols as u32,
+                out_cols: out_cols as u32,
+                rows: rows as u32,
+                pad: 0,
+            };
             prog.steps.push(Step {
                 pipeline,
                 params: bytemuck::bytes_of(&p).to_vec(),
@@ -241,14 +276,22 @@ impl LossContext {
 
     /// Records `prog` into `encoder`: one uniform buffer for every step's parameters, one
     /// compute pass. The uniform buffer joins `scratch`.
-    pub(crate) fn encode(&self, prog: Program, encoder: &mut wgpu::CommandEncoder, scratch: &mut Scratch) -> Result<()> {
+    pub(crate) fn encode(
+        &self,
+        prog: Program,
+        encoder: &mut wgpu::CommandEncoder,
+        scratch: &mut Scratch,
+    ) -> Result<()> {
         if prog.steps.is_empty() {
             return Ok(());
         }
         let align = self.limits.min_uniform_buffer_offset_alignment.max(16) as u64;
         let slot = |p: &Step| (p.params.len() as u64).max(16).div_ceil(align) * align;
         let total: u64 = prog.steps.iter().map(slot).sum();
-        let uniforms = self.alloc(total, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
+        let uniforms = self.alloc(
+            total,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        )?;
         let mut bytes = vec![0u8; total as usize];
         let mut offsets = Vec::with_capacity(prog.steps.len());
         let mut at = 0u64;
@@ -306,7 +349,11 @@ impl LossContext {
 
     /// Records `prog` and submits it on the context's queue.
     pub(crate) fn submit(&self, prog: Program, scratch: &mut Scratch) -> Result<()> {
-        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("deepml") });
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("deepml"),
+            });
         self.encode(prog, &mut encoder, scratch)?;
         self.scoped(|| {
             self.queue.submit(Some(encoder.finish()));

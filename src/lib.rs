@@ -11,6 +11,8 @@
 //! # Ok::<(), deepml::Error>(())
 //! ```
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
 pub mod cases;
 pub mod config;
 #[cfg(not(target_arch = "wasm32"))]

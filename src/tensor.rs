@@ -23,9 +23,10 @@ impl DType {
 
 /// Element count of a shape, refusing overflow.
 pub fn checked_numel(shape: &[usize]) -> Result<usize> {
-    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
-        Error::TooLarge(format!("the element count of shape {shape:?} overflows"))
-    })
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::TooLarge(format!("the element count of shape {shape:?} overflows")))
 }
 
 /// A device buffer with a shape and a dtype. Cloning is cheap and shares the buffer. A tensor
@@ -40,19 +41,33 @@ pub struct Tensor {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor({:?}, {:?}, offset {})", self.shape, self.dtype, self.offset)
+        write!(
+            f,
+            "Tensor({:?}, {:?}, offset {})",
+            self.shape, self.dtype, self.offset
+        )
     }
 }
 
 impl Tensor {
     pub(crate) fn new(buf: Arc<PoolBuf>, shape: Vec<usize>, dtype: DType) -> Self {
-        Tensor { buf, offset: 0, shape, dtype }
+        Tensor {
+            buf,
+            offset: 0,
+            shape,
+            dtype,
+        }
     }
 
     /// Wraps a caller's buffer without a copy: `shape` elements of `dtype` starting at byte
     /// `offset`. The buffer needs `STORAGE` usage (and `COPY_SRC` to be read back); the offset
     /// must be a multiple of 256 (the storage-binding alignment).
-    pub fn from_buffer(buffer: wgpu::Buffer, offset: u64, shape: &[usize], dtype: DType) -> Result<Self> {
+    pub fn from_buffer(
+        buffer: wgpu::Buffer,
+        offset: u64,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Self> {
         let n = checked_numel(shape)? as u64;
         let need = n
             .checked_mul(dtype.size())
@@ -65,12 +80,21 @@ impl Tensor {
             )));
         }
         if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
-            return Err(Error::InvalidInput("the buffer needs STORAGE usage to be bound by deepml".into()));
+            return Err(Error::InvalidInput(
+                "the buffer needs STORAGE usage to be bound by deepml".into(),
+            ));
         }
-        if offset % 256 != 0 {
-            return Err(Error::InvalidInput(format!("offset {offset} is not a multiple of 256")));
+        if !offset.is_multiple_of(256) {
+            return Err(Error::InvalidInput(format!(
+                "offset {offset} is not a multiple of 256"
+            )));
         }
-        Ok(Tensor { buf: Arc::new(PoolBuf::wrap(buffer)), offset, shape: shape.to_vec(), dtype })
+        Ok(Tensor {
+            buf: Arc::new(PoolBuf::wrap(buffer)),
+            offset,
+            shape: shape.to_vec(),
+            dtype,
+        })
     }
 
     /// The shape.
@@ -111,7 +135,10 @@ impl Tensor {
                 self.shape
             )));
         }
-        Ok(Tensor { shape: shape.to_vec(), ..self.clone() })
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            ..self.clone()
+        })
     }
 
     /// Whether two tensors share a buffer.

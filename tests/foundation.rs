@@ -5,7 +5,9 @@ mod common;
 use deepml::*;
 
 fn mse_sum() -> MSELoss {
-    MSELoss { reduction: Reduction::Sum }
+    MSELoss {
+        reduction: Reduction::Sum,
+    }
 }
 
 #[test]
@@ -18,7 +20,13 @@ fn reduction_of_ten_million_values_is_accurate() {
     let want: f64 = x.iter().map(|&v| v as f64).sum();
     let tx = ctx.upload(&x, &[n]).unwrap();
     let tz = ctx.upload(&zeros, &[n]).unwrap();
-    let got = L1Loss { reduction: Reduction::Sum }.compute(ctx, &[&tx, &tz]).unwrap().value(ctx).unwrap() as f64;
+    let got = L1Loss {
+        reduction: Reduction::Sum,
+    }
+    .compute(ctx, &[&tx, &tz])
+    .unwrap()
+    .value(ctx)
+    .unwrap() as f64;
     let rel = (got - want).abs() / want;
     eprintln!("sum of 1e7 uniform values: gpu {got}, f64 {want}, relative error {rel:e}");
     assert!(rel < 1e-6, "relative error {rel:e}");
@@ -36,12 +44,23 @@ fn results_are_bit_identical_over_three_runs() {
         let o = loss.compute(ctx, &[&ta, &tb]).unwrap();
         let v = ctx.read(&o.loss).unwrap();
         let g = ctx.read(&o.grads[0]).unwrap();
-        (v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), g.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+        (
+            v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            g.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        )
     };
-    for loss in [&RMSELoss::default() as &dyn Loss, &MSELoss::default(), &L1Loss::default()] {
+    for loss in [
+        &RMSELoss::default() as &dyn Loss,
+        &MSELoss::default(),
+        &L1Loss::default(),
+    ] {
         let first = run(loss);
         for _ in 0..2 {
-            assert!(run(loss) == first, "{} is not bit-identical from run to run", loss.name());
+            assert!(
+                run(loss) == first,
+                "{} is not bit-identical from run to run",
+                loss.name()
+            );
         }
     }
 }
@@ -55,7 +74,13 @@ fn windowed_dispatch_matches_the_plain_one() {
     let n = 100_003;
     let a = common::uniform(&mut r, n, -3.0, 3.0);
     let b = common::uniform(&mut r, n, -3.0, 3.0);
-    for loss in [&RMSELoss::default() as &dyn Loss, &MSELoss::default(), &L1Loss { reduction: Reduction::None }] {
+    for loss in [
+        &RMSELoss::default() as &dyn Loss,
+        &MSELoss::default(),
+        &L1Loss {
+            reduction: Reduction::None,
+        },
+    ] {
         let mut outs = Vec::new();
         for ctx in [plain, &small] {
             let (ta, tb) = (ctx.upload(&a, &[n]).unwrap(), ctx.upload(&b, &[n]).unwrap());
@@ -71,25 +96,39 @@ fn tensor_over_one_storage_binding_matches_the_reference() {
     let ctx = common::ctx();
     let binding = ctx.adapter().limits.max_storage_buffer_binding_size as usize;
     let n = (1usize << 25) + 12_345; // more than 128 MiB of f32
-    eprintln!("{n} elements = {} MiB, binding limit {} MiB", n * 4 >> 20, binding >> 20);
+    eprintln!(
+        "{n} elements = {} MiB, binding limit {} MiB",
+        (n * 4) >> 20,
+        binding >> 20
+    );
     let mut r = common::rng(14);
     let a = common::uniform(&mut r, n, -1.0, 1.0);
     let b = common::uniform(&mut r, n, -1.0, 1.0);
     let (ta, tb) = (ctx.upload(&a, &[n]).unwrap(), ctx.upload(&b, &[n]).unwrap());
     let o = RMSELoss::default().compute(ctx, &[&ta, &tb]).unwrap();
-    let s: f64 = a.iter().zip(&b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum();
+    let s: f64 = a
+        .iter()
+        .zip(&b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
     let want = (s / n as f64 + 1e-6).sqrt();
     let got = o.value(ctx).unwrap() as f64;
     assert!((got - want).abs() <= 1e-6 * want, "rmse {got} vs {want}");
     let g = ctx.read(&o.grads[0]).unwrap();
-    let want_g: Vec<f64> = a.iter().zip(&b).map(|(&x, &y)| (x as f64 - y as f64) / (n as f64 * want)).collect();
+    let want_g: Vec<f64> = a
+        .iter()
+        .zip(&b)
+        .map(|(&x, &y)| (x as f64 - y as f64) / (n as f64 * want))
+        .collect();
     common::assert_close("rmse grad", &g, &want_g, 1e-5, 1e-6);
 }
 
 #[test]
 fn every_kind_of_bad_input_is_a_typed_error() {
     let ctx = common::ctx();
-    let a = ctx.upload(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
+    let a = ctx
+        .upload(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])
+        .unwrap();
     let b = ctx.upload(&[1.0, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
     let e = ctx.upload(&[], &[0, 3]).unwrap();
 
@@ -105,7 +144,10 @@ fn every_kind_of_bad_input_is_a_typed_error() {
         assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
         assert_eq!(err.kind(), "invalid_config");
     }
-    let err = MSELoss::default().compute_with(ctx, &[&a, &a], &GradOpts::scaled(f32::NAN)).err().unwrap();
+    let err = MSELoss::default()
+        .compute_with(ctx, &[&a, &a], &GradOpts::scaled(f32::NAN))
+        .err()
+        .unwrap();
     assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
 
     let err = check_labels("test", &[0, 3, 7], 5, Some(-100)).unwrap_err();
@@ -114,9 +156,12 @@ fn every_kind_of_bad_input_is_a_typed_error() {
     let err = ctx.upload_labels_i64(&[1 << 40], &[1]).unwrap_err();
     assert!(matches!(err, Error::LabelOutOfRange(_)), "{err}");
 
-    let err = LossContext::with_options(ContextOptions { adapter_name: Some("no such adapter 1234".into()), ..Default::default() })
-        .err()
-        .unwrap();
+    let err = LossContext::with_options(ContextOptions {
+        adapter_name: Some("no such adapter 1234".into()),
+        ..Default::default()
+    })
+    .err()
+    .unwrap();
     assert!(matches!(err, Error::NoAdapter(_)), "{err}");
 
     let err = ctx.empty(&[1 << 40], DType::F32).unwrap_err();
@@ -154,7 +199,14 @@ fn a_lost_device_is_an_error_and_a_new_context_works() {
     let fresh = LossContext::new().unwrap();
     let b = fresh.upload(&[1.0, 3.0], &[2]).unwrap();
     let c = fresh.upload(&[0.0, 1.0], &[2]).unwrap();
-    assert_eq!(MSELoss::default().compute(&fresh, &[&b, &c]).unwrap().value(&fresh).unwrap(), 2.5);
+    assert_eq!(
+        MSELoss::default()
+            .compute(&fresh, &[&b, &c])
+            .unwrap()
+            .value(&fresh)
+            .unwrap(),
+        2.5
+    );
 }
 
 #[test]
@@ -165,13 +217,26 @@ fn gradient_options_scale_write_into_and_accumulate() {
     let a = common::uniform(&mut r, n, -1.0, 1.0);
     let b = common::uniform(&mut r, n, -1.0, 1.0);
     let (ta, tb) = (ctx.upload(&a, &[n]).unwrap(), ctx.upload(&b, &[n]).unwrap());
-    let base = ctx.read(&mse_sum().compute(ctx, &[&ta, &tb]).unwrap().grads[0]).unwrap();
-    let scaled = ctx.read(&mse_sum().compute_with(ctx, &[&ta, &tb], &GradOpts::scaled(0.5)).unwrap().grads[0]).unwrap();
+    let base = ctx
+        .read(&mse_sum().compute(ctx, &[&ta, &tb]).unwrap().grads[0])
+        .unwrap();
+    let scaled = ctx
+        .read(
+            &mse_sum()
+                .compute_with(ctx, &[&ta, &tb], &GradOpts::scaled(0.5))
+                .unwrap()
+                .grads[0],
+        )
+        .unwrap();
     for (s, g) in scaled.iter().zip(&base) {
         assert_eq!(*s, 0.5 * g);
     }
     let acc = ctx.upload(&vec![1.0; n], &[n]).unwrap();
-    let opts = GradOpts { scale: 2.0, into: vec![Some(acc.clone())], accumulate: true };
+    let opts = GradOpts {
+        scale: 2.0,
+        into: vec![Some(acc.clone())],
+        accumulate: true,
+    };
     let o = mse_sum().compute_with(ctx, &[&ta, &tb], &opts).unwrap();
     assert!(o.grads[0].same_buffer(&acc));
     let got = ctx.read(&acc).unwrap();
@@ -185,8 +250,12 @@ fn a_training_loop_reuses_its_buffers() {
     let ctx = LossContext::new().unwrap();
     let mut r = common::rng(16);
     let n = 50_000;
-    let a = ctx.upload(&common::uniform(&mut r, n, -1.0, 1.0), &[n]).unwrap();
-    let b = ctx.upload(&common::uniform(&mut r, n, -1.0, 1.0), &[n]).unwrap();
+    let a = ctx
+        .upload(&common::uniform(&mut r, n, -1.0, 1.0), &[n])
+        .unwrap();
+    let b = ctx
+        .upload(&common::uniform(&mut r, n, -1.0, 1.0), &[n])
+        .unwrap();
     let mut after_first = None;
     for step in 0..200 {
         let o = RMSELoss::default().compute(&ctx, &[&a, &b]).unwrap();
@@ -197,7 +266,10 @@ fn a_training_loop_reuses_its_buffers() {
         let s = ctx.stats();
         match after_first {
             None => after_first = Some(s.allocated_bytes),
-            Some(bytes) => assert_eq!(s.allocated_bytes, bytes, "step {step} allocated more: {s:?}"),
+            Some(bytes) => assert_eq!(
+                s.allocated_bytes, bytes,
+                "step {step} allocated more: {s:?}"
+            ),
         }
     }
     assert!(ctx.stats().pool_hits > 0);

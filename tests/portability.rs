@@ -8,38 +8,65 @@ use naga::valid::{Capabilities, ValidationFlags, Validator};
 #[test]
 fn every_shader_translates_to_every_backend() {
     let variants = deepml::kernel::all_shader_variants();
-    assert!(variants.len() >= 4, "the registry lists every shader variant");
+    assert!(
+        variants.len() >= 4,
+        "the registry lists every shader variant"
+    );
     let mut entry_points = 0;
     for v in &variants {
         let key = v.key();
         let src = v.compose();
-        let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{key}: {}", e.emit_to_string(&src)));
+        let module = naga::front::wgsl::parse_str(&src)
+            .unwrap_or_else(|e| panic!("{key}: {}", e.emit_to_string(&src)));
         // Only the capabilities a plain WebGPU device has, so the shaders run everywhere.
         let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
             .validate(&module)
             .unwrap_or_else(|e| panic!("{key}: {}", e.emit_to_string(&src)));
 
-        spv::write_vec(&module, &info, &spv::Options::default(), None).unwrap_or_else(|e| panic!("{key}: SPIR-V: {e}"));
-        msl::write_string(&module, &info, &msl::Options::default(), &msl::PipelineOptions::default())
-            .unwrap_or_else(|e| panic!("{key}: MSL: {e}"));
+        spv::write_vec(&module, &info, &spv::Options::default(), None)
+            .unwrap_or_else(|e| panic!("{key}: SPIR-V: {e}"));
+        msl::write_string(
+            &module,
+            &info,
+            &msl::Options::default(),
+            &msl::PipelineOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{key}: MSL: {e}"));
         let mut hlsl_out = String::new();
-        hlsl::Writer::new(&mut hlsl_out, &hlsl::Options::default(), &hlsl::PipelineOptions::default())
-            .write(&module, &info, None)
-            .unwrap_or_else(|e| panic!("{key}: HLSL: {e}"));
+        hlsl::Writer::new(
+            &mut hlsl_out,
+            &hlsl::Options::default(),
+            &hlsl::PipelineOptions::default(),
+        )
+        .write(&module, &info, None)
+        .unwrap_or_else(|e| panic!("{key}: HLSL: {e}"));
 
         for ep in &module.entry_points {
             entry_points += 1;
             let mut out = String::new();
-            let options = glsl::Options { version: glsl::Version::new_gles(310), ..Default::default() };
+            let options = glsl::Options {
+                version: glsl::Version::new_gles(310),
+                ..Default::default()
+            };
             let pipeline = glsl::PipelineOptions {
                 shader_stage: naga::ShaderStage::Compute,
                 entry_point: ep.name.clone(),
                 multiview: None,
             };
-            glsl::Writer::new(&mut out, &module, &info, &options, &pipeline, naga::proc::BoundsCheckPolicies::default())
-                .and_then(|mut w| w.write())
-                .unwrap_or_else(|e| panic!("{key}::{}: GLSL ES 3.10: {e}", ep.name));
+            glsl::Writer::new(
+                &mut out,
+                &module,
+                &info,
+                &options,
+                &pipeline,
+                naga::proc::BoundsCheckPolicies::default(),
+            )
+            .and_then(|mut w| w.write())
+            .unwrap_or_else(|e| panic!("{key}::{}: GLSL ES 3.10: {e}", ep.name));
         }
     }
-    eprintln!("{} shader variants, {entry_points} entry points translated to SPIR-V, MSL, HLSL and GLSL", variants.len());
+    eprintln!(
+        "{} shader variants, {entry_points} entry points translated to SPIR-V, MSL, HLSL and GLSL",
+        variants.len()
+    );
 }

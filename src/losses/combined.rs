@@ -56,8 +56,17 @@ impl Combined {
     }
 
     /// Adds `weight * loss`, the loss taking the combined inputs at positions `inputs`.
-    pub fn term(mut self, weight: f32, loss: impl Loss + Send + Sync + 'static, inputs: &[usize]) -> Self {
-        self.terms.push(Term { weight, loss: Box::new(loss), inputs: inputs.to_vec() });
+    pub fn term(
+        mut self,
+        weight: f32,
+        loss: impl Loss + Send + Sync + 'static,
+        inputs: &[usize],
+    ) -> Self {
+        self.terms.push(Term {
+            weight,
+            loss: Box::new(loss),
+            inputs: inputs.to_vec(),
+        });
         self
     }
 
@@ -66,15 +75,30 @@ impl Combined {
         let mut rec = Recorder::default();
         let (total, terms, grads) = ctx.scoped(|| self.build(ctx, inputs, 1.0, &mut rec))?;
         ctx.submit(rec.prog, &mut rec.scratch)?;
-        Ok(CombinedOutput { total, terms, grads, _scratch: rec.scratch })
+        Ok(CombinedOutput {
+            total,
+            terms,
+            grads,
+            _scratch: rec.scratch,
+        })
     }
 
     /// Records the same work into the caller's encoder.
-    pub fn record(&self, ctx: &LossContext, encoder: &mut wgpu::CommandEncoder, inputs: &[&Tensor]) -> Result<CombinedOutput> {
+    pub fn record(
+        &self,
+        ctx: &LossContext,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &[&Tensor],
+    ) -> Result<CombinedOutput> {
         let mut rec = Recorder::default();
         let (total, terms, grads) = ctx.scoped(|| self.build(ctx, inputs, 1.0, &mut rec))?;
         ctx.encode(rec.prog, encoder, &mut rec.scratch)?;
-        Ok(CombinedOutput { total, terms, grads, _scratch: rec.scratch })
+        Ok(CombinedOutput {
+            total,
+            terms,
+            grads,
+            _scratch: rec.scratch,
+        })
     }
 
     #[allow(clippy::type_complexity)]
@@ -86,7 +110,9 @@ impl Combined {
         rec: &mut Recorder,
     ) -> Result<(Tensor, Vec<Tensor>, Vec<Option<Tensor>>)> {
         if self.terms.is_empty() {
-            return Err(Error::InvalidConfig("a Combined loss needs at least one term".into()));
+            return Err(Error::InvalidConfig(
+                "a Combined loss needs at least one term".into(),
+            ));
         }
         let mut grads: Vec<Option<Tensor>> = vec![None; inputs.len()];
         let mut written = vec![false; inputs.len()];
@@ -95,7 +121,10 @@ impl Combined {
         let mut term_values = Vec::new();
         for (k, term) in self.terms.iter().enumerate() {
             if !term.weight.is_finite() {
-                return Err(Error::InvalidConfig(format!("term {k}: weight {} is not finite", term.weight)));
+                return Err(Error::InvalidConfig(format!(
+                    "term {k}: weight {} is not finite",
+                    term.weight
+                )));
             }
             let names = term.loss.input_names();
             if term.inputs.len() != names.len() {
@@ -111,7 +140,10 @@ impl Combined {
                 .iter()
                 .map(|&i| {
                     inputs.get(i).copied().ok_or_else(|| {
-                        Error::InvalidInput(format!("term {k}: input index {i} but only {} inputs", inputs.len()))
+                        Error::InvalidInput(format!(
+                            "term {k}: input index {i} but only {} inputs",
+                            inputs.len()
+                        ))
                     })
                 })
                 .collect::<Result<_>>()?;
@@ -145,7 +177,11 @@ impl Combined {
                 accumulate = Some(acc);
                 into.push(grads[ci].clone());
             }
-            let opts = GradOpts { scale: scale * term.weight, into, accumulate: accumulate.unwrap_or(false) };
+            let opts = GradOpts {
+                scale: scale * term.weight,
+                into,
+                accumulate: accumulate.unwrap_or(false),
+            };
             let (value, _) = term.loss.build(ctx, &mine, &opts, rec)?;
             if value.numel() != 1 {
                 return Err(Error::InvalidConfig(format!(
@@ -157,8 +193,19 @@ impl Combined {
             for ci in targets.into_iter().flatten() {
                 written[ci] = true;
             }
-            let p = Params { n: 1, first: (k == 0) as u32, a: term.weight, pad: 0 };
-            let step = ctx.step(&src, "accumulate_scalar", &p, vec![Bind::tensor(1, &total), Bind::tensor(2, &value)], 1)?;
+            let p = Params {
+                n: 1,
+                first: (k == 0) as u32,
+                a: term.weight,
+                pad: 0,
+            };
+            let step = ctx.step(
+                &src,
+                "accumulate_scalar",
+                &p,
+                vec![Bind::tensor(1, &total), Bind::tensor(2, &value)],
+                1,
+            )?;
             rec.prog.steps.push(step);
             term_values.push(value);
         }
@@ -176,7 +223,13 @@ impl LossContext {
 
     /// Records `x += a * y` into the caller's encoder; keep the returned scratch until the
     /// encoder is submitted.
-    pub fn record_axpy(&self, encoder: &mut wgpu::CommandEncoder, x: &Tensor, a: f32, y: &Tensor) -> Result<Scratch> {
+    pub fn record_axpy(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        a: f32,
+        y: &Tensor,
+    ) -> Result<Scratch> {
         let mut rec = Recorder::default();
         self.scoped(|| self.axpy_steps(&mut rec, x, a, y))?;
         self.encode(rec.prog, encoder, &mut rec.scratch)?;
@@ -199,8 +252,16 @@ impl LossContext {
         let src = ShaderSource::new("util", UTIL);
         let per = 4 * WG as u64;
         for w in self.windows(x.numel() as u64, 4, per)? {
-            let p = Params { n: w.count as u32, first: 0, a, pad: 0 };
-            let binds = vec![Bind::window(1, x, w.first, w.count), Bind::window(2, y, w.first, w.count)];
+            let p = Params {
+                n: w.count as u32,
+                first: 0,
+                a,
+                pad: 0,
+            };
+            let binds = vec![
+                Bind::window(1, x, w.first, w.count),
+                Bind::window(2, y, w.first, w.count),
+            ];
             let step = self.step(&src, "axpy", &p, binds, w.count.div_ceil(per))?;
             rec.prog.steps.push(step);
         }

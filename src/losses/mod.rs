@@ -7,8 +7,10 @@ use crate::error::{Error, Result};
 use crate::kernel::{Program, Scratch, ShaderSource};
 use crate::tensor::{DType, Tensor};
 
+pub mod bce;
 pub mod combined;
 pub mod pointwise;
+pub mod segmentation;
 
 /// How the gradients are delivered.
 #[derive(Debug, Clone)]
@@ -24,20 +26,30 @@ pub struct GradOpts {
 
 impl Default for GradOpts {
     fn default() -> Self {
-        GradOpts { scale: 1.0, into: Vec::new(), accumulate: false }
+        GradOpts {
+            scale: 1.0,
+            into: Vec::new(),
+            accumulate: false,
+        }
     }
 }
 
 impl GradOpts {
     /// Scales every gradient by `scale`.
     pub fn scaled(scale: f32) -> Self {
-        GradOpts { scale, ..Default::default() }
+        GradOpts {
+            scale,
+            ..Default::default()
+        }
     }
 
     /// The gradient tensor of differentiable input `i`, shaped like `like`: the caller's, or new.
     pub(crate) fn grad_for(&self, ctx: &LossContext, i: usize, like: &Tensor) -> Result<Tensor> {
         if !self.scale.is_finite() {
-            return Err(Error::InvalidConfig(format!("the upstream gradient scale must be finite, got {}", self.scale)));
+            return Err(Error::InvalidConfig(format!(
+                "the upstream gradient scale must be finite, got {}",
+                self.scale
+            )));
         }
         match self.into.get(i).and_then(|t| t.as_ref()) {
             Some(t) => {
@@ -53,7 +65,9 @@ impl GradOpts {
             }
             None => {
                 if self.accumulate {
-                    return Err(Error::InvalidInput(format!("accumulate needs a gradient tensor for input {i}")));
+                    return Err(Error::InvalidInput(format!(
+                        "accumulate needs a gradient tensor for input {i}"
+                    )));
                 }
                 ctx.empty(like.shape(), DType::F32)
             }
@@ -82,10 +96,13 @@ impl LossOutput {
     /// Gradient `i`, read back, blocking (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn grad(&self, ctx: &LossContext, i: usize) -> Result<Vec<f32>> {
-        let g = self
-            .grads
-            .get(i)
-            .ok_or_else(|| Error::InvalidInput(format!("this loss has {} gradients, not {}", self.grads.len(), i + 1)))?;
+        let g = self.grads.get(i).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "this loss has {} gradients, not {}",
+                self.grads.len(),
+                i + 1
+            ))
+        })?;
         ctx.read(g)
     }
 }
@@ -108,7 +125,13 @@ pub trait Loss {
     /// inputs; for a loss that owns a parameter, that parameter too).
     fn grad_names(&self) -> &'static [&'static str];
     /// Validates and records the kernels; returns the loss tensor and the gradients.
-    fn build(&self, ctx: &LossContext, inputs: &[&Tensor], opts: &GradOpts, rec: &mut Recorder) -> Result<(Tensor, Vec<Tensor>)>;
+    fn build(
+        &self,
+        ctx: &LossContext,
+        inputs: &[&Tensor],
+        opts: &GradOpts,
+        rec: &mut Recorder,
+    ) -> Result<(Tensor, Vec<Tensor>)>;
 
     /// Value and gradients in one submission; nothing is read back.
     fn compute(&self, ctx: &LossContext, inputs: &[&Tensor]) -> Result<LossOutput> {
@@ -116,22 +139,41 @@ pub trait Loss {
     }
 
     /// As `compute`, with an upstream scale and caller-owned gradient buffers.
-    fn compute_with(&self, ctx: &LossContext, inputs: &[&Tensor], opts: &GradOpts) -> Result<LossOutput> {
+    fn compute_with(
+        &self,
+        ctx: &LossContext,
+        inputs: &[&Tensor],
+        opts: &GradOpts,
+    ) -> Result<LossOutput> {
         self.check_arity(inputs)?;
         let mut rec = Recorder::default();
         let (loss, grads) = ctx.scoped(|| self.build(ctx, inputs, opts, &mut rec))?;
         ctx.submit(rec.prog, &mut rec.scratch)?;
-        Ok(LossOutput { loss, grads, _scratch: rec.scratch })
+        Ok(LossOutput {
+            loss,
+            grads,
+            _scratch: rec.scratch,
+        })
     }
 
     /// Records value and gradients into the caller's encoder; the work runs when the caller
     /// submits it. Keep the returned output alive until then.
-    fn record(&self, ctx: &LossContext, encoder: &mut wgpu::CommandEncoder, inputs: &[&Tensor], opts: &GradOpts) -> Result<LossOutput> {
+    fn record(
+        &self,
+        ctx: &LossContext,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &[&Tensor],
+        opts: &GradOpts,
+    ) -> Result<LossOutput> {
         self.check_arity(inputs)?;
         let mut rec = Recorder::default();
         let (loss, grads) = ctx.scoped(|| self.build(ctx, inputs, opts, &mut rec))?;
         ctx.encode(rec.prog, encoder, &mut rec.scratch)?;
-        Ok(LossOutput { loss, grads, _scratch: rec.scratch })
+        Ok(LossOutput {
+            loss,
+            grads,
+            _scratch: rec.scratch,
+        })
     }
 
     #[doc(hidden)]
@@ -153,7 +195,10 @@ pub trait Loss {
 /// Refuses a tensor of the wrong element type.
 pub(crate) fn want_dtype(what: &str, name: &str, t: &Tensor, dtype: DType) -> Result<()> {
     if t.dtype() != dtype {
-        return Err(Error::InvalidInput(format!("{what}: {name} must be {dtype:?}, got {:?}", t.dtype())));
+        return Err(Error::InvalidInput(format!(
+            "{what}: {name} must be {dtype:?}, got {:?}",
+            t.dtype()
+        )));
     }
     Ok(())
 }
@@ -166,6 +211,10 @@ pub fn gpu_loss(spec: &crate::cases::LossSpec) -> Option<Box<dyn Loss>> {
         S::Rmse(c) => Some(Box::new(c.clone())),
         S::Mse(c) => Some(Box::new(c.clone())),
         S::L1(c) => Some(Box::new(c.clone())),
+        S::Jaccard(c) => Some(Box::new(c.clone())),
+        S::Dice(c) => Some(Box::new(c.clone())),
+        S::WeightedBce(c) => Some(Box::new(c.clone())),
+        S::Bce(c) => Some(Box::new(c.clone())),
         _ => None,
     }
 }
@@ -175,5 +224,7 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     let mut v = Vec::new();
     v.extend(combined::shader_variants());
     v.extend(pointwise::shader_variants());
+    v.extend(segmentation::shader_variants());
+    v.extend(bce::shader_variants());
     v
 }

@@ -74,7 +74,11 @@ fn build(
         loss_scale: loss_scale as f32,
     };
     let windows = ctx.windows(n, 4, TILE)?;
-    let per_window = |w: &crate::kernel::Window| Params { n: w.count as u32, tile_base: (w.first / TILE) as u32, ..base };
+    let per_window = |w: &crate::kernel::Window| Params {
+        n: w.count as u32,
+        tile_base: (w.first / TILE) as u32,
+        ..base
+    };
     let io = |w: &crate::kernel::Window| {
         vec![
             Bind::window(1, a, w.first, w.count),
@@ -120,7 +124,13 @@ fn build(
         for w in &windows {
             let mut binds = io(w);
             binds.push(Bind::scratch(5, &totals));
-            let step = ctx.step(&src, "rmse_grad", &per_window(w), binds, w.count.div_ceil(TILE))?;
+            let step = ctx.step(
+                &src,
+                "rmse_grad",
+                &per_window(w),
+                binds,
+                w.count.div_ceil(TILE),
+            )?;
             rec.prog.steps.push(step);
         }
     }
@@ -138,9 +148,25 @@ impl Loss for RMSELoss {
     fn grad_names(&self) -> &'static [&'static str] {
         &["output"]
     }
-    fn build(&self, ctx: &LossContext, inputs: &[&Tensor], opts: &GradOpts, rec: &mut Recorder) -> Result<(Tensor, Vec<Tensor>)> {
+    fn build(
+        &self,
+        ctx: &LossContext,
+        inputs: &[&Tensor],
+        opts: &GradOpts,
+        rec: &mut Recorder,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         self.check_shapes(inputs[0].shape(), inputs[1].shape())?;
-        build(ctx, "RMSELoss", Kind::Rmse, Reduction::Mean, self.eps, inputs[0], inputs[1], opts, rec)
+        build(
+            ctx,
+            "RMSELoss",
+            Kind::Rmse,
+            Reduction::Mean,
+            self.eps,
+            inputs[0],
+            inputs[1],
+            opts,
+            rec,
+        )
     }
 }
 
@@ -154,9 +180,25 @@ impl Loss for MSELoss {
     fn grad_names(&self) -> &'static [&'static str] {
         &["input"]
     }
-    fn build(&self, ctx: &LossContext, inputs: &[&Tensor], opts: &GradOpts, rec: &mut Recorder) -> Result<(Tensor, Vec<Tensor>)> {
+    fn build(
+        &self,
+        ctx: &LossContext,
+        inputs: &[&Tensor],
+        opts: &GradOpts,
+        rec: &mut Recorder,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         self.check_shapes(inputs[0].shape(), inputs[1].shape())?;
-        build(ctx, "MSELoss", Kind::Mse, self.reduction, 0.0, inputs[0], inputs[1], opts, rec)
+        build(
+            ctx,
+            "MSELoss",
+            Kind::Mse,
+            self.reduction,
+            0.0,
+            inputs[0],
+            inputs[1],
+            opts,
+            rec,
+        )
     }
 }
 
@@ -170,8 +212,24 @@ impl Loss for L1Loss {
     fn grad_names(&self) -> &'static [&'static str] {
         &["input"]
     }
-    fn build(&self, ctx: &LossContext, inputs: &[&Tensor], opts: &GradOpts, rec: &mut Recorder) -> Result<(Tensor, Vec<Tensor>)> {
+    fn build(
+        &self,
+        ctx: &LossContext,
+        inputs: &[&Tensor],
+        opts: &GradOpts,
+        rec: &mut Recorder,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         self.check_shapes(inputs[0].shape(), inputs[1].shape())?;
-        build(ctx, "L1Loss", Kind::L1, self.reduction, 0.0, inputs[0], inputs[1], opts, rec)
+        build(
+            ctx,
+            "L1Loss",
+            Kind::L1,
+            self.reduction,
+            0.0,
+            inputs[0],
+            inputs[1],
+            opts,
+            rec,
+        )
     }
 }

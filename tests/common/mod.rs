@@ -13,12 +13,18 @@ use rand::{Rng, SeedableRng};
 pub fn ctx() -> &'static LossContext {
     static CTX: OnceLock<LossContext> = OnceLock::new();
     CTX.get_or_init(|| {
-        let ctx = LossContext::with_options(ContextOptions::default()).expect("no GPU adapter: install mesa-vulkan-drivers");
+        let ctx = LossContext::with_options(ContextOptions::default())
+            .expect("no GPU adapter: install mesa-vulkan-drivers");
         let a = ctx.adapter();
         eprintln!("deepml tests on: {}", a.summary());
         if let Ok(want) = std::env::var("DEEPML_EXPECT_BACKEND") {
             let got = format!("{:?}", a.backend).to_lowercase();
-            assert_eq!(got, want.to_lowercase(), "tests ran on {} but {want} was expected", a.summary());
+            assert_eq!(
+                got,
+                want.to_lowercase(),
+                "tests ran on {} but {want} was expected",
+                a.summary()
+            );
         }
         ctx
     })
@@ -26,7 +32,11 @@ pub fn ctx() -> &'static LossContext {
 
 /// A context whose storage bindings are capped at `bytes`, to drive the windowed path.
 pub fn windowed_ctx(bytes: u64) -> LossContext {
-    LossContext::with_options(ContextOptions { max_window_bytes: Some(bytes), ..Default::default() }).unwrap()
+    LossContext::with_options(ContextOptions {
+        max_window_bytes: Some(bytes),
+        ..Default::default()
+    })
+    .unwrap()
 }
 
 pub fn rng(seed: u64) -> SmallRng {
@@ -52,6 +62,9 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64)
         }
         let err = (g as f64 - w).abs();
         let tol = rtol * w.abs() + atol * scale;
-        assert!(err <= tol, "{what}[{i}]: got {g}, want {w} (err {err:e} > tol {tol:e})");
+        assert!(
+            err <= tol,
+            "{what}[{i}]: got {g}, want {w} (err {err:e} > tol {tol:e})"
+        );
     }
 }

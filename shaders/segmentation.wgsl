@@ -1,0 +1,264 @@
+// JaccardLoss and DiceLoss. Composed with:
+//   MULTI     0: p = sigmoid(x) per element; 1: p = softmax of x over the channels (dim 1)
+//   PER_CLASS 0: one global ratio; 1: one ratio per channel, loss = 1 - mean of the ratios
+//   KIND      0: Jaccard r = I / (S - I + eps); 1: Dice r = (2 I + smooth) / max(S + smooth, eps)
+//
+// The input is seen as [samples, C, inner] (inner = product of the spatial sizes); a thread
+// owns one pixel (sample, spatial position) and loops over its C channels, which lie `inner`
+// elements apart. The host flattens the binary global case to [numel, 1, 1].
+// A workgroup owns a tile of TILE = ITEMS * WG consecutive pixels.
+//
+// Passes and traffic (E = elements, G = groups = C with per_class, else 1, T = tiles):
+//   stats:    reads x and t once (1E + 1E) and writes 2G partials per tile. multiclass
+//             global: one online-softmax sweep per pixel gives I_pixel = sum_c e_c t_c / sum_c e_c
+//             and S_pixel = 1 + sum_c t_c. multiclass per_class: a first sweep over x for the
+//             pixel's max and exp-sum (the same C values are read again right after, from cache).
+//   reduce:   reduce_rows over the [2G][T] partials (tiny).
+//   finalize: one invocation: the loss and the 2G gradient coefficients
+//             dL/dp = coef[g] * t + coef[G + g] (upstream scale and 1/G folded in).
+//   grad:     binary: reads x and t once, writes the gradient once (reads it too with
+//             accumulate). multiclass: an online sweep over the pixel's channels gives
+//             dot = sum_c p_c g_c, then a second sweep over the same (cached) values writes
+//             dx_c = p_c (g_c - dot).
+// DRAM traffic is thus about 2 reads (x, t) for stats and 2 reads + 1 write for grad.
+
+const ITEMS: u32 = 4u;
+
+struct Params {
+    pixels: u32,     // pixels of this window (samples * inner)
+    inner: u32,      // product of the spatial sizes
+    channels: u32,   // C
+    tile_base: u32,  // index of the window's first tile among all tiles
+    tiles: u32,      // tiles of the whole tensor (row length of `partials`)
+    groups: u32,     // G
+    flags: u32,      // bit 0: add to the gradient already in `grad`
+    _pad0: u32,
+    grad_scale: f32, // upstream scale
+    eps: f32,
+    smooth_: f32,
+    _pad1: f32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> t: array<f32>;
+@group(0) @binding(3) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(4) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(5) var<storage, read> totals: array<f32>;
+@group(0) @binding(6) var<storage, read_write> loss_out: array<f32>;
+@group(0) @binding(7) var<storage, read_write> coef: array<f32>;
+
+fn put_grad(i: u32, g: f32) {
+    if ((P.flags & 1u) != 0u) {
+        grad[i] = grad[i] + g;
+    } else {
+        grad[i] = g;
+    }
+}
+
+// The element index of channel 0 of pixel q; channel c is `c * inner` further.
+fn first_elem(q: u32) -> u32 {
+    let n = q / P.inner;
+    let k = q - n * P.inner;
+    return n * P.channels * P.inner + k;
+}
+
+@compute @workgroup_size(256)
+fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+         @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    if (g * ITEMS * WG >= P.pixels) {
+        return;
+    }
+    let col = P.tile_base + g;
+    let C = P.channels;
+    if (PER_CLASS == 0u) {
+        var acc_i = 0.0;
+        var acc_s = 0.0;
+        for (var it = 0u; it < ITEMS; it = it + 1u) {
+            let q = (g * ITEMS + it) * WG + lid;
+            if (q < P.pixels) {
+                let e0 = first_elem(q);
+                if (MULTI == 1u) {
+                    // Online softmax: m = running max, s = sum exp(x - m), v = sum exp(x - m) t.
+                    var m = x[e0];
+                    var s = 1.0;
+                    var v = t[e0];
+                    var ts = t[e0];
+                    for (var c = 1u; c < C; c = c + 1u) {
+                        let e = e0 + c * P.inner;
+                        let xv = x[e];
+                        let tv = t[e];
+                        if (xv > m) {
+                            let r = exp(m - xv);
+                            s = s * r + 1.0;
+                            v = v * r + tv;
+                            m = xv;
+                        } else {
+                            let z = exp(xv - m);
+                            s = s + z;
+                            v = v + z * tv;
+                        }
+                        ts = ts + tv;
+                    }
+                    acc_i = acc_i + v / s;
+                    acc_s = acc_s + 1.0 + ts;
+                } else {
+                    for (var c = 0u; c < C; c = c + 1u) {
+                        let e = e0 + c * P.inner;
+                        let p = sigmoid(x[e]);
+                        let tv = t[e];
+                        acc_i = acc_i + p * tv;
+                        acc_s = acc_s + p + tv;
+                    }
+                }
+            }
+        }
+        let si = wg_sum(lid, acc_i);
+        let ss = wg_sum(lid, acc_s);
+        if (lid == 0u) {
+            partials[col] = si;
+            partials[P.tiles + col] = ss;
+        }
+        return;
+    }
+    // per_class: the pixel's softmax max and exp-sum first, then one channel at a time.
+    var mx: array<f32, ITEMS>;
+    var sm: array<f32, ITEMS>;
+    for (var it = 0u; it < ITEMS; it = it + 1u) {
+        mx[it] = 0.0;
+        sm[it] = 1.0;
+        let q = (g * ITEMS + it) * WG + lid;
+        if (MULTI == 1u && q < P.pixels) {
+            let e0 = first_elem(q);
+            var m = x[e0];
+            var s = 1.0;
+            for (var c = 1u; c < C; c = c + 1u) {
+                let xv = x[e0 + c * P.inner];
+                if (xv > m) {
+                    s = s * exp(m - xv) + 1.0;
+                    m = xv;
+                } else {
+                    s = s + exp(xv - m);
+                }
+            }
+            mx[it] = m;
+            sm[it] = s;
+        }
+    }
+    for (var c = 0u; c < C; c = c + 1u) {
+        var acc_i = 0.0;
+        var acc_s = 0.0;
+        for (var it = 0u; it < ITEMS; it = it + 1u) {
+            let q = (g * ITEMS + it) * WG + lid;
+            if (q < P.pixels) {
+                let e = first_elem(q) + c * P.inner;
+                var p: f32;
+                if (MULTI == 1u) {
+                    p = exp(x[e] - mx[it]) / sm[it];
+                } else {
+                    p = sigmoid(x[e]);
+                }
+                let tv = t[e];
+                acc_i = acc_i + p * tv;
+                acc_s = acc_s + p + tv;
+            }
+        }
+        let si = wg_sum(lid, acc_i);
+        let ss = wg_sum(lid, acc_s);
+        if (lid == 0u) {
+            partials[c * P.tiles + col] = si;
+            partials[(P.groups + c) * P.tiles + col] = ss;
+        }
+    }
+}
+
+// The loss, and dL/dI_g, dL/dS_g of every group (times the upstream scale).
+@compute @workgroup_size(1)
+fn finalize() {
+    let G = P.groups;
+    let inv_g = 1.0 / f32(G);
+    var total = 0.0;
+    for (var g = 0u; g < G; g = g + 1u) {
+        let i = totals[g];
+        let s = totals[G + g];
+        var r: f32;
+        var dr_di: f32;
+        var dr_ds: f32;
+        if (KIND == 0u) {
+            let d = s - i + P.eps;
+            r = i / d;
+            dr_di = (d + i) / d / d;
+            dr_ds = -i / d / d;
+        } else {
+            let num = 2.0 * i + P.smooth_;
+            let den = max(s + P.smooth_, P.eps);
+            r = num / den;
+            dr_di = 2.0 / den;
+            dr_ds = 0.0;
+            if (s + P.smooth_ >= P.eps) {
+                dr_ds = -num / den / den;
+            }
+        }
+        total = total + r;
+        coef[g] = -dr_di * inv_g * P.grad_scale;
+        coef[G + g] = -dr_ds * inv_g * P.grad_scale;
+    }
+    loss_out[0] = 1.0 - total * inv_g;
+}
+
+// dL/dp of channel c at target value tv.
+fn dl_dp(c: u32, tv: f32) -> f32 {
+    var g = 0u;
+    if (PER_CLASS == 1u) {
+        g = c;
+    }
+    return coef[g] * tv + coef[P.groups + g];
+}
+
+@compute @workgroup_size(256)
+fn grad_pass(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+             @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    let C = P.channels;
+    for (var it = 0u; it < ITEMS; it = it + 1u) {
+        let q = (g * ITEMS + it) * WG + lid;
+        if (q >= P.pixels) {
+            continue;
+        }
+        let e0 = first_elem(q);
+        if (MULTI == 1u) {
+            // Online: m = running max, s = sum exp(x - m), u = sum exp(x - m) dL/dp.
+            var m = x[e0];
+            var s = 1.0;
+            var u = dl_dp(0u, t[e0]);
+            for (var c = 1u; c < C; c = c + 1u) {
+                let e = e0 + c * P.inner;
+                let xv = x[e];
+                let gv = dl_dp(c, t[e]);
+                if (xv > m) {
+                    let r = exp(m - xv);
+                    s = s * r + 1.0;
+                    u = u * r + gv;
+                    m = xv;
+                } else {
+                    let z = exp(xv - m);
+                    s = s + z;
+                    u = u + z * gv;
+                }
+            }
+            let dot = u / s;
+            for (var c = 0u; c < C; c = c + 1u) {
+                let e = e0 + c * P.inner;
+                let p = exp(x[e] - m) / s;
+                put_grad(e, p * (dl_dp(c, t[e]) - dot));
+            }
+        } else {
+            for (var c = 0u; c < C; c = c + 1u) {
+                let e = e0 + c * P.inner;
+                let xv = x[e];
+                put_grad(e, dl_dp(c, t[e]) * sigmoid(xv) * sigmoid(-xv));
+            }
+        }
+    }
+}

@@ -1,0 +1,813 @@
+//! `deepml bench`: value plus gradient of each loss, timed with timestamp queries (wall time
+//! where the adapter has none), against two yardsticks measured in the same run: a copy kernel
+//! (the adapter's own bandwidth, the roofline of memory-bound kernels) and a per-operation
+//! baseline (one kernel per elementary operation, as an unfused tensor framework runs a loss).
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cases::LossSpec;
+use crate::config::*;
+use crate::context::{LossContext, PoolBuf};
+use crate::error::{Error, Result};
+use crate::kernel::{Bind, Program, Scratch, ShaderSource, WG};
+use crate::losses::{gpu_loss, GradOpts};
+use crate::tensor::{DType, Tensor};
+
+const OPS: &str = include_str!("../shaders/ops.wgsl");
+const OPS_TILE: u64 = 4 * WG as u64;
+
+pub(crate) fn shader_variants() -> Vec<ShaderSource> {
+    vec![ShaderSource::new("ops", OPS)]
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Elements per input tensor (default 16M).
+    pub size: usize,
+    /// Timed runs per measurement; the median is reported.
+    pub runs: usize,
+    /// Untimed runs first.
+    pub warmup: usize,
+    /// Only the losses whose name contains one of these (all when empty).
+    pub only: Vec<String>,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            size: 1 << 24,
+            runs: 7,
+            warmup: 2,
+            only: Vec::new(),
+        }
+    }
+}
+
+/// One loss's result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchResult {
+    pub loss: String,
+    pub shape: Vec<usize>,
+    /// Median milliseconds of value plus gradient (one submission).
+    pub ms: f64,
+    /// Bytes that must move at least: every input read once, every gradient written once.
+    pub compulsory_bytes: u64,
+    /// `compulsory_bytes / ms`, in GB/s.
+    pub gbps: f64,
+    /// `gbps` over the copy kernel's GB/s.
+    pub of_copy: f64,
+    /// Median milliseconds of the per-operation baseline of the same loss, where there is one.
+    pub baseline_ms: Option<f64>,
+    /// `baseline_ms / ms`.
+    pub speedup: Option<f64>,
+    /// For matrix-product losses: GFLOP/s of the products.
+    pub gflops: Option<f64>,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub adapter: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    /// `timestamp` (GPU timestamp queries) or `wall` (host clock around submit and wait).
+    pub timer: String,
+    pub size: usize,
+    pub runs: usize,
+    /// GB/s of the copy kernel (bytes read plus bytes written).
+    pub copy_gbps: f64,
+    pub results: Vec<BenchResult>,
+}
+
+struct Timer {
+    query: Option<(wgpu::QuerySet, wgpu::Buffer, wgpu::Buffer, f64)>,
+}
+
+impl Timer {
+    fn new(ctx: &LossContext) -> Timer {
+        if !ctx.features.contains(
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
+        ) {
+            return Timer { query: None };
+        }
+        let qs = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("deepml bench"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let read = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let period = ctx.queue.get_timestamp_period() as f64;
+        Timer {
+            query: Some((qs, resolve, read, period)),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        if self.query.is_some() {
+            "timestamp"
+        } else {
+            "wall"
+        }
+    }
+
+    /// Milliseconds of the work `record` puts in one encoder.
+    fn once<K>(
+        &self,
+        ctx: &LossContext,
+        record: &mut dyn FnMut(&mut wgpu::CommandEncoder) -> Result<K>,
+    ) -> Result<f64> {
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        match &self.query {
+            Some((qs, resolve, read, period)) => {
+                enc.write_timestamp(qs, 0);
+                let keep = record(&mut enc)?;
+                enc.write_timestamp(qs, 1);
+                enc.resolve_query_set(qs, 0..2, resolve, 0);
+                enc.copy_buffer_to_buffer(resolve, 0, read, 0, 16);
+                ctx.queue.submit(Some(enc.finish()));
+                let (tx, rx) = std::sync::mpsc::channel();
+                read.map_async(wgpu::MapMode::Read, .., move |r| {
+                    let _ = tx.send(r);
+                });
+                ctx.synchronize()?;
+                drop(keep);
+                rx.recv()
+                    .map_err(|_| Error::DeviceLost("timestamp read-back cancelled".into()))?
+                    .map_err(|e| Error::Wgpu(format!("timestamp read-back: {e}")))?;
+                let ticks: Vec<u64> = {
+                    let view = read
+                        .get_mapped_range(..)
+                        .map_err(|e| Error::Wgpu(format!("{e:?}")))?;
+                    bytemuck::pod_collect_to_vec(&view)
+                };
+                read.unmap();
+                Ok(ticks[1].saturating_sub(ticks[0]) as f64 * period / 1e6)
+            }
+            None => {
+                ctx.synchronize()?;
+                let t0 = Instant::now();
+                let keep = record(&mut enc)?;
+                ctx.queue.submit(Some(enc.finish()));
+                ctx.synchronize()?;
+                drop(keep);
+                Ok(t0.elapsed().as_secs_f64() * 1e3)
+            }
+        }
+    }
+
+    fn median<K>(
+        &self,
+        ctx: &LossContext,
+        opts: &BenchOptions,
+        mut record: impl FnMut(&mut wgpu::CommandEncoder) -> Result<K>,
+    ) -> Result<f64> {
+        for _ in 0..opts.warmup {
+            self.once(ctx, &mut record)?;
+        }
+        let mut t: Vec<f64> = (0..opts.runs.max(1))
+            .map(|_| self.once(ctx, &mut record))
+            .collect::<Result<_>>()?;
+        t.sort_by(|a, b| a.total_cmp(b));
+        Ok(t[t.len() / 2])
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct OpParams {
+    n: u32,
+    row: u32,
+    i0: u32,
+    i1: u32,
+    c0: f32,
+    c1: f32,
+    tiles: u32,
+    pad: u32,
+}
+
+/// Records the kernels of the per-operation baseline.
+struct Ops<'a> {
+    ctx: &'a LossContext,
+    prog: Program,
+    scratch: Scratch,
+    temps: Vec<Tensor>,
+    n: u64,
+    src: ShaderSource,
+}
+
+impl<'a> Ops<'a> {
+    fn new(ctx: &'a LossContext, n: u64) -> Result<Self> {
+        if n * 4 > ctx.max_window_bytes {
+            return Err(Error::TooLarge(
+                "the per-operation baseline runs on tensors of one storage binding".into(),
+            ));
+        }
+        Ok(Ops {
+            ctx,
+            prog: Program::default(),
+            scratch: Scratch::default(),
+            temps: Vec::new(),
+            n,
+            src: ShaderSource::new("ops", OPS),
+        })
+    }
+
+    fn params(&self, c0: f32, c1: f32) -> OpParams {
+        OpParams {
+            n: self.n as u32,
+            row: 0,
+            i0: 0,
+            i1: 0,
+            c0,
+            c1,
+            tiles: self.n.div_ceil(OPS_TILE) as u32,
+            pad: 0,
+        }
+    }
+
+    fn launch(&mut self, entry: &str, p: OpParams, binds: Vec<Bind>, groups: u64) -> Result<()> {
+        let step = self.ctx.step(&self.src, entry, &p, binds, groups)?;
+        self.prog.steps.push(step);
+        Ok(())
+    }
+
+    fn temp(&mut self, len: usize) -> Result<Tensor> {
+        let t = self.ctx.empty(&[len], DType::F32)?;
+        self.temps.push(t.clone());
+        Ok(t)
+    }
+
+    /// `out = op(a)` (c0 for add_c).
+    fn un(&mut self, entry: &str, a: &Tensor, c0: f32) -> Result<Tensor> {
+        let out = self.temp(self.n as usize)?;
+        let p = self.params(c0, 0.0);
+        self.launch(
+            entry,
+            p,
+            vec![Bind::tensor(1, a), Bind::tensor(3, &out)],
+            self.n.div_ceil(OPS_TILE),
+        )?;
+        Ok(out)
+    }
+
+    /// `out = op(a, b)` (c0, c1 for lin2).
+    fn bin(&mut self, entry: &str, a: &Tensor, b: &Tensor, c0: f32, c1: f32) -> Result<Tensor> {
+        let out = self.temp(self.n as usize)?;
+        let p = self.params(c0, c1);
+        self.launch(
+            entry,
+            p,
+            vec![
+                Bind::tensor(1, a),
+                Bind::tensor(2, b),
+                Bind::tensor(3, &out),
+            ],
+            self.n.div_ceil(OPS_TILE),
+        )?;
+        Ok(out)
+    }
+
+    /// `out = a * s[i0] (+ s[i1])`.
+    fn scal(&mut self, entry: &str, a: &Tensor, s: &Tensor, i0: u32, i1: u32) -> Result<Tensor> {
+        let out = self.temp(self.n as usize)?;
+        let p = OpParams {
+            i0,
+            i1,
+            ..self.params(0.0, 0.0)
+        };
+        self.launch(
+            entry,
+            p,
+            vec![
+                Bind::tensor(1, a),
+                Bind::tensor(3, &out),
+                Bind::tensor(4, s),
+            ],
+            self.n.div_ceil(OPS_TILE),
+        )?;
+        Ok(out)
+    }
+
+    /// The sums of `xs` (one kernel each, then one reduction), then the scalar tail `opcode`.
+    fn sums_then_scalar(&mut self, xs: &[&Tensor], opcode: u32, c0: f32) -> Result<Tensor> {
+        let tiles = self.n.div_ceil(OPS_TILE);
+        let partials = self
+            .ctx
+            .alloc(xs.len() as u64 * tiles * 4, LossContext::storage_usage())?;
+        for (row, x) in xs.iter().enumerate() {
+            let p = OpParams {
+                row: row as u32,
+                ..self.params(0.0, 0.0)
+            };
+            self.launch(
+                "sum_op",
+                p,
+                vec![Bind::tensor(1, x), Bind::scratch(5, &partials)],
+                tiles,
+            )?;
+        }
+        let totals: PoolBuf = self.ctx.reduce_rows(
+            &mut self.prog,
+            &mut self.scratch,
+            &partials,
+            xs.len() as u64,
+            tiles,
+        )?;
+        self.scratch.keep(partials);
+        let out = self.temp(4)?;
+        let p = OpParams {
+            row: opcode,
+            ..self.params(c0, 0.0)
+        };
+        self.launch(
+            "scalar_op",
+            p,
+            vec![Bind::scratch(4, &totals), Bind::tensor(3, &out)],
+            1,
+        )?;
+        self.scratch.keep(totals);
+        Ok(out)
+    }
+
+    fn finish(self, enc: &mut wgpu::CommandEncoder) -> Result<(Scratch, Vec<Tensor>)> {
+        let mut scratch = self.scratch;
+        self.ctx.encode(self.prog, enc, &mut scratch)?;
+        Ok((scratch, self.temps))
+    }
+}
+
+/// The per-operation baseline of a loss: (loss scalar tensor, gradient), recorded into `enc`.
+type Baseline = fn(&mut Ops, &[&Tensor]) -> Result<(Tensor, Tensor)>;
+
+fn baseline_rmse(o: &mut Ops, x: &[&Tensor]) -> Result<(Tensor, Tensor)> {
+    let d = o.bin("sub_op", x[0], x[1], 0.0, 0.0)?;
+    let q = o.bin("mul_op", &d, &d, 0.0, 0.0)?;
+    let s = o.sums_then_scalar(&[&q], 0, 1e-6)?;
+    let g = o.scal("mul_scalar_op", &d, &s, 1, 0)?;
+    Ok((s, g))
+}
+
+fn baseline_mse(o: &mut Ops, x: &[&Tensor]) -> Result<(Tensor, Tensor)> {
+    let d = o.bin("sub_op", x[0], x[1], 0.0, 0.0)?;
+    let q = o.bin("mul_op", &d, &d, 0.0, 0.0)?;
+    let s = o.sums_then_scalar(&[&q], 1, 2.0)?;
+    let g = o.scal("mul_scalar_op", &d, &s, 1, 0)?;
+    Ok((s, g))
+}
+
+fn baseline_l1(o: &mut Ops, x: &[&Tensor]) -> Result<(Tensor, Tensor)> {
+    let d = o.bin("sub_op", x[0], x[1], 0.0, 0.0)?;
+    let a = o.un("abs_op", &d, 0.0)?;
+    let s = o.sums_then_scalar(&[&a], 1, 1.0)?;
+    let sg = o.un("sign_op", &d, 0.0)?;
+    let g = o.scal("mul_scalar_op", &sg, &s, 1, 0)?;
+    Ok((s, g))
+}
+
+fn baseline_bce(o: &mut Ops, x: &[&Tensor]) -> Result<(Tensor, Tensor)> {
+    let sp = o.un("softplus_op", x[0], 0.0)?;
+    let xt = o.bin("mul_op", x[0], x[1], 0.0, 0.0)?;
+    let l = o.bin("sub_op", &sp, &xt, 0.0, 0.0)?;
+    let s = o.sums_then_scalar(&[&l], 1, 1.0)?;
+    let sg = o.un("sigmoid_op", x[0], 0.0)?;
+    let d = o.bin("sub_op", &sg, x[1], 0.0, 0.0)?;
+    let g = o.scal("mul_scalar_op", &d, &s, 1, 0)?;
+    Ok((s, g))
+}
+
+/// deepml's weighted BCE with w_p = 3, w_n = 1, epsilon = 1e-7, as autograd would run it.
+fn baseline_wbce(o: &mut Ops, x: &[&Tensor]) -> Result<(Tensor, Tensor)> {
+    let (w_p, w_n, eps) = (3.0, 1.0, 1e-7);
+    let s = o.un("sigmoid_op", x[0], 0.0)?;
+    let nx = o.un("neg_op", x[0], 0.0)?;
+    let ns = o.un("sigmoid_op", &nx, 0.0)?;
+    let a1 = o.un("add_c_op", &s, eps)?;
+    let a2 = o.un("add_c_op", &ns, eps)?;
+    let l1 = o.un("log_op", &a1, 0.0)?;
+    let l2 = o.un("log_op", &a2, 0.0)?;
+    let pos = o.bin("mul_op", x[1], &l1, 0.0, 0.0)?;
+    let omt = o.un("one_minus_op", x[1], 0.0)?;
+    let neg = o.bin("mul_op", &omt, &l2, 0.0, 0.0)?;
+    let l = o.bin("lin2_op", &pos, &neg, -w_p, -w_n)?;
+    let tot = o.sums_then_scalar(&[&l], 1, 1.0)?;
+    // d/dx: -(w_p t s ns / (s + eps) - w_n (1 - t) s ns / (ns + eps)) / N
+    let ds = o.bin("mul_op", &s, &ns, 0.0, 0.0)?;
+    let q1 = o.bin("div_op", &ds, &a1, 0.0, 0.0)?;
+    let q2 = o.bin("div_op", &ds, &a2, 0.0, 0.0)?;
+    let p1 = o.bin("mul_op", x[1], &q1, 0.0, 0.0)?;
+    let p2 = o.bin("mul_op", &omt, &q2, 0.0, 0.0)?;
+    let g = o.bin("lin2_op", &p1, &p2, -w_p, w_n)?;
+    let g = o.scal("mul_scalar_op", &g, &tot, 1, 0)?;
+    Ok((tot, g))
+}
+
+fn baseline_jaccard(o: &mut Ops, x: &[&Tensor]) -> Result<(Tensor, Tensor)> {
+    let p = o.un("sigmoid_op", x[0], 0.0)?;
+    let pt = o.bin("mul_op", &p, x[1], 0.0, 0.0)?;
+    let s = o.sums_then_scalar(&[&pt, &p, x[1]], 2, 1e-7)?;
+    let gp = o.scal("fma_scalar_op", x[1], &s, 1, 2)?;
+    let omp = o.un("one_minus_op", &p, 0.0)?;
+    let ds = o.bin("mul_op", &p, &omp, 0.0, 0.0)?;
+    let g = o.bin("mul_op", &gp, &ds, 0.0, 0.0)?;
+    Ok((s, g))
+}
+
+/// A benchmark entry: the loss, its inputs (host data and shapes), and its baseline.
+struct Entry {
+    spec: LossSpec,
+    inputs: Vec<(Vec<usize>, Input)>,
+    baseline: Option<Baseline>,
+    flops: Option<f64>,
+}
+
+enum Input {
+    F32 { lo: f32, hi: f32, binary: bool },
+    Labels(usize),
+}
+
+fn entries(size: usize) -> Vec<Entry> {
+    let f = |lo, hi| Input::F32 {
+        lo,
+        hi,
+        binary: false,
+    };
+    let bin = Input::F32 {
+        lo: 0.0,
+        hi: 1.0,
+        binary: true,
+    };
+    let flat = vec![size];
+    let seg = vec![(size / 65536).max(1), 1, 256, 256];
+    let rows = vec![(size / 1024).max(1), 1024];
+    let pair = vec![(size / 128).max(1), 128];
+    let mut v = vec![
+        Entry {
+            spec: LossSpec::Jaccard(JaccardLoss::new(false)),
+            inputs: vec![(seg.clone(), f(-4.0, 4.0)), (seg.clone(), bin)],
+            baseline: Some(baseline_jaccard),
+            flops: None,
+        },
+        Entry {
+            spec: LossSpec::Dice(DiceLoss {
+                is_multiclass: true,
+                ..Default::default()
+            }),
+            inputs: vec![
+                (vec![(size / 196608).max(1), 3, 256, 256], f(-4.0, 4.0)),
+                (
+                    vec![(size / 196608).max(1), 3, 256, 256],
+                    Input::F32 {
+                        lo: 0.0,
+                        hi: 1.0,
+                        binary: true,
+                    },
+                ),
+            ],
+            baseline: None,
+            flops: None,
+        },
+        Entry {
+            spec: LossSpec::Bce(BCEWithLogitsLoss::default()),
+            inputs: vec![
+                (rows.clone(), f(-6.0, 6.0)),
+                (
+                    rows.clone(),
+                    Input::F32 {
+                        lo: 0.0,
+                        hi: 1.0,
+                        binary: true,
+                    },
+                ),
+            ],
+            baseline: Some(baseline_bce),
+            flops: None,
+        },
+        Entry {
+            spec: LossSpec::WeightedBce(WeightedBCEWithLogitsLoss {
+                w_p: 3.0,
+                ..Default::default()
+            }),
+            inputs: vec![
+                (flat.clone(), f(-6.0, 6.0)),
+                (
+                    flat.clone(),
+                    Input::F32 {
+                        lo: 0.0,
+                        hi: 1.0,
+                        binary: true,
+                    },
+                ),
+            ],
+            baseline: Some(baseline_wbce),
+            flops: None,
+        },
+        Entry {
+            spec: LossSpec::Rmse(RMSELoss::default()),
+            inputs: vec![(flat.clone(), f(-1.0, 1.0)), (flat.clone(), f(-1.0, 1.0))],
+            baseline: Some(baseline_rmse),
+            flops: None,
+        },
+        Entry {
+            spec: LossSpec::Mse(MSELoss::default()),
+            inputs: vec![(flat.clone(), f(-1.0, 1.0)), (flat.clone(), f(-1.0, 1.0))],
+            baseline: Some(baseline_mse),
+            flops: None,
+        },
+        Entry {
+            spec: LossSpec::L1(L1Loss::default()),
+            inputs: vec![(flat.clone(), f(-1.0, 1.0)), (flat.clone(), f(-1.0, 1.0))],
+            baseline: Some(baseline_l1),
+            flops: None,
+        },
+        Entry {
+            spec: LossSpec::CrossEntropy(CrossEntropyLoss::default()),
+            inputs: vec![
+                (rows.clone(), f(-4.0, 4.0)),
+                (vec![rows[0]], Input::Labels(1024)),
+            ],
+            baseline: None,
+            flops: None,
+        },
+        Entry {
+            spec: LossSpec::Contrastive(ContrastiveLoss::default()),
+            inputs: vec![
+                (pair.clone(), f(-1.0, 1.0)),
+                (pair.clone(), f(-1.0, 1.0)),
+                (
+                    vec![pair[0]],
+                    Input::F32 {
+                        lo: 0.0,
+                        hi: 1.0,
+                        binary: true,
+                    },
+                ),
+            ],
+            baseline: None,
+            flops: None,
+        },
+    ];
+    // ArcFace at a fixed size: its cost is the matrix products, reported in GFLOP/s.
+    let (n, d, c) = (1024usize, 512usize, 10000usize);
+    v.push(Entry {
+        spec: LossSpec::Angular(AngularPenaltySMConfig::new(d, c, LossType::ArcFace)),
+        inputs: vec![
+            (vec![n, d], f(-1.0, 1.0)),
+            (vec![n], Input::Labels(c)),
+            (vec![c, d], f(-0.044, 0.044)),
+        ],
+        baseline: None,
+        flops: Some(3.0 * 2.0 * (n * d * c) as f64),
+    });
+    v
+}
+
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32) / (1u64 << 24) as f32
+    }
+}
+
+fn make_input(ctx: &LossContext, shape: &[usize], kind: &Input, rng: &mut Lcg) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    match *kind {
+        Input::F32 { lo, hi, binary } => {
+            let v: Vec<f32> = (0..n)
+                .map(|_| {
+                    let u = rng.next();
+                    if binary {
+                        u.round()
+                    } else {
+                        lo + (hi - lo) * u
+                    }
+                })
+                .collect();
+            ctx.upload(&v, shape)
+        }
+        Input::Labels(c) => {
+            let v: Vec<i32> = (0..n)
+                .map(|_| ((rng.next() * c as f32) as i32).min(c as i32 - 1))
+                .collect();
+            ctx.upload_labels(&v, shape)
+        }
+    }
+}
+
+fn copy_gbps(ctx: &LossContext, timer: &Timer, opts: &BenchOptions) -> Result<f64> {
+    let n = (opts.size as u64).min(ctx.max_window_bytes / 4);
+    let a = ctx.empty(&[n as usize], DType::F32)?;
+    let b = ctx.empty(&[n as usize], DType::F32)?;
+    let ms = timer.median(ctx, opts, |enc| {
+        let mut ops = Ops::new(ctx, n)?;
+        let p = ops.params(0.0, 0.0);
+        ops.launch(
+            "copy_op",
+            p,
+            vec![Bind::tensor(1, &a), Bind::tensor(3, &b)],
+            n.div_ceil(OPS_TILE),
+        )?;
+        ops.finish(enc)
+    })?;
+    Ok(2.0 * 4.0 * n as f64 / (ms * 1e6))
+}
+
+/// Runs the benchmark, reporting progress through `progress`.
+pub fn run(
+    ctx: &LossContext,
+    opts: &BenchOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<BenchReport> {
+    let timer = Timer::new(ctx);
+    progress(&format!(
+        "timer: {}; copy kernel over {} elements",
+        timer.kind(),
+        opts.size
+    ));
+    let copy = copy_gbps(ctx, &timer, opts)?;
+    progress(&format!("copy kernel: {copy:.2} GB/s"));
+    let mut results = Vec::new();
+    let mut rng = Lcg(7);
+    for e in entries(opts.size) {
+        let Some(loss) = gpu_loss(&e.spec) else {
+            progress(&format!("{:?}: not on the GPU yet, skipped", e.spec));
+            continue;
+        };
+        let name = loss.name();
+        if !opts.only.is_empty()
+            && !opts
+                .only
+                .iter()
+                .any(|o| name.to_lowercase().contains(&o.to_lowercase()))
+        {
+            continue;
+        }
+        let inputs: Vec<Tensor> = e
+            .inputs
+            .iter()
+            .map(|(s, k)| make_input(ctx, s, k, &mut rng))
+            .collect::<Result<_>>()?;
+        let refs: Vec<&Tensor> = inputs.iter().collect();
+        let names = loss.input_names();
+        let grads: Vec<Option<Tensor>> = loss
+            .grad_names()
+            .iter()
+            .map(|g| {
+                let i = names
+                    .iter()
+                    .position(|n| n == g)
+                    .expect("a gradient of an input");
+                ctx.empty(inputs[i].shape(), DType::F32).map(Some)
+            })
+            .collect::<Result<_>>()?;
+        let gopts = GradOpts {
+            into: grads.clone(),
+            ..Default::default()
+        };
+        let ms = timer.median(ctx, opts, |enc| loss.record(ctx, enc, &refs, &gopts))?;
+        let compulsory: u64 = inputs.iter().map(|t| t.byte_len()).sum::<u64>()
+            + grads.iter().flatten().map(|g| g.byte_len()).sum::<u64>();
+        let gbps = compulsory as f64 / (ms * 1e6);
+        let (baseline_ms, speedup) = match e.baseline {
+            Some(b) => {
+                let n = inputs[0].numel() as u64;
+                // The baseline must compute the same loss, or the comparison means nothing.
+                let fused = ctx.read(&loss.compute(ctx, &refs)?.loss)?[0];
+                let check = {
+                    let mut ops = Ops::new(ctx, n)?;
+                    let (l, _) = b(&mut ops, &refs)?;
+                    let mut enc = ctx.device.create_command_encoder(&Default::default());
+                    let keep = ops.finish(&mut enc)?;
+                    ctx.queue.submit(Some(enc.finish()));
+                    let v = ctx.read(&l)?[0];
+                    drop(keep);
+                    v
+                };
+                if (check - fused).abs() > 1e-3 * fused.abs().max(1e-3) {
+                    return Err(Error::InvalidInput(format!(
+                        "{name}: the per-operation baseline gives {check}, the fused loss {fused}"
+                    )));
+                }
+                let bms = timer.median(ctx, opts, |enc| {
+                    let mut ops = Ops::new(ctx, n)?;
+                    b(&mut ops, &refs)?;
+                    ops.finish(enc)
+                })?;
+                (Some(bms), Some(bms / ms))
+            }
+            None => (None, None),
+        };
+        let gflops = e.flops.map(|f| f / (ms * 1e6));
+        let r = BenchResult {
+            loss: name.to_string(),
+            shape: inputs[0].shape().to_vec(),
+            ms,
+            compulsory_bytes: compulsory,
+            gbps,
+            of_copy: gbps / copy,
+            baseline_ms,
+            speedup,
+            gflops,
+        };
+        progress(&row(&r));
+        results.push(r);
+    }
+    let a = ctx.adapter();
+    Ok(BenchReport {
+        adapter: a.name.clone(),
+        backend: format!("{:?}", a.backend),
+        device_type: format!("{:?}", a.device_type),
+        driver: format!("{} {}", a.driver, a.driver_info).trim().to_string(),
+        timer: timer.kind().into(),
+        size: opts.size,
+        runs: opts.runs,
+        copy_gbps: copy,
+        results,
+    })
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn row(r: &BenchResult) -> String {
+    format!(
+        "| {} | {:?} | {:.3} | {:.2} | {:.0}% | {} | {} | {} |",
+        r.loss,
+        r.shape,
+        r.ms,
+        r.gbps,
+        100.0 * r.of_copy,
+        opt(r.baseline_ms, 3),
+        r.speedup
+            .map(|s| format!("{s:.1}x"))
+            .unwrap_or_else(|| "-".into()),
+        opt(r.gflops, 1)
+    )
+}
+
+/// The report as a Markdown table.
+pub fn markdown(r: &BenchReport) -> String {
+    let mut s = format!(
+        "{} ({}, {}, {}); timer: {}; median of {} runs; copy kernel {:.2} GB/s\n\n",
+        r.adapter, r.backend, r.device_type, r.driver, r.timer, r.runs, r.copy_gbps
+    );
+    s.push_str(
+        "| loss | shape | ms | GB/s | of copy | per-op baseline ms | fused speedup | GFLOP/s |\n",
+    );
+    s.push_str("|---|---|---|---|---|---|---|---|\n");
+    for x in &r.results {
+        s.push_str(&row(x));
+        s.push('\n');
+    }
+    s
+}
+
+/// The ratios between two reports (B over A): time and throughput per loss.
+pub fn compare(a: &BenchReport, b: &BenchReport) -> String {
+    let mut s = format!(
+        "A: {} ({})\nB: {} ({})\n\n",
+        a.adapter, a.backend, b.adapter, b.backend
+    );
+    s.push_str("| loss | A ms | B ms | B speedup over A | A of copy | B of copy |\n|---|---|---|---|---|---|\n");
+    s.push_str(&format!(
+        "| copy kernel GB/s | {:.2} | {:.2} | {:.2}x | | |\n",
+        a.copy_gbps,
+        b.copy_gbps,
+        b.copy_gbps / a.copy_gbps
+    ));
+    for ra in &a.results {
+        if let Some(rb) = b.results.iter().find(|r| r.loss == ra.loss) {
+            s.push_str(&format!(
+                "| {} | {:.3} | {:.3} | {:.2}x | {:.0}% | {:.0}% |\n",
+                ra.loss,
+                ra.ms,
+                rb.ms,
+                ra.ms / rb.ms,
+                100.0 * ra.of_copy,
+                100.0 * rb.of_copy
+            ));
+        }
+    }
+    s
+}

@@ -1,0 +1,257 @@
+//! `JaccardLoss` and `DiceLoss` (shaders/segmentation.wgsl): a statistics pass computing the
+//! activations once per element and reducing the overlap sums `I`, `S` (one pair per channel
+//! with `per_class`), the deterministic tree reduction, a finalize step (loss and gradient
+//! coefficients), and a gradient pass through the sigmoid or the channel softmax.
+
+use super::{want_dtype, GradOpts, Loss, Recorder};
+use crate::config::{ChannelLayout, DiceLoss, JaccardLoss};
+use crate::context::LossContext;
+use crate::error::Result;
+use crate::kernel::{Bind, ShaderSource, WG};
+use crate::tensor::{DType, Tensor};
+
+const BODY: &str = include_str!("../../shaders/segmentation.wgsl");
+/// Pixels per workgroup tile (segmentation.wgsl `ITEMS * WG`).
+const TILE: u64 = 4 * WG as u64;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Jaccard = 0,
+    Dice = 1,
+}
+
+fn source(kind: Kind, multi: bool, per_class: bool) -> ShaderSource {
+    ShaderSource::new("segmentation", BODY)
+        .with("KIND", kind as u32)
+        .with("MULTI", multi as u32)
+        .with("PER_CLASS", per_class as u32)
+}
+
+pub(crate) fn shader_variants() -> Vec<ShaderSource> {
+    let mut v = Vec::new();
+    for kind in [Kind::Jaccard, Kind::Dice] {
+        for multi in [false, true] {
+            for per_class in [false, true] {
+                v.push(source(kind, multi, per_class));
+            }
+        }
+    }
+    v
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    pixels: u32,
+    inner: u32,
+    channels: u32,
+    tile_base: u32,
+    tiles: u32,
+    groups: u32,
+    flags: u32,
+    pad0: u32,
+    grad_scale: f32,
+    eps: f32,
+    smooth: f32,
+    pad1: f32,
+}
+
+/// One dispatch window: `pixels` pixels starting at element `elem_first`, tiles from `tile_base`.
+struct Win {
+    elem_first: u64,
+    elems: u64,
+    pixels: u64,
+    tile_base: u64,
+    tiles: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build(
+    ctx: &LossContext,
+    what: &str,
+    kind: Kind,
+    multi: bool,
+    per_class: bool,
+    layout: ChannelLayout,
+    eps: f64,
+    smooth: f64,
+    x: &Tensor,
+    t: &Tensor,
+    opts: &GradOpts,
+    rec: &mut Recorder,
+) -> Result<(Tensor, Vec<Tensor>)> {
+    want_dtype(what, "output", x, DType::F32)?;
+    want_dtype(what, "target", t, DType::F32)?;
+    let grad = opts.grad_for(ctx, 0, x)?;
+    // Binary with one global ratio: every element is independent, so flatten to [numel, 1, 1].
+    let layout = if !multi && !per_class {
+        ChannelLayout {
+            outer: layout.numel(),
+            channels: 1,
+            inner: 1,
+        }
+    } else {
+        layout
+    };
+    let (c, inner) = (layout.channels as u64, layout.inner as u64);
+    let groups = if per_class { c } else { 1 };
+    // Windows of whole samples (all channels of a pixel in one binding); flat ones of tiles
+    // when a sample is one element.
+    let raw = if c == 1 && inner == 1 {
+        ctx.windows(layout.outer as u64, 4, TILE)?
+    } else {
+        ctx.windows(layout.outer as u64, c * inner * 4, 1)?
+    };
+    let mut wins = Vec::with_capacity(raw.len());
+    let mut tiles = 0u64;
+    for w in &raw {
+        let pixels = w.count * inner;
+        let n = pixels.div_ceil(TILE);
+        wins.push(Win {
+            elem_first: w.first * c * inner,
+            elems: w.count * c * inner,
+            pixels,
+            tile_base: tiles,
+            tiles: n,
+        });
+        tiles += n;
+    }
+    let src = source(kind, multi, per_class);
+    let base = Params {
+        pixels: 0,
+        inner: inner as u32,
+        channels: c as u32,
+        tile_base: 0,
+        tiles: tiles as u32,
+        groups: groups as u32,
+        flags: opts.flags(),
+        pad0: 0,
+        grad_scale: opts.scale,
+        eps: eps as f32,
+        smooth: smooth as f32,
+        pad1: 0.0,
+    };
+    let per_window = |w: &Win| Params {
+        pixels: w.pixels as u32,
+        tile_base: w.tile_base as u32,
+        ..base
+    };
+
+    let partials = ctx.alloc(2 * groups * tiles * 4, LossContext::storage_usage())?;
+    for w in &wins {
+        let binds = vec![
+            Bind::window(1, x, w.elem_first, w.elems),
+            Bind::window(2, t, w.elem_first, w.elems),
+            Bind::scratch(4, &partials),
+        ];
+        let step = ctx.step(&src, "stats", &per_window(w), binds, w.tiles)?;
+        rec.prog.steps.push(step);
+    }
+    let totals = ctx.reduce_rows(
+        &mut rec.prog,
+        &mut rec.scratch,
+        &partials,
+        2 * groups,
+        tiles,
+    )?;
+    rec.scratch.keep(partials);
+    let loss = ctx.empty(&[], DType::F32)?;
+    let coef = ctx.alloc(2 * groups * 4, LossContext::storage_usage())?;
+    let step = ctx.step(
+        &src,
+        "finalize",
+        &base,
+        vec![
+            Bind::scratch(5, &totals),
+            Bind::tensor(6, &loss),
+            Bind::scratch(7, &coef),
+        ],
+        1,
+    )?;
+    rec.prog.steps.push(step);
+    rec.scratch.keep(totals);
+    for w in &wins {
+        let binds = vec![
+            Bind::window(1, x, w.elem_first, w.elems),
+            Bind::window(2, t, w.elem_first, w.elems),
+            Bind::window(3, &grad, w.elem_first, w.elems),
+            Bind::scratch(7, &coef),
+        ];
+        let step = ctx.step(&src, "grad_pass", &per_window(w), binds, w.tiles)?;
+        rec.prog.steps.push(step);
+    }
+    rec.scratch.keep(coef);
+    Ok((loss, vec![grad]))
+}
+
+impl Loss for JaccardLoss {
+    fn name(&self) -> &'static str {
+        "JaccardLoss"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        &["output", "target"]
+    }
+    fn grad_names(&self) -> &'static [&'static str] {
+        &["output"]
+    }
+    fn build(
+        &self,
+        ctx: &LossContext,
+        inputs: &[&Tensor],
+        opts: &GradOpts,
+        rec: &mut Recorder,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let layout = self.check_shapes(inputs[0].shape(), inputs[1].shape())?;
+        let (multi, per_class) = (self.is_multiclass, self.per_class);
+        build(
+            ctx,
+            "JaccardLoss",
+            Kind::Jaccard,
+            multi,
+            per_class,
+            layout,
+            self.eps,
+            0.0,
+            inputs[0],
+            inputs[1],
+            opts,
+            rec,
+        )
+    }
+}
+
+impl Loss for DiceLoss {
+    fn name(&self) -> &'static str {
+        "DiceLoss"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        &["output", "target"]
+    }
+    fn grad_names(&self) -> &'static [&'static str] {
+        &["output"]
+    }
+    fn build(
+        &self,
+        ctx: &LossContext,
+        inputs: &[&Tensor],
+        opts: &GradOpts,
+        rec: &mut Recorder,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let layout = self.check_shapes(inputs[0].shape(), inputs[1].shape())?;
+        let (multi, per_class) = (self.is_multiclass, self.per_class);
+        build(
+            ctx,
+            "DiceLoss",
+            Kind::Dice,
+            multi,
+            per_class,
+            layout,
+            self.eps,
+            self.smooth,
+            inputs[0],
+            inputs[1],
+            opts,
+            rec,
+        )
+    }
+}
