@@ -90,7 +90,10 @@ impl GpuTensor {
             id
         });
         REGISTRY.with(|r| r.borrow_mut().insert(id, Entry { tensor, labels }));
-        GpuTensor { id, ctx: ctx.clone() }
+        GpuTensor {
+            id,
+            ctx: ctx.clone(),
+        }
     }
 
     fn entry(&self) -> JsResult<Entry> {
@@ -112,7 +115,9 @@ fn entries(tensors: &Array) -> JsResult<Vec<Entry>> {
             let id = Reflect::get(&v, &"id".into())
                 .ok()
                 .and_then(|i| i.as_f64())
-                .ok_or_else(|| js_error("invalid_input", "the tensors must be GpuTensor objects"))?;
+                .ok_or_else(|| {
+                    js_error("invalid_input", "the tensors must be GpuTensor objects")
+                })?;
             lookup(id as u32)
         })
         .collect()
@@ -133,7 +138,13 @@ impl GpuTensor {
     /// The shape, as an array of numbers.
     #[wasm_bindgen(getter)]
     pub fn shape(&self) -> JsResult<Vec<u32>> {
-        Ok(self.entry()?.tensor.shape().iter().map(|&d| d as u32).collect())
+        Ok(self
+            .entry()?
+            .tensor
+            .shape()
+            .iter()
+            .map(|&d| d as u32)
+            .collect())
     }
 
     /// `"float32"` or `"int32"`.
@@ -168,10 +179,16 @@ impl GpuTensor {
         if t.dtype() != DType::F32 || data.len() != t.numel() {
             return Err(js_error(
                 "invalid_input",
-                &format!("write needs {} float32 values, got {}", t.numel(), data.len()),
+                &format!(
+                    "write needs {} float32 values, got {}",
+                    t.numel(),
+                    data.len()
+                ),
             ));
         }
-        self.ctx.queue().write_buffer(t.buffer(), t.offset(), bytemuck::cast_slice(data));
+        self.ctx
+            .queue()
+            .write_buffer(t.buffer(), t.offset(), bytemuck::cast_slice(data));
         self.ctx.check().map_err(to_js)
     }
 }
@@ -190,8 +207,12 @@ fn spec_of(loss: &str, config_json: &str) -> JsResult<LossSpec> {
     let config: Map<String, Value> = if config_json.trim().is_empty() {
         Map::new()
     } else {
-        serde_json::from_str(config_json)
-            .map_err(|e| js_error("invalid_config", &format!("the config is not a JSON object: {e}")))?
+        serde_json::from_str(config_json).map_err(|e| {
+            js_error(
+                "invalid_config",
+                &format!("the config is not a JSON object: {e}"),
+            )
+        })?
     };
     let case = Case {
         name: "js".into(),
@@ -199,15 +220,23 @@ fn spec_of(loss: &str, config_json: &str) -> JsResult<LossSpec> {
         config,
         inputs: BTreeMap::new(),
         grad_wrt: Vec::new(),
-        expected: Expected::Error { kind: String::new() },
-        tolerance: Tolerance { rtol: 0.0, atol: 0.0 },
+        expected: Expected::Error {
+            kind: String::new(),
+        },
+        tolerance: Tolerance {
+            rtol: 0.0,
+            atol: 0.0,
+        },
     };
     cases::loss_spec(&case).map_err(to_js)
 }
 
 fn gpu_loss_of(spec: &LossSpec, loss: &str) -> JsResult<Box<dyn Loss>> {
     losses::gpu_loss(spec).ok_or_else(|| {
-        js_error("not_implemented", &format!("{loss} is not implemented on the GPU in this build"))
+        js_error(
+            "not_implemented",
+            &format!("{loss} is not implemented on the GPU in this build"),
+        )
     })
 }
 
@@ -239,7 +268,9 @@ impl DeepML {
     /// is none.
     pub async fn create() -> JsResult<DeepML> {
         console_error_panic_hook::set_once();
-        let ctx = LossContext::new_async(ContextOptions::default()).await.map_err(to_js)?;
+        let ctx = LossContext::new_async(ContextOptions::default())
+            .await
+            .map_err(to_js)?;
         Ok(DeepML { ctx: Rc::new(ctx) })
     }
 
@@ -260,9 +291,17 @@ impl DeepML {
         set(&o, "summary", r.summary());
         set(&o, "subgroups", self.ctx.uses_subgroups());
         set(&o, "shaderF16", self.ctx.has_f16());
-        set(&o, "maxStorageBufferBindingSize", r.limits.max_storage_buffer_binding_size as f64);
+        set(
+            &o,
+            "maxStorageBufferBindingSize",
+            r.limits.max_storage_buffer_binding_size as f64,
+        );
         set(&o, "maxBufferSize", r.limits.max_buffer_size as f64);
-        set(&o, "maxComputeWorkgroupsPerDimension", r.limits.max_compute_workgroups_per_dimension);
+        set(
+            &o,
+            "maxComputeWorkgroupsPerDimension",
+            r.limits.max_compute_workgroups_per_dimension,
+        );
         let features = Array::new();
         for (name, _) in r.features.iter_names() {
             features.push(&name.into());
@@ -280,7 +319,10 @@ impl DeepML {
     /// An i32 tensor of class labels from an Int32Array; a host copy is kept for range checks.
     #[wasm_bindgen(js_name = tensorInt)]
     pub fn tensor_int(&self, data: &[i32], shape: Vec<u32>) -> JsResult<GpuTensor> {
-        let t = self.ctx.upload_labels(data, &shape_of(&shape)).map_err(to_js)?;
+        let t = self
+            .ctx
+            .upload_labels(data, &shape_of(&shape))
+            .map_err(to_js)?;
         let host = data.iter().map(|&v| v as i64).collect();
         Ok(GpuTensor::register(&self.ctx, t, Some(Rc::new(host))))
     }
@@ -302,13 +344,21 @@ impl DeepML {
     /// Whether a loss (by class name) runs on the GPU in this build.
     #[wasm_bindgen(js_name = isImplemented)]
     pub fn is_implemented(&self, loss: &str, config_json: &str) -> bool {
-        spec_of(loss, config_json).ok().and_then(|s| losses::gpu_loss(&s)).is_some()
+        spec_of(loss, config_json)
+            .ok()
+            .and_then(|s| losses::gpu_loss(&s))
+            .is_some()
     }
 
     /// Computes a loss and its gradients and keeps them on the device:
     /// `{ loss: GpuTensor, grads: [GpuTensor, ...], gradNames: [...], free() }`.
     #[wasm_bindgen(js_name = computeOnDevice)]
-    pub fn compute_on_device(&self, loss: &str, config_json: &str, tensors: &Array) -> JsResult<Object> {
+    pub fn compute_on_device(
+        &self,
+        loss: &str,
+        config_json: &str,
+        tensors: &Array,
+    ) -> JsResult<Object> {
         let spec = spec_of(loss, config_json)?;
         let l = gpu_loss_of(&spec, loss)?;
         let inputs = entries(tensors)?;
@@ -423,17 +473,32 @@ fn check_case_labels(spec: &LossSpec, case: &Case) -> crate::Result<()> {
             let input = case.input("input")?;
             let target = case.input("target")?;
             let layout = c.check_shapes(&input.shape, &target.shape)?;
-            check_labels("CrossEntropyLoss", &target.to_i64("target")?, layout.channels, Some(c.ignore_index))
+            check_labels(
+                "CrossEntropyLoss",
+                &target.to_i64("target")?,
+                layout.channels,
+                Some(c.ignore_index),
+            )
         }
         LossSpec::Angular(c) => {
             c.validate()?;
-            check_labels("AngularPenaltySMLoss", &case.input("labels")?.to_i64("labels")?, c.out_features, None)
+            check_labels(
+                "AngularPenaltySMLoss",
+                &case.input("labels")?.to_i64("labels")?,
+                c.out_features,
+                None,
+            )
         }
         _ => Ok(()),
     }
 }
 
-async fn run_case(ctx: &LossContext, case: &Case, spec: &LossSpec, loss: &dyn Loss) -> crate::Result<Evaluated> {
+async fn run_case(
+    ctx: &LossContext,
+    case: &Case,
+    spec: &LossSpec,
+    loss: &dyn Loss,
+) -> crate::Result<Evaluated> {
     check_case_labels(spec, case)?;
     let mut inputs = Vec::new();
     for name in loss.input_names() {
@@ -449,7 +514,10 @@ async fn run_case(ctx: &LossContext, case: &Case, spec: &LossSpec, loss: &dyn Lo
     for (name, g) in loss.grad_names().iter().zip(&out.grads) {
         grads.insert(name.to_string(), download(ctx, g).await?);
     }
-    Ok(Evaluated { loss: download(ctx, &out.loss).await?, grads })
+    Ok(Evaluated {
+        loss: download(ctx, &out.loss).await?,
+        grads,
+    })
 }
 
 async fn download(ctx: &LossContext, t: &Tensor) -> crate::Result<TensorData> {
