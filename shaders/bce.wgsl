@@ -67,6 +67,15 @@ fn softplus_acc(v: f32) -> f32 {
     return max(v, 0.0) + log1p_exp_neg(abs(v));
 }
 
+// ln(sigmoid(z) + eps), given s = sigmoid(z): with eps = 0 it is the exact log-sigmoid
+// -softplus(-z), finite where sigmoid(z) underflows to 0.
+fn log_sigmoid_eps(z: f32, s: f32, eps: f32) -> f32 {
+    if (eps == 0.0) {
+        return -softplus_acc(-z);
+    }
+    return log(s + eps);
+}
+
 // (loss of element i of the window, its derivative with respect to x)
 fn elem(i: u32) -> vec2<f32> {
     let xv = x[i];
@@ -77,7 +86,7 @@ fn elem(i: u32) -> vec2<f32> {
     let neg = sigmoid(-xv);
     if (KIND == 0u) {
         let eps = P.epsilon;
-        let l = -(P.w_p * y * log(pos + eps) + P.w_n * (1.0 - y) * log(neg + eps));
+        let l = -(P.w_p * y * log_sigmoid_eps(xv, pos, eps) + P.w_n * (1.0 - y) * log_sigmoid_eps(-xv, neg, eps));
         // d/dx ln(sigmoid(x) + eps) = neg * pos / (pos + eps); the ratio is 1 when both are 0.
         var rp = 1.0;
         if (pos + eps > 0.0) {

@@ -32,3 +32,23 @@ fn accumulate_scalar() {
         x[0] = x[0] + P.a * y[0];
     }
 }
+
+// check_finite: sets flags[1] when `y` holds NaN or infinity (an all-ones exponent: a bit test,
+// since compilers may assume floats are never NaN).
+@group(0) @binding(3) var<storage, read_write> flags: array<u32>;
+
+@compute @workgroup_size(256)
+fn check_finite(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>) {
+    let base = group_index(wid, nwg) * 4u * WG;
+    var bad = false;
+    for (var k = 0u; k < 4u; k = k + 1u) {
+        let i = base + k * WG + lid;
+        if (i < P.n) {
+            bad = bad || ((bitcast<u32>(y[i]) & 0x7f800000u) == 0x7f800000u);
+        }
+    }
+    if (bad) {
+        flags[1] = 1u;
+    }
+}

@@ -643,7 +643,9 @@ impl LossContext {
                 staging.buffer.unmap();
                 data
             }
-            Ok(Err(e)) => Err(Error::Wgpu(format!("mapping the read-back buffer failed: {e}"))),
+            Ok(Err(e)) => Err(Error::Wgpu(format!(
+                "mapping the read-back buffer failed: {e}"
+            ))),
             Err(e) => Err(e),
         };
         waited?;

@@ -236,6 +236,40 @@ impl LossContext {
         Ok(rec.scratch)
     }
 
+    /// Records, for each f32 input, a scan that sets the non-finite flag (check_finite).
+    pub(crate) fn finite_steps(
+        &self,
+        rec: &mut Recorder,
+        what: &str,
+        inputs: &[&Tensor],
+    ) -> Result<()> {
+        let src = ShaderSource::new("util", UTIL);
+        let per = 4 * WG as u64;
+        for t in inputs.iter().filter(|t| t.dtype() == DType::F32) {
+            let flags = self.flags_buffer(what);
+            for w in self.windows(t.numel() as u64, 4, per)? {
+                let p = Params {
+                    n: w.count as u32,
+                    first: 0,
+                    a: 0.0,
+                    pad: 0,
+                };
+                let binds = vec![
+                    Bind::window(2, t, w.first, w.count),
+                    Bind {
+                        binding: 3,
+                        buffer: flags.clone(),
+                        offset: 0,
+                        size: crate::context::FLAG_BYTES,
+                    },
+                ];
+                let step = self.step(&src, "check_finite", &p, binds, w.count.div_ceil(per))?;
+                rec.prog.steps.push(step);
+            }
+        }
+        Ok(())
+    }
+
     fn axpy_steps(&self, rec: &mut Recorder, x: &Tensor, a: f32, y: &Tensor) -> Result<()> {
         if x.shape() != y.shape() || x.dtype() != DType::F32 || y.dtype() != DType::F32 {
             return Err(Error::ShapeMismatch(format!(

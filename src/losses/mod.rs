@@ -9,6 +9,8 @@ use crate::tensor::{DType, Tensor};
 
 pub mod bce;
 pub mod combined;
+pub mod contrastive;
+pub mod cross_entropy;
 pub mod pointwise;
 pub mod segmentation;
 
@@ -147,7 +149,12 @@ pub trait Loss {
     ) -> Result<LossOutput> {
         self.check_arity(inputs)?;
         let mut rec = Recorder::default();
-        let (loss, grads) = ctx.scoped(|| self.build(ctx, inputs, opts, &mut rec))?;
+        let (loss, grads) = ctx.scoped(|| {
+            if ctx.check_finite {
+                ctx.finite_steps(&mut rec, self.name(), inputs)?;
+            }
+            self.build(ctx, inputs, opts, &mut rec)
+        })?;
         ctx.submit(rec.prog, &mut rec.scratch)?;
         Ok(LossOutput {
             loss,
@@ -167,7 +174,12 @@ pub trait Loss {
     ) -> Result<LossOutput> {
         self.check_arity(inputs)?;
         let mut rec = Recorder::default();
-        let (loss, grads) = ctx.scoped(|| self.build(ctx, inputs, opts, &mut rec))?;
+        let (loss, grads) = ctx.scoped(|| {
+            if ctx.check_finite {
+                ctx.finite_steps(&mut rec, self.name(), inputs)?;
+            }
+            self.build(ctx, inputs, opts, &mut rec)
+        })?;
         ctx.encode(rec.prog, encoder, &mut rec.scratch)?;
         Ok(LossOutput {
             loss,
@@ -215,6 +227,8 @@ pub fn gpu_loss(spec: &crate::cases::LossSpec) -> Option<Box<dyn Loss>> {
         S::Dice(c) => Some(Box::new(c.clone())),
         S::WeightedBce(c) => Some(Box::new(c.clone())),
         S::Bce(c) => Some(Box::new(c.clone())),
+        S::CrossEntropy(c) => Some(Box::new(c.clone())),
+        S::Contrastive(c) => Some(Box::new(c.clone())),
         _ => None,
     }
 }
@@ -226,5 +240,7 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     v.extend(pointwise::shader_variants());
     v.extend(segmentation::shader_variants());
     v.extend(bce::shader_variants());
+    v.extend(cross_entropy::shader_variants());
+    v.extend(contrastive::shader_variants());
     v
 }

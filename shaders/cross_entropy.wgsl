@@ -1,0 +1,259 @@
+// CrossEntropyLoss (PyTorch 2.x) with class-index targets, weight, ignore_index, label smoothing.
+// TPR (threads per row) is set when the shader is composed: 1, 32 or 256. A "row" is one position
+// (sample n, spatial index k) of `x [N, C, K]`: its C logits sit at x[(n C + c) K + k].
+// A workgroup of WG threads handles WG / TPR consecutive rows.
+//
+// Passes and traffic (P = N K positions, C classes):
+//   weight_sum  (mean only) reads the P labels (+ their class weights): one partial per tile,
+//               then reduce.wgsl folds them into W = summed weight of the non-ignored targets.
+//   rows_*      per row: read 1 (online softmax: running max and sum), read 2 (p = exp(x - lse),
+//               gradient written; with smoothing also sum_c w_c (lse - x_c)), plus one load of
+//               x[y]. Logits are read twice (4 P C bytes each), the gradient written once (or
+//               read + written with accumulate); no N x C scratch, only one partial per workgroup.
+//   finalize    1 thread: loss = total / W (mean) or total (sum).
+// An out-of-range label that is not ignore_index is never used as an index: its row gets a zero
+// gradient, a NaN loss, and sets flag[0] = 1 (non-atomic store of the constant 1).
+
+const ITEMS: u32 = 8u;
+
+struct Params {
+    rows: u32,       // positions (rows) in this window; targets in this window for weight_sum
+    inner: u32,      // K: product of the spatial sizes (the class stride)
+    classes: u32,    // C
+    flags: u32,      // bit 0 accumulate, bit 1 weighted, bit 2 mean, bit 3 ignore_index fits in i32
+    ignore: i32,     // ignore_index
+    part_base: u32,  // index of this window's first workgroup among all partials
+    nan_bits: u32,   // 0x7fc00000: a NaN made at run time
+    label_base: u32, // index of this window's first label in `labels` / `elem_loss` (0 when those are windowed too)
+    ls: f32,         // label_smoothing
+    ls_c: f32,       // label_smoothing / C
+    wsum: f32,       // sum of the class weights (C without weight)
+    grad_scale: f32, // upstream scale (mean: divided by W in the kernel)
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> labels: array<i32>;
+@group(0) @binding(3) var<storage, read> weight: array<f32>;
+@group(0) @binding(4) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(5) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(6) var<storage, read> wtot: array<f32>;
+@group(0) @binding(7) var<storage, read_write> elem_loss: array<f32>;
+@group(0) @binding(8) var<storage, read_write> flag: array<u32>;
+@group(0) @binding(9) var<storage, read> ltot: array<f32>;
+@group(0) @binding(10) var<storage, read_write> loss_out: array<f32>;
+
+fn put_grad(i: u32, g: f32) {
+    if ((P.flags & 1u) != 0u) {
+        grad[i] = grad[i] + g;
+    } else {
+        grad[i] = g;
+    }
+}
+
+fn class_weight(c: u32) -> f32 {
+    if ((P.flags & 2u) != 0u) {
+        return weight[c];
+    }
+    return 1.0;
+}
+
+// (status, class) of row r: status 0 = past the window, 1 = ignored, 2 = label out of range,
+// 3 = a valid target.
+fn classify(r: u32) -> vec2<u32> {
+    if (r >= P.rows) {
+        return vec2<u32>(0u, 0u);
+    }
+    let y = labels[P.label_base + r];
+    if ((P.flags & 8u) != 0u && y == P.ignore) {
+        return vec2<u32>(1u, 0u);
+    }
+    if (y < 0 || u32(y) >= P.classes) {
+        return vec2<u32>(2u, 0u);
+    }
+    return vec2<u32>(3u, u32(y));
+}
+
+// Sum of `v` over the TPR threads of this row, in a fixed order. Uniform control flow only.
+fn seg_sum(lid: u32, v: f32) -> f32 {
+    if (TPR == 1u) {
+        return v;
+    }
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = TPR / 2u; s > 0u; s = s >> 1u) {
+        if ((lid % TPR) < s) {
+            red[lid] = red[lid] + red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red[lid - lid % TPR];
+    workgroupBarrier();
+    return r;
+}
+
+fn seg_max(lid: u32, v: f32) -> f32 {
+    if (TPR == 1u) {
+        return v;
+    }
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = TPR / 2u; s > 0u; s = s >> 1u) {
+        if ((lid % TPR) < s) {
+            red[lid] = max(red[lid], red[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let r = red[lid - lid % TPR];
+    workgroupBarrier();
+    return r;
+}
+
+// The loss of row r (the same on every thread of the row); writes the row's gradient.
+// `gscale`: upstream scale times d(reduction).
+fn row(lid: u32, r: u32, gscale: f32) -> f32 {
+    let lane = lid % TPR;
+    let st = classify(r);
+    let status = st.x;
+    let y = st.y;
+    let K = P.inner;
+    let C = P.classes;
+    let base = (r / K) * C * K + r % K;
+    let live = status == 3u;
+    if (status == 2u) {
+        flag[0] = 1u;
+    }
+
+    // Read 1: running max and running sum of exp(x - max).
+    var m = -3.0e38;
+    var s = 0.0;
+    if (live) {
+        for (var c = lane; c < C; c = c + TPR) {
+            let v = x[base + c * K];
+            if (v > m) {
+                s = s * exp(m - v) + 1.0;
+                m = v;
+            } else {
+                s = s + exp(v - m);
+            }
+        }
+    }
+    let mx = seg_max(lid, m);
+    let sum = seg_sum(lid, s * exp(m - mx));
+    let lse = mx + log(sum);
+
+    // Read 2: the gradient (1 - ls) w_y (p_c - [c = y]) + ls / C (p_c sum_j w_j - w_c).
+    var wy = 0.0;
+    if (live) {
+        wy = class_weight(y);
+    }
+    let cy = (1.0 - P.ls) * wy * gscale;
+    let cs = P.ls_c * gscale;
+    var sm = 0.0;
+    if (live) {
+        for (var c = lane; c < C; c = c + TPR) {
+            let i = base + c * K;
+            let v = x[i];
+            let p = exp(v - lse);
+            let wc = class_weight(c);
+            var g = cy * p + cs * (p * P.wsum - wc);
+            if (c == y) {
+                g = g - cy;
+            }
+            put_grad(i, g);
+            sm = sm + wc * (lse - v);
+        }
+    } else if (status != 0u) {
+        for (var c = lane; c < C; c = c + TPR) {
+            put_grad(base + c * K, 0.0);
+        }
+    }
+    var smoothed = 0.0;
+    if (P.ls > 0.0) {
+        smoothed = seg_sum(lid, sm);
+    }
+    if (live) {
+        return (1.0 - P.ls) * wy * (lse - x[base + y * K]) + P.ls_c * smoothed;
+    }
+    if (status == 2u) {
+        return bitcast<f32>(P.nan_bits);
+    }
+    return 0.0;
+}
+
+// W: the summed class weight of the valid, non-ignored targets (tiles of ITEMS * WG labels).
+@compute @workgroup_size(256)
+fn weight_sum(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    if (g * ITEMS * WG >= P.rows) {
+        return;
+    }
+    var acc = 0.0;
+    for (var k = 0u; k < ITEMS; k = k + 1u) {
+        let st = classify((g * ITEMS + k) * WG + lid);
+        if (st.x == 3u) {
+            acc = acc + class_weight(st.y);
+        }
+    }
+    let s = wg_sum(lid, acc);
+    if (lid == 0u) {
+        partials[P.part_base + g] = s;
+    }
+}
+
+// mean / sum: the gradient, and one partial loss sum per workgroup.
+@compute @workgroup_size(256)
+fn rows_reduce(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    let rpw = WG / TPR;
+    if (g * rpw >= P.rows) {
+        return;
+    }
+    var gscale = P.grad_scale;
+    if ((P.flags & 4u) != 0u) {
+        gscale = P.grad_scale / wtot[0];
+    }
+    let l = row(lid, g * rpw + lid / TPR, gscale);
+    var mine = 0.0;
+    if (lid % TPR == 0u) {
+        mine = l;
+    }
+    let s = wg_sum(lid, mine);
+    if (lid == 0u) {
+        partials[P.part_base + g] = s;
+    }
+}
+
+// none: the loss of every position and the gradient.
+@compute @workgroup_size(256)
+fn rows_none(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+             @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    let rpw = WG / TPR;
+    if (g * rpw >= P.rows) {
+        return;
+    }
+    let r = g * rpw + lid / TPR;
+    let l = row(lid, r, P.grad_scale);
+    if (lid % TPR == 0u && r < P.rows) {
+        elem_loss[P.label_base + r] = l;
+    }
+}
+
+// loss = total / W (mean; 0 / 0 = NaN when every target is ignored) or total (sum).
+@compute @workgroup_size(1)
+fn finalize() {
+    let t = ltot[0];
+    if ((P.flags & 4u) != 0u) {
+        let w = wtot[0];
+        if (w == 0.0 && t == 0.0) {
+            loss_out[0] = bitcast<f32>(P.nan_bits);
+        } else {
+            loss_out[0] = t / w;
+        }
+    } else {
+        loss_out[0] = t;
+    }
+}

@@ -1,0 +1,305 @@
+//! `CrossEntropyLoss` with class-index targets (shaders/cross_entropy.wgsl).
+//!
+//! Labels live on the device, so the host cannot check them before the work runs. A caller
+//! that has them on the host checks them with [`CrossEntropyLoss::check_target_labels`]. On the
+//! device an out-of-range label that is not `ignore_index` is never used as an index: its row
+//! gets a zero gradient and a NaN loss (so a `mean` / `sum` is NaN too), and the context's
+//! label flag is set: the next read of any tensor fails with `Error::LabelOutOfRange`.
+
+use super::{want_dtype, GradOpts, Loss, Recorder};
+use crate::config::{check_labels, CrossEntropyLoss, Reduction};
+use crate::context::LossContext;
+use crate::error::{Error, Result};
+use crate::kernel::{Bind, ShaderSource, WG};
+use crate::tensor::{DType, Tensor};
+
+const BODY: &str = include_str!("../../shaders/cross_entropy.wgsl");
+/// Labels per workgroup of `weight_sum` (`ITEMS * WG`).
+const TILE: u64 = 8 * WG as u64;
+/// The threads-per-row variants.
+const TPRS: [u32; 3] = [1, 32, 256];
+
+fn source(tpr: u32) -> ShaderSource {
+    ShaderSource::new("cross_entropy", BODY).with("TPR", tpr)
+}
+
+pub(crate) fn shader_variants() -> Vec<ShaderSource> {
+    TPRS.iter().map(|&t| source(t)).collect()
+}
+
+/// Threads per row for C classes: a thread per row for small C (coalesced over the positions
+/// of `[N, C, d...]`), a 32-thread segment for medium C, the whole workgroup for large C.
+fn threads_per_row(classes: usize) -> u32 {
+    if classes <= 32 {
+        1
+    } else if classes <= 2048 {
+        32
+    } else {
+        256
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    inner: u32,
+    classes: u32,
+    flags: u32,
+    ignore: i32,
+    part_base: u32,
+    nan_bits: u32,
+    label_base: u32,
+    ls: f32,
+    ls_c: f32,
+    wsum: f32,
+    grad_scale: f32,
+}
+
+const F_ACCUMULATE: u32 = 1;
+const F_WEIGHTED: u32 = 2;
+const F_MEAN: u32 = 4;
+const F_IGNORE: u32 = 8;
+
+impl CrossEntropyLoss {
+    /// Checks host-side class labels: each in `[0, classes)` or equal to `ignore_index`.
+    pub fn check_target_labels(&self, labels: &[i64], classes: usize) -> Result<()> {
+        check_labels("CrossEntropyLoss", labels, classes, Some(self.ignore_index))
+    }
+
+    /// Records every pass; returns the loss and the gradient.
+    fn record_all(
+        &self,
+        ctx: &LossContext,
+        inputs: &[&Tensor],
+        opts: &GradOpts,
+        rec: &mut Recorder,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        const WHAT: &str = "CrossEntropyLoss";
+        let (x, t) = (inputs[0], inputs[1]);
+        let layout = self.check_shapes(x.shape(), t.shape())?;
+        want_dtype(WHAT, "input", x, DType::F32)?;
+        want_dtype(WHAT, "target", t, DType::I32)?;
+        let grad = opts.grad_for(ctx, 0, x)?;
+        let (n, c, k) = (
+            layout.outer as u64,
+            layout.channels as u64,
+            layout.inner as u64,
+        );
+        let positions = n * k;
+        if c > u32::MAX as u64 || k > u32::MAX as u64 {
+            return Err(Error::TooLarge(format!(
+                "{WHAT}: {c} classes x {k} positions do not fit 32-bit indices"
+            )));
+        }
+        let tpr = threads_per_row(layout.channels);
+        let src = source(tpr);
+        let usage = LossContext::storage_usage();
+
+        // Class weights (a 4-byte placeholder without weight: the binding must exist).
+        let (weighted, wsum) = match &self.weight {
+            Some(w) => (true, w.data.iter().map(|&v| v as f64).sum::<f64>()),
+            None => (false, c as f64),
+        };
+        let weight_buf = match &self.weight {
+            Some(w) => {
+                let b = ctx.alloc(c * 4, usage)?;
+                ctx.queue
+                    .write_buffer(&b.buffer, 0, bytemuck::cast_slice(&w.data));
+                b
+            }
+            None => ctx.alloc(4, usage)?,
+        };
+        let flag = Bind {
+            binding: 8,
+            buffer: ctx.flags_buffer("CrossEntropyLoss"),
+            offset: 0,
+            size: crate::context::FLAG_BYTES,
+        };
+
+        let ignore = i32::try_from(self.ignore_index).ok();
+        let mean = self.reduction == Reduction::Mean;
+        let mut flags = opts.flags() & F_ACCUMULATE;
+        if weighted {
+            flags |= F_WEIGHTED;
+        }
+        if mean {
+            flags |= F_MEAN;
+        }
+        if ignore.is_some() {
+            flags |= F_IGNORE;
+        }
+        let ls = self.label_smoothing;
+        let base = Params {
+            rows: 0,
+            inner: k as u32,
+            classes: c as u32,
+            flags,
+            ignore: ignore.unwrap_or(0),
+            part_base: 0,
+            nan_bits: 0x7fc0_0000,
+            label_base: 0,
+            ls: ls as f32,
+            ls_c: (ls / c as f64) as f32,
+            wsum: wsum as f32,
+            grad_scale: opts.scale,
+        };
+
+        // Pass 1 (mean): W, the summed weight of the non-ignored targets.
+        let wtot = if mean {
+            let windows = ctx.windows(positions, 4, 1)?;
+            let tiles: u64 = windows.iter().map(|w| w.count.div_ceil(TILE)).sum();
+            let partials = ctx.alloc(tiles * 4, usage)?;
+            let mut part_base = 0;
+            for w in windows {
+                let p = Params {
+                    rows: w.count as u32,
+                    part_base: part_base as u32,
+                    ..base
+                };
+                let binds = vec![
+                    Bind::window(2, t, w.first, w.count),
+                    Bind::scratch(3, &weight_buf),
+                    Bind::scratch(5, &partials),
+                ];
+                rec.prog.steps.push(ctx.step(
+                    &src,
+                    "weight_sum",
+                    &p,
+                    binds,
+                    w.count.div_ceil(TILE),
+                )?);
+                part_base += w.count.div_ceil(TILE);
+            }
+            let tot = ctx.reduce_rows(&mut rec.prog, &mut rec.scratch, &partials, 1, tiles)?;
+            rec.scratch.keep(partials);
+            Some(tot)
+        } else {
+            None
+        };
+
+        // Pass 2: the rows, windowed over the samples. The labels (and the `none` losses) are
+        // C times smaller than the logits: bound whole when they fit one binding (any window
+        // then works), else windowed too, with windows that keep their offsets aligned.
+        let labels_whole = positions * 4 <= ctx.max_window_bytes;
+        let align = ctx.limits.min_storage_buffer_offset_alignment.max(4) as u64;
+        let multiple = if labels_whole {
+            1
+        } else {
+            align / gcd(k * 4, align)
+        };
+        let windows = ctx.windows(n, c * k * 4, multiple)?;
+        let rpw = (WG / tpr) as u64;
+        let label_bind = |binding: u32, w: &crate::kernel::Window, tensor: &Tensor| {
+            if labels_whole {
+                Bind::tensor(binding, tensor)
+            } else {
+                Bind::window(binding, tensor, w.first * k, w.count * k)
+            }
+        };
+        let window_params = |w: &crate::kernel::Window| Params {
+            rows: (w.count * k) as u32,
+            label_base: if labels_whole {
+                (w.first * k) as u32
+            } else {
+                0
+            },
+            ..base
+        };
+        let io = |w: &crate::kernel::Window| {
+            vec![
+                Bind::window(1, x, w.first * c * k, w.count * c * k),
+                label_bind(2, w, t),
+                Bind::scratch(3, &weight_buf),
+                Bind::window(4, &grad, w.first * c * k, w.count * c * k),
+                flag.clone(),
+            ]
+        };
+
+        let loss = if self.reduction == Reduction::None {
+            let elem = ctx.empty(t.shape(), DType::F32)?;
+            for w in &windows {
+                let mut binds = io(w);
+                binds.push(label_bind(7, w, &elem));
+                rec.prog.steps.push(ctx.step(
+                    &src,
+                    "rows_none",
+                    &window_params(w),
+                    binds,
+                    (w.count * k).div_ceil(rpw),
+                )?);
+            }
+            elem
+        } else {
+            let groups: u64 = windows.iter().map(|w| (w.count * k).div_ceil(rpw)).sum();
+            let partials = ctx.alloc(groups * 4, usage)?;
+            let mut part_base = 0u64;
+            for w in &windows {
+                let rows = w.count * k;
+                let p = Params {
+                    part_base: part_base as u32,
+                    ..window_params(w)
+                };
+                let mut binds = io(w);
+                binds.push(Bind::scratch(5, &partials));
+                // `wtot` is only read for mean; any read-only buffer fills the binding otherwise.
+                binds.push(Bind::scratch(6, wtot.as_ref().unwrap_or(&weight_buf)));
+                rec.prog.steps.push(ctx.step(
+                    &src,
+                    "rows_reduce",
+                    &p,
+                    binds,
+                    rows.div_ceil(rpw),
+                )?);
+                part_base += rows.div_ceil(rpw);
+            }
+            let ltot = ctx.reduce_rows(&mut rec.prog, &mut rec.scratch, &partials, 1, groups)?;
+            rec.scratch.keep(partials);
+            let loss = ctx.empty(&[], DType::F32)?;
+            let binds = vec![
+                Bind::scratch(6, wtot.as_ref().unwrap_or(&ltot)),
+                Bind::scratch(9, &ltot),
+                Bind::tensor(10, &loss),
+            ];
+            rec.prog
+                .steps
+                .push(ctx.step(&src, "finalize", &base, binds, 1)?);
+            rec.scratch.keep(ltot);
+            loss
+        };
+        if let Some(tot) = wtot {
+            rec.scratch.keep(tot);
+        }
+        rec.scratch.keep(weight_buf);
+        Ok((loss, vec![grad]))
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+impl Loss for CrossEntropyLoss {
+    fn name(&self) -> &'static str {
+        "CrossEntropyLoss"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        &["input", "target"]
+    }
+    fn grad_names(&self) -> &'static [&'static str] {
+        &["input"]
+    }
+    fn build(
+        &self,
+        ctx: &LossContext,
+        inputs: &[&Tensor],
+        opts: &GradOpts,
+        rec: &mut Recorder,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        self.record_all(ctx, inputs, opts, rec)
+    }
+}

@@ -1,0 +1,194 @@
+//! A loss library inside a training loop must never corrupt a run: non-finite inputs,
+//! concurrency, resource limits.
+mod common;
+
+use std::sync::Arc;
+
+use deepml::*;
+
+fn inputs_for(loss: &dyn Loss, ctx: &LossContext, n: usize, seed: u64) -> Vec<Tensor> {
+    let mut r = common::rng(seed);
+    match loss.name() {
+        "JaccardLoss" | "DiceLoss" => {
+            let shape = [2, 3, n / 6];
+            let x = common::uniform(&mut r, 6 * (n / 6), -3.0, 3.0);
+            let t: Vec<f32> = common::uniform(&mut r, 6 * (n / 6), 0.0, 1.0)
+                .iter()
+                .map(|v| v.round())
+                .collect();
+            vec![
+                ctx.upload(&x, &shape).unwrap(),
+                ctx.upload(&t, &shape).unwrap(),
+            ]
+        }
+        _ => {
+            let x = common::uniform(&mut r, n, -3.0, 3.0);
+            let t: Vec<f32> = common::uniform(&mut r, n, 0.0, 1.0);
+            vec![ctx.upload(&x, &[n]).unwrap(), ctx.upload(&t, &[n]).unwrap()]
+        }
+    }
+}
+
+fn losses() -> Vec<Arc<dyn Loss + Send + Sync>> {
+    vec![
+        Arc::new(RMSELoss::default()),
+        Arc::new(MSELoss::default()),
+        Arc::new(L1Loss {
+            reduction: Reduction::Sum,
+        }),
+        Arc::new(BCEWithLogitsLoss::default()),
+        Arc::new(WeightedBCEWithLogitsLoss {
+            w_p: 2.0,
+            ..Default::default()
+        }),
+        Arc::new(JaccardLoss::new(true)),
+        Arc::new(DiceLoss {
+            per_class: true,
+            ..DiceLoss::new(false)
+        }),
+        Arc::new(JaccardLoss::new(false)),
+    ]
+}
+
+fn bits(ctx: &LossContext, out: &LossOutput) -> (Vec<u32>, Vec<u32>) {
+    let l = ctx
+        .read(&out.loss)
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect();
+    let g = ctx
+        .read(&out.grads[0])
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect();
+    (l, g)
+}
+
+#[test]
+fn eight_threads_on_one_context_match_the_single_threaded_results() {
+    let ctx = Arc::new(LossContext::new().unwrap());
+    let losses = losses();
+    let n = 6 * 1001;
+    let expected: Vec<_> = losses
+        .iter()
+        .enumerate()
+        .map(|(k, l)| {
+            let x = inputs_for(l.as_ref(), &ctx, n, k as u64);
+            let refs: Vec<&Tensor> = x.iter().collect();
+            bits(&ctx, &l.compute(&ctx, &refs).unwrap())
+        })
+        .collect();
+    let expected = Arc::new(expected);
+    let threads: Vec<_> = (0..8)
+        .map(|k| {
+            let (ctx, loss, expected) = (ctx.clone(), losses[k].clone(), expected.clone());
+            std::thread::spawn(move || {
+                let x = inputs_for(loss.as_ref(), &ctx, n, k as u64);
+                let refs: Vec<&Tensor> = x.iter().collect();
+                for it in 0..200 {
+                    let out = loss.compute(&ctx, &refs).unwrap();
+                    if it % 20 == 0 || it == 199 {
+                        assert_eq!(
+                            bits(&ctx, &out),
+                            expected[k],
+                            "{} differs in thread {k}, iteration {it}",
+                            loss.name()
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a thread panicked");
+    }
+}
+
+#[test]
+fn non_finite_inputs_are_refused_when_check_finite_is_on() {
+    let ctx = LossContext::with_options(ContextOptions {
+        check_finite: true,
+        ..Default::default()
+    })
+    .unwrap();
+    for loss in losses() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let x = inputs_for(loss.as_ref(), &ctx, 6 * 50, 3);
+            let mut host = ctx.read(&x[0]).unwrap();
+            host[17] = bad;
+            let poisoned = ctx.upload(&host, x[0].shape()).unwrap();
+            let out = loss.compute(&ctx, &[&poisoned, &x[1]]).unwrap();
+            let err = ctx.read(&out.loss).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidInput(_)),
+                "{}: {err}",
+                loss.name()
+            );
+            assert!(err.to_string().contains(loss.name()), "{err}");
+            // The flag was cleared by that read: clean inputs compute again.
+            let clean = loss.compute(&ctx, &[&x[0], &x[1]]).unwrap();
+            assert!(ctx.read(&clean.loss).unwrap()[0].is_finite());
+        }
+    }
+}
+
+#[test]
+fn non_finite_inputs_propagate_when_check_finite_is_off() {
+    // Documented behaviour: NaN in an input gives a NaN loss; no hang, the context stays usable.
+    let ctx = common::ctx();
+    for loss in losses() {
+        let x = inputs_for(loss.as_ref(), ctx, 6 * 50, 4);
+        let mut host = ctx.read(&x[0]).unwrap();
+        host[5] = f32::NAN;
+        let poisoned = ctx.upload(&host, x[0].shape()).unwrap();
+        let v = ctx
+            .read(&loss.compute(ctx, &[&poisoned, &x[1]]).unwrap().loss)
+            .unwrap();
+        assert!(v[0].is_nan(), "{}: NaN input gave {}", loss.name(), v[0]);
+        let clean = ctx
+            .read(&loss.compute(ctx, &[&x[0], &x[1]]).unwrap().loss)
+            .unwrap();
+        assert!(clean[0].is_finite(), "{}", loss.name());
+    }
+}
+
+#[test]
+fn a_tensor_over_max_buffer_size_is_refused_before_any_allocation() {
+    let ctx = LossContext::new().unwrap();
+    let before = ctx.stats();
+    let max = ctx.adapter().limits.max_buffer_size;
+    let n = (max / 4 + 1) as usize;
+    let err = ctx.empty(&[n], DType::F32).unwrap_err();
+    assert!(matches!(err, Error::TooLarge(_)), "{err}");
+    assert!(err.to_string().contains("max_buffer_size"), "{err}");
+    assert_eq!(ctx.stats(), before, "nothing was allocated");
+}
+
+#[test]
+fn a_loop_over_tensors_at_the_binding_limit_keeps_memory_flat() {
+    // Bindings capped at 1 MiB; tensors just under and just over that limit.
+    let ctx = common::windowed_ctx(1 << 20);
+    for n in [(1 << 18) - 64, (1 << 18) + 1000] {
+        let x = inputs_for(&MSELoss::default(), &ctx, n, 9);
+        let seg = inputs_for(&JaccardLoss::new(false), &ctx, n, 9);
+        let mut first = None;
+        for step in 0..300 {
+            let a = RMSELoss::default().compute(&ctx, &[&x[0], &x[1]]).unwrap();
+            let b = JaccardLoss::new(false)
+                .compute(&ctx, &[&seg[0], &seg[1]])
+                .unwrap();
+            ctx.axpy(&x[0], -0.01, &a.grads[0]).unwrap();
+            if step % 100 == 0 || step == 299 {
+                assert!(ctx.read_scalar(&b.loss).unwrap().is_finite());
+            }
+            drop((a, b));
+            let bytes = ctx.stats().allocated_bytes;
+            match first {
+                None => first = Some(bytes),
+                Some(f) => assert_eq!(bytes, f, "n = {n}, step {step}"),
+            }
+        }
+    }
+}
