@@ -148,6 +148,8 @@ async function main() {
     for (const [loss, s] of Object.entries(byLoss))
       console.log(`   ${loss.padEnd(28)} ${s.pass} pass, ${s.fail} fail, ${s.skip} skip${s.skip ? " (not on the GPU in this build)" : ""}`);
     if (skipped) console.log(`SKIP ${skipped} cases of losses not implemented on the GPU in this build`);
+    // Once every loss is on the GPU, DEEPML_WEB_STRICT=1 makes a skipped case a failure.
+    if (process.env.DEEPML_WEB_STRICT === "1") check(skipped === 0, "no public case is skipped", `${skipped} skipped`);
     if (pageErrors.length) console.log(`   page console errors:\n     ${pageErrors.join("\n     ")}`);
 
     // 4. Without WebGPU: a clear message, not a blank page.
