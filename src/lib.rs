@@ -23,6 +23,8 @@ pub mod kernel;
 pub mod losses;
 pub mod reference;
 pub mod tensor;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use config::*;
 pub use context::{AdapterReport, AllocStats, ContextOptions, LossContext};

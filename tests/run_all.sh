@@ -18,3 +18,6 @@ for backend in vulkan gl; do
   echo "== conformance on $backend"
   cargo run --release -q -- --backend "$backend" check -q
 done
+
+echo "== browser (wasm build, headless Chromium, WebGPU on SwiftShader)"
+bash web/test.sh

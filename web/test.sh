@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The browser test: installs Chromium (Debian's, apt-get) and the npm packages if missing,
+# builds the wasm package (web/build.sh), then runs web/test.mjs in headless Chromium with
+# WebGPU on SwiftShader. Ends with "N passed, M failed".
+set -euo pipefail
+cd "$(dirname "$0")"
+if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/lib/chromium/chromium ] && [ ! -x /usr/bin/chromium ]; then
+  echo "== installing chromium"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium
+fi
+bash build.sh
+node test.mjs
