@@ -11,6 +11,9 @@
 //! # Ok::<(), deepml::Error>(())
 //! ```
 
+// wgpu's types are neither Send nor Sync on the web, where there is one thread.
+#![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod cases;
@@ -32,3 +35,8 @@ pub use error::{Error, Result};
 pub use losses::combined::{Combined, CombinedOutput, Term};
 pub use losses::{GradOpts, Loss, LossOutput, Recorder};
 pub use tensor::{DType, Tensor};
+
+/// The README's Rust examples, compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
