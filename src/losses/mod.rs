@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::kernel::{Program, Scratch, ShaderSource};
 use crate::tensor::{DType, Tensor};
 
+pub mod angular;
 pub mod combined;
 pub mod pointwise;
 
@@ -166,6 +167,7 @@ pub fn gpu_loss(spec: &crate::cases::LossSpec) -> Option<Box<dyn Loss>> {
         S::Rmse(c) => Some(Box::new(c.clone())),
         S::Mse(c) => Some(Box::new(c.clone())),
         S::L1(c) => Some(Box::new(c.clone())),
+        S::Angular(c) => Some(Box::new(c.clone())),
         _ => None,
     }
 }
@@ -173,6 +175,7 @@ pub fn gpu_loss(spec: &crate::cases::LossSpec) -> Option<Box<dyn Loss>> {
 /// Every shader variant of every loss.
 pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     let mut v = Vec::new();
+    v.extend(angular::shader_variants());
     v.extend(combined::shader_variants());
     v.extend(pointwise::shader_variants());
     v
