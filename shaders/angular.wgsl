@@ -23,6 +23,8 @@
 //                                                               reads N C F / 64 + N F C / 64
 //   wgrad   (normalize_weight) one workgroup per class row: dW = (dW^ - W^ (W^ . dW^)) winv,
 //           or dW^ / 1e-12 where the norm is clamped.           reads 2 C F, writes C F
+//   (A product whose reduction is longer than 16384 runs as several dispatches that add into
+//   their output in order: one more read and write of the output per extra dispatch.)
 //   finalize  loss = sum of the per-sample losses (tree reduction, reduce.wgsl) * 1/N or 1.
 //   sgd     W -= lr * g, element-wise, in place.               reads 2 C F, writes C F
 //
@@ -120,7 +122,8 @@ fn xnorm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
 
 // ---------------------------------------------------------------------------------------------
 // Tiled matrix products: 64 x 64 outputs per workgroup, 4 x 4 per thread, K in slices of 16.
-// As[k * 64 + m], Bs[k * 64 + n]; thread (tx, ty) owns rows ty + 16 a and columns tx + 16 b.
+// As[k][m / 4][m % 4], Bs[k][n / 4][n % 4] (vec4 rows of 16); thread (tx, ty) owns the 4 x 4 block
+// of rows 4 ty + a and columns 4 tx + b.
 // One dispatch covers the reduction range [kb, ke); the host splits long reductions into
 // ranges of at most 16384 (1024 slices) and adds them up in order (mode bit 0), because
 // llvmpipe (lavapipe) stops every loop of an invocation after 65535 iterations in total.
@@ -128,42 +131,24 @@ fn xnorm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
 const TILE: u32 = 64u;
 const KT: u32 = 16u;
 
-var<workgroup> As: array<f32, 1024>;
-var<workgroup> Bs: array<f32, 1024>;
-var<private> acc: array<f32, 16>;
+var<workgroup> As: array<vec4<f32>, 256>;
+var<workgroup> Bs: array<vec4<f32>, 256>;
+var<private> acc: array<vec4<f32>, 4>;
 
 fn mm_clear() {
-    for (var q = 0u; q < 16u; q = q + 1u) {
-        acc[q] = 0.0;
+    for (var q = 0u; q < 4u; q = q + 1u) {
+        acc[q] = vec4<f32>(0.0);
     }
 }
 
 fn mm_slice(tx: u32, ty: u32) {
     for (var k = 0u; k < KT; k = k + 1u) {
-        let a0 = As[k * TILE + ty];
-        let a1 = As[k * TILE + ty + 16u];
-        let a2 = As[k * TILE + ty + 32u];
-        let a3 = As[k * TILE + ty + 48u];
-        let b0 = Bs[k * TILE + tx];
-        let b1 = Bs[k * TILE + tx + 16u];
-        let b2 = Bs[k * TILE + tx + 32u];
-        let b3 = Bs[k * TILE + tx + 48u];
-        acc[0] = fma(a0, b0, acc[0]);
-        acc[1] = fma(a0, b1, acc[1]);
-        acc[2] = fma(a0, b2, acc[2]);
-        acc[3] = fma(a0, b3, acc[3]);
-        acc[4] = fma(a1, b0, acc[4]);
-        acc[5] = fma(a1, b1, acc[5]);
-        acc[6] = fma(a1, b2, acc[6]);
-        acc[7] = fma(a1, b3, acc[7]);
-        acc[8] = fma(a2, b0, acc[8]);
-        acc[9] = fma(a2, b1, acc[9]);
-        acc[10] = fma(a2, b2, acc[10]);
-        acc[11] = fma(a2, b3, acc[11]);
-        acc[12] = fma(a3, b0, acc[12]);
-        acc[13] = fma(a3, b1, acc[13]);
-        acc[14] = fma(a3, b2, acc[14]);
-        acc[15] = fma(a3, b3, acc[15]);
+        let a = As[k * 16u + ty];
+        let b = Bs[k * 16u + tx];
+        acc[0] = fma(vec4<f32>(a.x), b, acc[0]);
+        acc[1] = fma(vec4<f32>(a.y), b, acc[1]);
+        acc[2] = fma(vec4<f32>(a.z), b, acc[2]);
+        acc[3] = fma(vec4<f32>(a.w), b, acc[3]);
     }
 }
 
@@ -192,29 +177,29 @@ fn fwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: ve
             if (gi < P.rows && gk < P.ke) {
                 a = x[gi * F + gk];
             }
-            As[kk * TILE + mm] = a;
+            As[kk * 16u + mm / 4u][mm % 4u] = a;
             var b = 0.0;
             let gj = n0 + mm;
             if (gj < P.classes && gk < P.ke) {
                 b = w[gj * F + gk];
             }
-            Bs[kk * TILE + mm] = b;
+            Bs[kk * 16u + mm / 4u][mm % 4u] = b;
         }
         workgroupBarrier();
         mm_slice(tx, ty);
         workgroupBarrier();
     }
     for (var a = 0u; a < 4u; a = a + 1u) {
-        let gi = m0 + ty + 16u * a;
+        let gi = m0 + ty * 4u + a;
         if (gi >= P.rows) {
             continue;
         }
         let xi = xstat[gi].x;
         for (var b = 0u; b < 4u; b = b + 1u) {
-            let gj = n0 + tx + 16u * b;
+            let gj = n0 + tx * 4u + b;
             if (gj < P.classes) {
                 let idx = gi * P.out + P.c0 + gj;
-                let v = acc[a * 4u + b] * xi * winv[gj];
+                let v = acc[a][b] * xi * winv[gj];
                 if ((P.mode & 1u) != 0u) {
                     logits[idx] = logits[idx] + v;
                 } else {
@@ -252,7 +237,7 @@ fn dx(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec
             if (gi < P.rows && gj < P.ke) {
                 a = logits[gi * P.out + P.c0 + gj] * winv[gj];
             }
-            As[kk * TILE + mm] = a;
+            As[kk * 16u + mm / 4u][mm % 4u] = a;
             // B[k = class, n = feature]: contiguous along the feature.
             let bk = e / TILE;
             let bn = e % TILE;
@@ -262,23 +247,23 @@ fn dx(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec
             if (bj < P.ke && bf < F) {
                 b = w[bj * F + bf];
             }
-            Bs[bk * TILE + bn] = b;
+            Bs[bk * 16u + bn / 4u][bn % 4u] = b;
         }
         workgroupBarrier();
         mm_slice(tx, ty);
         workgroupBarrier();
     }
     for (var a = 0u; a < 4u; a = a + 1u) {
-        let gi = m0 + ty + 16u * a;
+        let gi = m0 + ty * 4u + a;
         if (gi >= P.rows) {
             continue;
         }
         let st = xstat[gi];
         for (var b = 0u; b < 4u; b = b + 1u) {
-            let gf = n0 + tx + 16u * b;
+            let gf = n0 + tx * 4u + b;
             if (gf < F) {
                 let idx = gi * F + gf;
-                var v = acc[a * 4u + b] * st.x;
+                var v = acc[a][b] * st.x;
                 if ((P.mode & 2u) != 0u) {
                     v = v - st.y * x[idx];
                 }
@@ -318,32 +303,32 @@ fn dw(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec
             if (gi < P.ke && gj < P.classes) {
                 a = logits[gi * P.out + P.c0 + gj];
             }
-            As[kk * TILE + col] = a;
+            As[kk * 16u + col / 4u][col % 4u] = a;
             // B[k = row, n = feature] = xinv_i x_if.
             let gf = n0 + col;
             var b = 0.0;
             if (gi < P.ke && gf < F) {
                 b = x[gi * F + gf] * xstat[gi].x;
             }
-            Bs[kk * TILE + col] = b;
+            Bs[kk * 16u + col / 4u][col % 4u] = b;
         }
         workgroupBarrier();
         mm_slice(tx, ty);
         workgroupBarrier();
     }
     for (var a = 0u; a < 4u; a = a + 1u) {
-        let gj = m0 + ty + 16u * a;
+        let gj = m0 + ty * 4u + a;
         if (gj >= P.classes) {
             continue;
         }
         for (var b = 0u; b < 4u; b = b + 1u) {
-            let gf = n0 + tx + 16u * b;
+            let gf = n0 + tx * 4u + b;
             if (gf < F) {
                 let idx = gj * F + gf;
                 if ((P.mode & 1u) != 0u) {
-                    gw[idx] = gw[idx] + acc[a * 4u + b];
+                    gw[idx] = gw[idx] + acc[a][b];
                 } else {
-                    gw[idx] = acc[a * 4u + b];
+                    gw[idx] = acc[a][b];
                 }
             }
         }
@@ -381,7 +366,7 @@ fn rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     var y = labels[i];
     let bad = y < 0 || u32(y) >= C;
     if (bad) {
-        y = 0;
+        y = clamp(y, 0, i32(C) - 1);
     }
     let yu = u32(y);
     let c = logits[base + yu];
