@@ -32,6 +32,7 @@ pub mod web;
 pub use config::*;
 pub use context::{AdapterReport, AllocStats, ContextOptions, LossContext};
 pub use error::{Error, Result};
+pub use losses::angular::AngularPenaltySMLoss;
 pub use losses::combined::{Combined, CombinedOutput, Term};
 pub use losses::{GradOpts, Loss, LossOutput, Recorder};
 pub use tensor::{DType, Tensor};

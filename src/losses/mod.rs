@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::kernel::{Program, Scratch, ShaderSource};
 use crate::tensor::{DType, Tensor};
 
+pub mod angular;
 pub mod bce;
 pub mod combined;
 pub mod contrastive;
@@ -254,13 +255,14 @@ pub fn gpu_loss(spec: &crate::cases::LossSpec) -> Option<Box<dyn Loss>> {
         S::Bce(c) => Some(Box::new(c.clone())),
         S::CrossEntropy(c) => Some(Box::new(c.clone())),
         S::Contrastive(c) => Some(Box::new(c.clone())),
-        _ => None,
+        S::Angular(c) => Some(Box::new(c.clone())),
     }
 }
 
 /// Every shader variant of every loss.
 pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     let mut v = Vec::new();
+    v.extend(angular::shader_variants());
     v.extend(combined::shader_variants());
     v.extend(pointwise::shader_variants());
     v.extend(segmentation::shader_variants());
