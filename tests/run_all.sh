@@ -19,5 +19,11 @@ for backend in vulkan gl; do
   cargo run --release -q -- --backend "$backend" check -q
 done
 
+echo "== examples (short step counts; each asserts its own result)"
+cargo run --release -q --example quickstart
+cargo run --release -q --example train_segmentation -- --steps 150 --print 50
+cargo run --release -q --example train_arcface -- --steps 60 --print 20
+cargo run --release -q --example combined_loss -- --steps 60
+
 echo "== browser (wasm build, headless Chromium, WebGPU on SwiftShader)"
 bash web/test.sh
