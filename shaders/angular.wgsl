@@ -54,6 +54,7 @@ struct Params {
     hi: f32,        // 1 - eps (f32)
     gscale: f32,    // upstream scale * (1/N for mean, 1 otherwise)
     aux: f32,       // finalize: the loss scale; sgd: the learning rate
+    sqb: f32,       // sqrt(eps (2 - eps)) = sin(acos(1 - eps)), computed in f64 on the host
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -380,7 +381,12 @@ fn rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     } else {
         let u = min(max(c, P.lo), P.hi);
         let inside = c >= P.lo && c <= P.hi;
-        let sq = sqrt(max((1.0 - u) * (1.0 + u), 0.0)); // sin(acos(u))
+        var sq = sqrt(max((1.0 - u) * (1.0 + u), 0.0)); // sin(acos(u))
+        if (!inside) {
+            // At the clamp, f32 cannot hold 1 - eps (1 - 1e-7 rounds to 1 - 1.19e-7), which
+            // would move sin(acos(.)) by 5%: use the exact value from the host.
+            sq = P.sqb;
+        }
         if (P.loss_type == 0u) {
             // cos(a + m) = u cos m - sin a sin m; d/du = cos m + u sin m / sin a.
             num = P.s * (u * P.cos_m - sq * P.sin_m);

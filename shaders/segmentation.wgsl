@@ -190,6 +190,12 @@ fn finalize() {
             r = i / d;
             dr_di = (d + i) / d / d;
             dr_ds = -i / d / d;
+            if (d == 0.0) {
+                // eps = 0 and I = S = 0 (a class absent from both): 0/0 is 0, zero gradient.
+                r = 0.0;
+                dr_di = 0.0;
+                dr_ds = 0.0;
+            }
         } else {
             let num = 2.0 * i + P.smooth_;
             let den = max(s + P.smooth_, P.eps);
@@ -198,6 +204,12 @@ fn finalize() {
             dr_ds = 0.0;
             if (s + P.smooth_ >= P.eps) {
                 dr_ds = -num / den / den;
+            }
+            if (den == 0.0) {
+                // eps = smooth = 0 and S = 0: 0/0 is 0, zero gradient (as Jaccard).
+                r = 0.0;
+                dr_di = 0.0;
+                dr_ds = 0.0;
             }
         }
         total = total + r;

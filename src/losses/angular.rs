@@ -66,6 +66,7 @@ struct Params {
     hi: f32,
     gscale: f32,
     aux: f32,
+    sqb: f32,
 }
 
 /// Bit 0 of `Params::mode`: add into the output.
@@ -161,6 +162,7 @@ fn record(
         sin_m: m.sin() as f32,
         lo: (-1.0 + cfg.eps) as f32,
         hi: (1.0 - cfg.eps) as f32,
+        sqb: (cfg.eps * (2.0 - cfg.eps)).max(0.0).sqrt() as f32,
         gscale: (opts.scale as f64 * red) as f32,
         aux: red as f32,
         ..Default::default()

@@ -131,6 +131,11 @@ pub fn jaccard(
     let eps = cfg.eps;
     let ratio = |i: f64, s: f64| {
         let d = s - i + eps;
+        if d == 0.0 {
+            // Only with eps = 0 and I = S = 0 (nothing predicted, nothing there): 0/0 is taken
+            // as 0 with zero gradient, the limit of a vanishing prediction on an empty target.
+            return (0.0, 0.0, 0.0);
+        }
         // dr/dI = (d + I) / d^2, dr/dS = -I / d^2.
         (i / d, (d + i) / (d * d), -i / (d * d))
     };
@@ -155,6 +160,10 @@ pub fn dice(cfg: &DiceLoss, output: &[f64], target: &[f64], shape: &[usize]) -> 
     let ratio = |i: f64, s: f64| {
         let num = 2.0 * i + smooth;
         let den = (s + smooth).max(eps);
+        if den == 0.0 {
+            // eps = smooth = 0 and S = 0 (so I = 0): 0/0 is taken as 0, as in JaccardLoss.
+            return (0.0, 0.0, 0.0);
+        }
         let dden_ds = if s + smooth >= eps { 1.0 } else { 0.0 };
         (num / den, 2.0 / den, -num * dden_ds / (den * den))
     };
