@@ -351,8 +351,9 @@ fn log1p(v: f32) -> f32 {
     return log(1.0 + v);
 }
 
+// A NaN made at run time: WGSL compilers (Tint) reject a NaN constant expression.
 fn nan() -> f32 {
-    return bitcast<f32>(0x7fc00000u);
+    return bitcast<f32>(0x7fc00000u + min(P.loss_type, 0u));
 }
 
 @compute @workgroup_size(256)
@@ -394,10 +395,11 @@ fn rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
                 dnum = P.s * (P.cos_m + u * P.sin_m / sq);
             }
         } else {
-            let ang = atan2(sq, u);
-            num = P.s * cos(P.m * ang);
+            let ang = atan2_acc(sq, u);
+            let sc = sincos_acc(P.m * ang);
+            num = P.s * sc.y;
             if (inside) {
-                dnum = P.s * P.m * sin(P.m * ang) / sq;
+                dnum = P.s * P.m * sc.x / sq;
             }
         }
     }

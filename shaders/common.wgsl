@@ -54,3 +54,56 @@ fn sigmoid(x: f32) -> f32 {
     let e = exp(x);
     return e / (1.0 + e);
 }
+
+// Trigonometry accurate to a few float32 ulps. WGSL allows sin and cos an absolute error of
+// 2^-11 and atan2 4096 ulps, and some implementations (SwiftShader) use that freedom; a margin
+// loss scaled by s = 64 cannot.
+const HALF_PI_HI: f32 = 1.5707963705062866;    // float32(pi / 2)
+const HALF_PI_LO: f32 = -4.371139000186243e-8; // pi / 2 - HALF_PI_HI
+
+// (sin t, cos t) for |t| up to about 1e4: Cody-Waite reduction by pi/2, then Taylor series on
+// [-pi/4, pi/4] (truncation below 2e-9).
+fn sincos_acc(t: f32) -> vec2<f32> {
+    let k = round(t / HALF_PI_HI);
+    let r = (t - k * HALF_PI_HI) - k * HALF_PI_LO;
+    let r2 = r * r;
+    let s = r * (1.0 + r2 * (-1.0 / 6.0 + r2 * (1.0 / 120.0 + r2 * (-1.0 / 5040.0 + r2 * (1.0 / 362880.0)))));
+    let c = 1.0 + r2 * (-0.5 + r2 * (1.0 / 24.0 + r2 * (-1.0 / 720.0 + r2 * (1.0 / 40320.0 + r2 * (-1.0 / 3628800.0)))));
+    let q = i32(k) & 3;
+    if (q == 0) {
+        return vec2<f32>(s, c);
+    } else if (q == 1) {
+        return vec2<f32>(c, -s);
+    } else if (q == 2) {
+        return vec2<f32>(-s, -c);
+    }
+    return vec2<f32>(-c, s);
+}
+
+// atan(z) for 0 <= z <= 1: above tan(pi/12), atan z = pi/6 + atan((sqrt(3) z - 1) / (z + sqrt(3))),
+// then the odd series on |w| <= tan(pi/12) (truncation below 5e-8).
+fn atan01_acc(z: f32) -> f32 {
+    var w = z;
+    var base = 0.0;
+    if (z > 0.2679491924) {
+        w = (1.7320508076 * z - 1.0) / (z + 1.7320508076);
+        base = 0.5235987756;
+    }
+    let w2 = w * w;
+    return base + w * (1.0 + w2 * (-1.0 / 3.0 + w2 * (0.2 + w2 * (-1.0 / 7.0 + w2 * (1.0 / 9.0 + w2 * (-1.0 / 11.0))))));
+}
+
+// atan2(y, x) for y >= 0 (an angle in [0, pi]).
+fn atan2_acc(y: f32, x: f32) -> f32 {
+    let ax = abs(x);
+    var a: f32;
+    if (y <= ax) {
+        a = atan01_acc(y / max(ax, 1e-30));
+    } else {
+        a = (HALF_PI_HI - atan01_acc(ax / y)) + HALF_PI_LO;
+    }
+    if (x < 0.0) {
+        a = (2.0 * HALF_PI_HI - a) + 2.0 * HALF_PI_LO;
+    }
+    return a;
+}

@@ -122,3 +122,12 @@ fn scalar_op() {
 fn copy_op(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var k = 0u; k < ITEMS; k++) { let i = base_index(wid, nwg) + k * WG + lid; if (i < P.n) { out[i] = a[i]; } }
 }
+
+// The same copy with 16-byte loads and stores (the roofline: the fastest copy the adapter does).
+@group(0) @binding(6) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> out4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn copy4_op(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    for (var k = 0u; k < ITEMS; k++) { let i = base_index(wid, nwg) + k * WG + lid; if (i < P.n) { out4[i] = a4[i]; } }
+}

@@ -3,7 +3,7 @@
 // Each workgroup owns one tile of TILE = ITEMS * WG consecutive elements of the window and
 // writes one partial sum per tile; reduce.wgsl folds the partials, `finalize` makes the loss.
 
-const ITEMS: u32 = 8u;
+const ITEMS: u32 = 32u;
 
 struct Params {
     n: u32,          // elements in this window

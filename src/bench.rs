@@ -613,22 +613,28 @@ fn make_input(ctx: &LossContext, shape: &[usize], kind: &Input, rng: &mut Lcg) -
     }
 }
 
-fn copy_gbps(ctx: &LossContext, timer: &Timer, opts: &BenchOptions) -> Result<f64> {
-    let n = (opts.size as u64).min(ctx.max_window_bytes / 4);
+/// GB/s (read plus write) of two copy kernels: 4-byte and 16-byte elements.
+fn copy_gbps(ctx: &LossContext, timer: &Timer, opts: &BenchOptions) -> Result<(f64, f64)> {
+    let n = (opts.size as u64).min(ctx.max_window_bytes / 4) / 4 * 4;
     let a = ctx.empty(&[n as usize], DType::F32)?;
     let b = ctx.empty(&[n as usize], DType::F32)?;
-    let ms = timer.median(ctx, opts, |enc| {
-        let mut ops = Ops::new(ctx, n)?;
-        let p = ops.params(0.0, 0.0);
-        ops.launch(
-            "copy_op",
-            p,
-            vec![Bind::tensor(1, &a), Bind::tensor(3, &b)],
-            n.div_ceil(OPS_TILE),
-        )?;
-        ops.finish(enc)
-    })?;
-    Ok(2.0 * 4.0 * n as f64 / (ms * 1e6))
+    let run = |entry: &str, lanes: u64| {
+        timer.median(ctx, opts, |enc| {
+            let mut ops = Ops::new(ctx, n)?;
+            let p = OpParams {
+                n: (n / lanes) as u32,
+                ..ops.params(0.0, 0.0)
+            };
+            let (ia, ib) = if lanes == 1 { (1, 3) } else { (6, 7) };
+            let binds = vec![Bind::tensor(ia, &a), Bind::tensor(ib, &b)];
+            ops.launch(entry, p, binds, (n / lanes).div_ceil(OPS_TILE))?;
+            ops.finish(enc)
+        })
+    };
+    let scalar = run("copy_op", 1)?;
+    let vec4 = run("copy4_op", 4)?;
+    let gbps = |ms: f64| 2.0 * 4.0 * n as f64 / (ms * 1e6);
+    Ok((gbps(scalar), gbps(vec4)))
 }
 
 /// Runs the benchmark, reporting progress through `progress`.
@@ -643,8 +649,11 @@ pub fn run(
         timer.kind(),
         opts.size
     ));
-    let copy = copy_gbps(ctx, &timer, opts)?;
-    progress(&format!("copy kernel: {copy:.2} GB/s"));
+    let (copy1, copy4) = copy_gbps(ctx, &timer, opts)?;
+    let copy = copy1.max(copy4);
+    progress(&format!(
+        "copy kernel: {copy1:.2} GB/s with 4-byte elements, {copy4:.2} GB/s with 16-byte elements"
+    ));
     let mut results = Vec::new();
     let mut rng = Lcg(7);
     for e in entries(opts.size) {

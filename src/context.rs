@@ -132,14 +132,21 @@ pub struct LossContext {
     pub(crate) subgroups: bool,
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
     pub(crate) pool: Arc<Pool>,
-    flags: wgpu::Buffer,
-    flag_users: Mutex<Vec<String>>,
     pub(crate) check_finite: bool,
     state: Arc<DeviceState>,
 }
 
 /// Bytes of the device error flags (4 words).
 pub(crate) const FLAG_BYTES: u64 = 16;
+
+/// The error flags of one computation, for kernels that find bad data on the device: word 0 is
+/// set to 1 by a label out of range, word 1 by a non-finite input (check_finite). The tensors
+/// the computation returns hold it, and reading any of them fails when a word is set, so an
+/// error reaches exactly the results it affects (and no other thread's).
+pub(crate) struct Flag {
+    pub(crate) buf: PoolBuf,
+    pub(crate) what: String,
+}
 
 fn backend_rank(b: wgpu::Backend) -> u32 {
     match b {
@@ -302,12 +309,7 @@ impl LossContext {
             max_window_bytes = max_window_bytes.min(cap.max(256));
         }
         let subgroups = features.contains(wgpu::Features::SUBGROUP) && !opts.disable_subgroups;
-        let flags = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("deepml flags"),
-            size: FLAG_BYTES,
-            usage: Self::storage_usage(),
-            mapped_at_creation: false,
-        });
+
         LossContext {
             device,
             queue,
@@ -317,8 +319,6 @@ impl LossContext {
             max_window_bytes,
             subgroups,
             pipelines: Mutex::new(HashMap::new()),
-            flags,
-            flag_users: Mutex::new(Vec::new()),
             check_finite: opts.check_finite,
             pool: Arc::new(Pool {
                 free: Mutex::new(HashMap::new()),
@@ -487,6 +487,21 @@ impl LossContext {
         Ok(Tensor::new(Arc::new(buf), shape.to_vec(), dtype))
     }
 
+    /// A new tensor with the same shape, type and values (copied on the device). It does not
+    /// carry the error flags of the computation that made `t`.
+    pub fn copy(&self, t: &Tensor) -> Result<Tensor> {
+        let out = self.empty(t.shape(), t.dtype())?;
+        self.scoped(|| {
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            if t.padded_len() > 0 {
+                enc.copy_buffer_to_buffer(t.buffer(), t.offset(), out.buffer(), 0, t.padded_len());
+            }
+            self.queue.submit(Some(enc.finish()));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     /// Uploads f32 values as a tensor of `shape`.
     pub fn upload(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         self.upload_bytes(bytemuck::cast_slice(data), data.len(), shape, DType::F32)
@@ -541,7 +556,7 @@ impl LossContext {
         let t = self.empty(shape, dtype)?;
         if !bytes.is_empty() {
             self.scoped(|| {
-                if bytes.len() % 4 == 0 {
+                if bytes.len().is_multiple_of(4) {
                     self.queue.write_buffer(t.buffer(), t.offset(), bytes);
                 } else {
                     // Copies go in 4-byte units; the buffer is allocated padded.
@@ -605,13 +620,9 @@ impl LossContext {
     /// Reads a tensor's bytes back to the host.
     pub async fn read_bytes_async(&self, t: &Tensor) -> Result<Vec<u8>> {
         let bytes = t.byte_len();
-        // The error flags of the work submitted so far are read in the same copy, then cleared.
-        let users: Vec<String> = self
-            .flag_users
-            .lock()
-            .map(|mut f| std::mem::take(&mut *f))
-            .unwrap_or_default();
-        let armed = !users.is_empty();
+        // The error flags of the computation that made this tensor are read in the same copy.
+        let flag = t.flag();
+        let armed = flag.is_some();
         if bytes == 0 && !armed {
             return Ok(Vec::new());
         }
@@ -626,9 +637,8 @@ impl LossContext {
             if padded > 0 {
                 enc.copy_buffer_to_buffer(t.buffer(), t.offset(), &staging.buffer, 0, padded);
             }
-            if armed {
-                enc.copy_buffer_to_buffer(&self.flags, 0, &staging.buffer, padded, FLAG_BYTES);
-                enc.clear_buffer(&self.flags, 0, None);
+            if let Some(f) = flag {
+                enc.copy_buffer_to_buffer(&f.buf.buffer, 0, &staging.buffer, padded, FLAG_BYTES);
             }
             self.queue.submit(Some(enc.finish()));
             Ok(())
@@ -668,10 +678,10 @@ impl LossContext {
         waited?;
         self.check()?;
         let mut out = out?;
-        if armed {
+        if let Some(f) = flag {
             let at = padded as usize;
             let words: Vec<u32> = bytemuck::pod_collect_to_vec(&out[at..at + FLAG_BYTES as usize]);
-            let what = users.join(", ");
+            let what = &f.what;
             if words[0] != 0 {
                 return Err(Error::LabelOutOfRange(format!(
                     "{what}: a label on the device is outside the class range; the rows that hold one were skipped"
@@ -687,24 +697,15 @@ impl LossContext {
         Ok(out)
     }
 
-    /// The context's error flags, for kernels that find bad data on the device: word 0 is set
-    /// to 1 by a label out of range, word 1 by a non-finite input (check_finite). The next read
-    /// copies and clears them, and fails when one is set. `what` names the loss in that error.
-    pub(crate) fn flags_buffer(&self, what: &str) -> wgpu::Buffer {
-        if let Ok(mut u) = self.flag_users.lock() {
-            if !u.iter().any(|x| x == what) {
-                u.push(what.to_string());
-            }
-        }
-        self.flags.clone()
-    }
-
-    /// Reads the pending device flags (see `flag`), blocking: `Ok` when no kernel since the last
-    /// read found bad data on the device.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn check_device_flags(&self) -> Result<()> {
-        let t = self.empty(&[0], DType::F32)?;
-        pollster::block_on(self.read_bytes_async(&t)).map(|_| ())
+    /// A zeroed error-flag buffer for one computation (see [`Flag`]).
+    pub(crate) fn new_flag(&self, what: &str) -> Result<Flag> {
+        let buf = self.alloc(FLAG_BYTES, Self::storage_usage())?;
+        self.queue
+            .write_buffer(&buf.buffer, 0, &[0u8; FLAG_BYTES as usize]);
+        Ok(Flag {
+            buf,
+            what: what.to_string(),
+        })
     }
 
     /// Reads an f32 tensor back.

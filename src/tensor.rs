@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::context::PoolBuf;
+use crate::context::{Flag, PoolBuf};
 use crate::error::{Error, Result};
 
 /// The element type of a tensor.
@@ -43,6 +43,7 @@ pub struct Tensor {
     offset: u64,
     shape: Vec<usize>,
     dtype: DType,
+    flag: Option<Arc<Flag>>,
 }
 
 impl std::fmt::Debug for Tensor {
@@ -62,6 +63,7 @@ impl Tensor {
             offset: 0,
             shape,
             dtype,
+            flag: None,
         }
     }
 
@@ -100,6 +102,7 @@ impl Tensor {
             offset,
             shape: shape.to_vec(),
             dtype,
+            flag: None,
         })
     }
 
@@ -151,6 +154,18 @@ impl Tensor {
             shape: shape.to_vec(),
             ..self.clone()
         })
+    }
+
+    /// The error flags of the computation that made this tensor, if it checks any.
+    pub(crate) fn flag(&self) -> Option<&Flag> {
+        self.flag.as_deref()
+    }
+
+    pub(crate) fn with_flag(mut self, flag: Option<Arc<Flag>>) -> Tensor {
+        if flag.is_some() {
+            self.flag = flag;
+        }
+        self
     }
 
     /// Whether two tensors share a buffer.

@@ -147,12 +147,13 @@ impl GpuTensor {
             .collect())
     }
 
-    /// `"float32"` or `"int32"`.
+    /// `"float32"`, `"int32"` or `"float16"`.
     #[wasm_bindgen(getter)]
     pub fn dtype(&self) -> JsResult<String> {
         Ok(match self.entry()?.tensor.dtype() {
             DType::F32 => "float32",
             DType::I32 => "int32",
+            DType::F16 => "float16",
         }
         .into())
     }

@@ -573,7 +573,7 @@ fn out_of_range_labels_on_the_device_set_the_flag_and_write_nothing_out_of_bound
                 ..Default::default()
             };
             let out = cfg.compute_with(ctx, &[&x, &y], &opts).unwrap();
-            // The device flag turns into an error at the next read, then is cleared.
+            // The device flag makes reads of this computation's results fail.
             match ctx.read(&out.loss) {
                 Err(Error::LabelOutOfRange(m)) => {
                     assert!(bad && m.contains("CrossEntropyLoss"), "{m}")
@@ -581,7 +581,9 @@ fn out_of_range_labels_on_the_device_set_the_flag_and_write_nothing_out_of_bound
                 Ok(_) => assert!(!bad, "{labels:?} {reduction:?}: no error"),
                 Err(e) => panic!("{e}"),
             }
-            let loss = ctx.read(&out.loss).unwrap();
+            assert_eq!(ctx.read(&out.grads[0]).is_err(), bad);
+            // The values, through copies that do not carry the flag.
+            let loss = ctx.read(&ctx.copy(&out.loss).unwrap()).unwrap();
             let all = ctx.read(&sentinel).unwrap();
             assert!(
                 all[12..].iter().all(|&v| v == 7.0),

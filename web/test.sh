@@ -17,4 +17,4 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm
 fi
 bash build.sh
-node test.mjs
+DEEPML_WEB_STRICT=${DEEPML_WEB_STRICT:-1} node test.mjs

@@ -397,7 +397,7 @@ impl Loss for AngularPenaltySMConfig {
         rec: &mut Recorder,
     ) -> Result<(Tensor, Vec<Tensor>)> {
         let n = self.check_shapes(inputs[0].shape(), inputs[1].shape(), inputs[2].shape())?;
-        let flag = ctx.flags_buffer("AngularPenaltySMLoss");
+        let flag = rec.flag_bind(ctx, 10, "AngularPenaltySMLoss")?.buffer;
         record(
             ctx, self, n, inputs[0], inputs[1], inputs[2], &flag, 0, opts, rec,
         )
@@ -574,7 +574,7 @@ impl Loss for AngularPenaltySMLoss {
         let n =
             self.config
                 .check_shapes(inputs[0].shape(), inputs[1].shape(), self.weight.shape())?;
-        let flag = ctx.flags_buffer("AngularPenaltySMLoss");
+        let flag = rec.flag_bind(ctx, 10, "AngularPenaltySMLoss")?.buffer;
         record(
             ctx,
             &self.config,

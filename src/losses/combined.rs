@@ -73,14 +73,25 @@ impl Combined {
     /// Value, per-term values and gradients in one submission.
     pub fn compute(&self, ctx: &LossContext, inputs: &[&Tensor]) -> Result<CombinedOutput> {
         let mut rec = Recorder::default();
-        let (total, terms, grads) = ctx.scoped(|| self.build(ctx, inputs, 1.0, &mut rec))?;
+        let out = ctx.scoped(|| self.build(ctx, inputs, 1.0, &mut rec))?;
         ctx.submit(rec.prog, &mut rec.scratch)?;
-        Ok(CombinedOutput {
-            total,
-            terms,
-            grads,
-            _scratch: rec.scratch,
-        })
+        Ok(Self::output(out, rec.flag, rec.scratch))
+    }
+
+    /// The result tensors, each holding the computation's error flags (if it has any).
+    #[allow(clippy::type_complexity)]
+    fn output(
+        (total, terms, grads): (Tensor, Vec<Tensor>, Vec<Option<Tensor>>),
+        flag: Option<std::sync::Arc<crate::context::Flag>>,
+        scratch: Scratch,
+    ) -> CombinedOutput {
+        let f = |t: Tensor| t.with_flag(flag.clone());
+        CombinedOutput {
+            total: f(total),
+            terms: terms.into_iter().map(f).collect(),
+            grads: grads.into_iter().map(|g| g.map(f)).collect(),
+            _scratch: scratch,
+        }
     }
 
     /// Records the same work into the caller's encoder.
@@ -91,14 +102,9 @@ impl Combined {
         inputs: &[&Tensor],
     ) -> Result<CombinedOutput> {
         let mut rec = Recorder::default();
-        let (total, terms, grads) = ctx.scoped(|| self.build(ctx, inputs, 1.0, &mut rec))?;
+        let out = ctx.scoped(|| self.build(ctx, inputs, 1.0, &mut rec))?;
         ctx.encode(rec.prog, encoder, &mut rec.scratch)?;
-        Ok(CombinedOutput {
-            total,
-            terms,
-            grads,
-            _scratch: rec.scratch,
-        })
+        Ok(Self::output(out, rec.flag, rec.scratch))
     }
 
     #[allow(clippy::type_complexity)]
@@ -113,6 +119,20 @@ impl Combined {
             return Err(Error::InvalidConfig(
                 "a Combined loss needs at least one term".into(),
             ));
+        }
+        if ctx.check_finite {
+            let mut used: Vec<usize> = self
+                .terms
+                .iter()
+                .flat_map(|t| t.inputs.iter().copied())
+                .collect();
+            used.sort_unstable();
+            used.dedup();
+            let scanned: Vec<&Tensor> = used
+                .iter()
+                .filter_map(|&i| inputs.get(i).copied())
+                .collect();
+            ctx.finite_steps(rec, "Combined", &scanned)?;
         }
         let mut grads: Vec<Option<Tensor>> = vec![None; inputs.len()];
         let mut written = vec![false; inputs.len()];
@@ -246,7 +266,7 @@ impl LossContext {
         let src = ShaderSource::new("util", UTIL);
         let per = 4 * WG as u64;
         for t in inputs.iter().filter(|t| t.dtype() == DType::F32) {
-            let flags = self.flags_buffer(what);
+            let flags = rec.flag_bind(self, 3, what)?;
             for w in self.windows(t.numel() as u64, 4, per)? {
                 let p = Params {
                     n: w.count as u32,
@@ -254,15 +274,7 @@ impl LossContext {
                     a: 0.0,
                     pad: 0,
                 };
-                let binds = vec![
-                    Bind::window(2, t, w.first, w.count),
-                    Bind {
-                        binding: 3,
-                        buffer: flags.clone(),
-                        offset: 0,
-                        size: crate::context::FLAG_BYTES,
-                    },
-                ];
+                let binds = vec![Bind::window(2, t, w.first, w.count), flags.clone()];
                 let step = self.step(&src, "check_finite", &p, binds, w.count.div_ceil(per))?;
                 rec.prog.steps.push(step);
             }

@@ -110,12 +110,7 @@ impl CrossEntropyLoss {
             }
             None => ctx.alloc(4, usage)?,
         };
-        let flag = Bind {
-            binding: 8,
-            buffer: ctx.flags_buffer("CrossEntropyLoss"),
-            offset: 0,
-            size: crate::context::FLAG_BYTES,
-        };
+        let flag = rec.flag_bind(ctx, 8, "CrossEntropyLoss")?;
 
         let ignore = i32::try_from(self.ignore_index).ok();
         let mean = self.reduction == Reduction::Mean;

@@ -110,11 +110,40 @@ impl LossOutput {
     }
 }
 
-/// Work being recorded: the steps of a program and the scratch buffers they use.
+/// Work being recorded: the steps of a program, the scratch buffers they use, and the error
+/// flags of the computation (made on first use; the result tensors hold them).
 #[derive(Default)]
 pub struct Recorder {
     pub(crate) prog: Program,
     pub(crate) scratch: Scratch,
+    pub(crate) flag: Option<std::sync::Arc<crate::context::Flag>>,
+}
+
+impl Recorder {
+    /// The binding of this computation's error flags (`FLAG_BYTES` bytes), made zeroed on
+    /// first use; `what` names the loss in the error a set flag becomes.
+    pub(crate) fn flag_bind(
+        &mut self,
+        ctx: &LossContext,
+        binding: u32,
+        what: &str,
+    ) -> Result<crate::kernel::Bind> {
+        if self.flag.is_none() {
+            self.flag = Some(std::sync::Arc::new(ctx.new_flag(what)?));
+        }
+        let f = self.flag.as_ref().expect("just made");
+        Ok(crate::kernel::Bind {
+            binding,
+            buffer: f.buf.buffer.clone(),
+            offset: 0,
+            size: crate::context::FLAG_BYTES,
+        })
+    }
+
+    /// Ties the flags (if any) to a result tensor.
+    pub(crate) fn flagged(&self, t: Tensor) -> Tensor {
+        t.with_flag(self.flag.clone())
+    }
 }
 
 /// A loss that runs on the GPU. `inputs` follow the Python originals' forward arguments
@@ -156,6 +185,10 @@ pub trait Loss {
             }
             self.build(ctx, inputs, opts, &mut rec)
         })?;
+        let (loss, grads) = (
+            rec.flagged(loss),
+            grads.into_iter().map(|g| rec.flagged(g)).collect(),
+        );
         ctx.submit(rec.prog, &mut rec.scratch)?;
         Ok(LossOutput {
             loss,
@@ -181,6 +214,10 @@ pub trait Loss {
             }
             self.build(ctx, inputs, opts, &mut rec)
         })?;
+        let (loss, grads) = (
+            rec.flagged(loss),
+            grads.into_iter().map(|g| rec.flagged(g)).collect(),
+        );
         ctx.encode(rec.prog, encoder, &mut rec.scratch)?;
         Ok(LossOutput {
             loss,

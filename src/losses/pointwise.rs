@@ -9,7 +9,7 @@ use crate::tensor::{DType, Tensor};
 
 const BODY: &str = include_str!("../../shaders/pointwise.wgsl");
 /// Elements per workgroup tile (pointwise.wgsl `ITEMS * WG`).
-pub(crate) const TILE: u64 = 8 * WG as u64;
+pub(crate) const TILE: u64 = 32 * WG as u64;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
