@@ -134,6 +134,7 @@ pub struct LossContext {
     pub(crate) pool: Arc<Pool>,
     pub(crate) check_finite: bool,
     state: Arc<DeviceState>,
+    gl_serial: Option<parking_lot::ReentrantMutex<()>>,
 }
 
 /// Bytes of the device error flags (4 words).
@@ -309,6 +310,8 @@ impl LossContext {
             max_window_bytes = max_window_bytes.min(cap.max(256));
         }
         let subgroups = features.contains(wgpu::Features::SUBGROUP) && !opts.disable_subgroups;
+        let gl_serial =
+            (report.backend == wgpu::Backend::Gl).then(|| parking_lot::ReentrantMutex::new(()));
 
         LossContext {
             device,
@@ -320,6 +323,7 @@ impl LossContext {
             subgroups,
             pipelines: Mutex::new(HashMap::new()),
             check_finite: opts.check_finite,
+            gl_serial,
             pool: Arc::new(Pool {
                 free: Mutex::new(HashMap::new()),
                 allocated: AtomicU64::new(0),
@@ -368,6 +372,7 @@ impl LossContext {
 
     /// Releases every pooled buffer back to the device.
     pub fn trim_pool(&self) {
+        let _serial = self.serial();
         if let Ok(mut free) = self.pool.free.lock() {
             for (_, bufs) in free.drain() {
                 for b in bufs {
@@ -377,6 +382,13 @@ impl LossContext {
                 }
             }
         }
+    }
+
+    /// On GL, one thread at a time talks to the device: wgpu's GL backend gives up (panics) when
+    /// a thread waits more than a second for the GL context, which a long kernel on a software
+    /// GL holds. Re-entrant, so nested operations of one thread pass. Elsewhere: no lock.
+    pub(crate) fn serial(&self) -> Option<parking_lot::ReentrantMutexGuard<'_, ()>> {
+        self.gl_serial.as_ref().map(|m| m.lock())
     }
 
     /// Fails with `DeviceLost` once the device is gone, and with the first uncaptured wgpu
@@ -405,6 +417,7 @@ impl LossContext {
     /// back as `Error::Wgpu`. On the web the scopes resolve later and the error is reported by
     /// the next read.
     pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _serial = self.serial();
         self.check()?;
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -644,6 +657,7 @@ impl LossContext {
             Ok(())
         })?;
         let (tx, rx) = futures_channel::oneshot::channel();
+        let serial = self.serial();
         staging
             .buffer
             .map_async(wgpu::MapMode::Read, 0..total, move |r| {
@@ -654,6 +668,7 @@ impl LossContext {
             .device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::DeviceLost(format!("waiting for the device failed: {e}")));
+        drop(serial);
         #[cfg(target_arch = "wasm32")]
         let waited: Result<()> = Ok(());
         let mapped = rx
@@ -661,6 +676,7 @@ impl LossContext {
             .map_err(|_| Error::DeviceLost("the read-back was cancelled".into()));
         let out = match mapped {
             Ok(Ok(())) => {
+                let _serial = self.serial();
                 let data = staging
                     .buffer
                     .get_mapped_range(0..total)
@@ -766,6 +782,7 @@ impl LossContext {
     /// Blocks until the device has finished all submitted work (native only).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn synchronize(&self) -> Result<()> {
+        let _serial = self.serial();
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::DeviceLost(format!("waiting for the device failed: {e}")))?;
