@@ -9,7 +9,7 @@
 // sum per tile of TILE = ITEMS * WG elements (`stats_grad`); reduce.wgsl folds the partials and
 // `finalize` scales the total. `none` writes the per-element loss instead of partials.
 
-const ITEMS: u32 = 8u;
+const ITEMS: u32 = 32u;
 
 struct Params {
     n: u32,          // elements in this window
@@ -80,10 +80,15 @@ fn log_sigmoid_eps(z: f32, s: f32, eps: f32) -> f32 {
 fn elem(i: u32) -> vec2<f32> {
     let xv = x[i];
     let y = t[i];
-    let w = weight[((P.w_base_r + i) / P.w_stride + P.w_base_q) % P.w_period];
-    let pw = pos_weight[((P.pw_base_r + i) / P.pw_stride + P.pw_base_q) % P.pw_period];
-    let pos = sigmoid(xv);
-    let neg = sigmoid(-xv);
+    // One exp serves both sigmoids and both softplus terms: e = exp(-|x|).
+    let e = exp(-abs(xv));
+    let r = 1.0 / (1.0 + e);
+    let pos = select(e * r, r, xv >= 0.0); // sigmoid(x)
+    let neg = select(r, e * r, xv >= 0.0); // sigmoid(-x), never 1 - sigmoid(x)
+    var l1p = log(1.0 + e); // ln(1 + exp(-|x|)), accurate where e is below f32's resolution of 1
+    if (e < 1e-4) {
+        l1p = e * (1.0 - 0.5 * e);
+    }
     if (KIND == 0u) {
         let eps = P.epsilon;
         let l = -(P.w_p * y * log_sigmoid_eps(xv, pos, eps) + P.w_n * (1.0 - y) * log_sigmoid_eps(-xv, neg, eps));
@@ -99,7 +104,18 @@ fn elem(i: u32) -> vec2<f32> {
         let d = -(P.w_p * y * neg * rp - P.w_n * (1.0 - y) * pos * rn);
         return vec2<f32>(l, d);
     }
-    let l = w * (pw * y * softplus_acc(-xv) + (1.0 - y) * softplus_acc(xv));
+    // The broadcast indices only where a weight varies (integer division is slow on some
+    // adapters; the branch is uniform).
+    var w = weight[0];
+    if (P.w_period > 1u) {
+        w = weight[((P.w_base_r + i) / P.w_stride + P.w_base_q) % P.w_period];
+    }
+    var pw = pos_weight[0];
+    if (P.pw_period > 1u) {
+        pw = pos_weight[((P.pw_base_r + i) / P.pw_stride + P.pw_base_q) % P.pw_period];
+    }
+    // softplus(+-x) = max(+-x, 0) + ln(1 + exp(-|x|))
+    let l = w * (pw * y * (max(-xv, 0.0) + l1p) + (1.0 - y) * (max(xv, 0.0) + l1p));
     let d = w * ((1.0 - y) * pos - pw * y * neg);
     return vec2<f32>(l, d);
 }

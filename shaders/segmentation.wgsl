@@ -22,7 +22,7 @@
 //             dx_c = p_c (g_c - dot).
 // DRAM traffic is thus about 2 reads (x, t) for stats and 2 reads + 1 write for grad.
 
-const ITEMS: u32 = 4u;
+const ITEMS: u32 = 16u;
 
 struct Params {
     pixels: u32,     // pixels of this window (samples * inner)
@@ -58,6 +58,9 @@ fn put_grad(i: u32, g: f32) {
 
 // The element index of channel 0 of pixel q; channel c is `c * inner` further.
 fn first_elem(q: u32) -> u32 {
+    if (MULTI == 0u && PER_CLASS == 0u) {
+        return q; // the host flattened the tensor: pixel = element, no division
+    }
     let n = q / P.inner;
     let k = q - n * P.inner;
     return n * P.channels * P.inner + k;

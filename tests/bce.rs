@@ -347,8 +347,9 @@ fn grad_opts_scale_into_and_accumulate() {
 
 #[test]
 fn windowed_path_matches_the_plain_one() {
-    // 8192-byte bindings: windows of 2048 elements; the broadcast weights cross window edges.
-    let wctx = windowed_ctx(8192);
+    // 32 KiB bindings: windows of 8192 elements (one tile); the broadcast weights cross window
+    // edges.
+    let wctx = windowed_ctx(32768);
     let mut r = rng(5);
     let shape = [3, 4, 50, 20];
     let n = 12000;

@@ -377,12 +377,12 @@ fn grad_opts_scale_into_and_accumulate() {
 
 #[test]
 fn windowed_path_matches_the_plain_one() {
-    // 4096-byte bindings: binary global in element windows of 1024, the others in windows of
-    // 4 samples of 4 x 8 x 8 (1024 bytes each).
-    let wctx = windowed_ctx(4096);
+    // 16 KiB bindings: binary global in element windows of 4096 (one tile), the others in
+    // windows of 16 samples of 4 x 8 x 8 (1024 bytes each).
+    let wctx = windowed_ctx(16384);
     let mut r = rng(6);
-    let shape = [10, 4, 8, 8];
-    let n = 2560;
+    let shape = [40, 4, 8, 8];
+    let n = 10240;
     let x = uniform(&mut r, n, -3.0, 3.0);
     for multiclass in [false, true] {
         let t = targets(&mut r, &shape, multiclass, true);
@@ -422,8 +422,8 @@ fn windowed_path_matches_the_plain_one() {
         }
     }
     // A sample larger than one binding is a typed error, not a panic.
-    let shape = [1, 4, 32, 32];
-    let x = vec![0.5; 4096];
+    let shape = [1, 4, 64, 64];
+    let x = vec![0.5; 16384];
     let err = gpu(&wctx, &JaccardLoss::new(true), &x, &x, &shape).unwrap_err();
     assert_eq!(err.kind(), "too_large", "{err}");
 }

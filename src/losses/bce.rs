@@ -12,7 +12,7 @@ use crate::tensor::{DType, Tensor};
 
 const BODY: &str = include_str!("../../shaders/bce.wgsl");
 /// Elements per workgroup tile (bce.wgsl `ITEMS * WG`).
-const TILE: u64 = 8 * WG as u64;
+const TILE: u64 = 32 * WG as u64;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {

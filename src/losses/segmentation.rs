@@ -12,7 +12,7 @@ use crate::tensor::{DType, Tensor};
 
 const BODY: &str = include_str!("../../shaders/segmentation.wgsl");
 /// Pixels per workgroup tile (segmentation.wgsl `ITEMS * WG`).
-const TILE: u64 = 4 * WG as u64;
+const TILE: u64 = 16 * WG as u64;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
