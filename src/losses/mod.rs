@@ -177,23 +177,11 @@ pub trait Loss {
         inputs: &[&Tensor],
         opts: &GradOpts,
     ) -> Result<LossOutput> {
-        self.check_arity(inputs)?;
-        let mut rec = Recorder::default();
-        let (loss, grads) = ctx.scoped(|| {
-            if ctx.check_finite {
-                ctx.finite_steps(&mut rec, self.name(), inputs)?;
-            }
-            self.build(ctx, inputs, opts, &mut rec)
-        })?;
-        let (loss, grads) = (
-            rec.flagged(loss),
-            grads.into_iter().map(|g| rec.flagged(g)).collect(),
-        );
-        ctx.submit(rec.prog, &mut rec.scratch)?;
+        let (mut rec, out) = self.recorded(ctx, inputs, opts)?;
+        ctx.submit(std::mem::take(&mut rec.prog), &mut rec.scratch)?;
         Ok(LossOutput {
-            loss,
-            grads,
             _scratch: rec.scratch,
+            ..out
         })
     }
 
@@ -206,6 +194,23 @@ pub trait Loss {
         inputs: &[&Tensor],
         opts: &GradOpts,
     ) -> Result<LossOutput> {
+        let (mut rec, out) = self.recorded(ctx, inputs, opts)?;
+        ctx.encode(std::mem::take(&mut rec.prog), encoder, &mut rec.scratch)?;
+        Ok(LossOutput {
+            _scratch: rec.scratch,
+            ..out
+        })
+    }
+
+    /// The steps of `compute_with` and `record` (with the finite scan where the context asks
+    /// for it), and the result tensors holding the computation's error flags.
+    #[doc(hidden)]
+    fn recorded(
+        &self,
+        ctx: &LossContext,
+        inputs: &[&Tensor],
+        opts: &GradOpts,
+    ) -> Result<(Recorder, LossOutput)> {
         self.check_arity(inputs)?;
         let mut rec = Recorder::default();
         let (loss, grads) = ctx.scoped(|| {
@@ -214,16 +219,12 @@ pub trait Loss {
             }
             self.build(ctx, inputs, opts, &mut rec)
         })?;
-        let (loss, grads) = (
-            rec.flagged(loss),
-            grads.into_iter().map(|g| rec.flagged(g)).collect(),
-        );
-        ctx.encode(rec.prog, encoder, &mut rec.scratch)?;
-        Ok(LossOutput {
-            loss,
-            grads,
-            _scratch: rec.scratch,
-        })
+        let out = LossOutput {
+            loss: rec.flagged(loss),
+            grads: grads.into_iter().map(|g| rec.flagged(g)).collect(),
+            _scratch: Scratch::default(),
+        };
+        Ok((rec, out))
     }
 
     #[doc(hidden)]
