@@ -192,3 +192,37 @@ fn a_loop_over_tensors_at_the_binding_limit_keeps_memory_flat() {
         }
     }
 }
+
+#[test]
+fn two_hundred_steps_at_the_real_binding_limit_keep_memory_flat() {
+    // Tensors just under one storage binding of this device (128 MiB on lavapipe; capped at
+    // 1 GiB so a big GPU does not exhaust the machine).
+    let ctx = LossContext::new().unwrap();
+    let limit = (ctx.adapter().limits.max_storage_buffer_binding_size).min(1 << 30);
+    let n = (limit / 4) as usize - 1024;
+    let x = ctx.upload(&vec![0.25; n], &[n]).unwrap();
+    let t = ctx.upload(&vec![-0.5; n], &[n]).unwrap();
+    let grad = ctx.empty(&[n], DType::F32).unwrap();
+    let opts = GradOpts {
+        into: vec![Some(grad.clone())],
+        ..Default::default()
+    };
+    let mut first = None;
+    for step in 0..200 {
+        let out = MSELoss {
+            reduction: Reduction::Sum,
+        }
+        .compute_with(&ctx, &[&x, &t], &opts)
+        .unwrap();
+        if step % 50 == 0 || step == 199 {
+            let v = ctx.read_scalar(&out.loss).unwrap() as f64;
+            assert!((v - 0.5625 * n as f64).abs() < 1e-5 * v, "step {step}: {v}");
+        }
+        drop(out);
+        let bytes = ctx.stats().allocated_bytes;
+        match first {
+            None => first = Some(bytes),
+            Some(f) => assert_eq!(bytes, f, "step {step}"),
+        }
+    }
+}
