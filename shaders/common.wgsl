@@ -26,6 +26,23 @@ fn wg_sum(lid: u32, v: f32) -> f32 {
     return r;
 }
 
+var<workgroup> red2: array<vec2<f32>, 256>;
+
+// Two sums at once, with the barriers of one (same order and rules as wg_sum).
+fn wg_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
+    red2[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+        if (lid < s) {
+            red2[lid] = red2[lid] + red2[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red2[0];
+    workgroupBarrier();
+    return r;
+}
+
 // Maximum of `v` over the workgroup (same rules as wg_sum).
 fn wg_max(lid: u32, v: f32) -> f32 {
     red[lid] = v;
@@ -46,13 +63,20 @@ fn softplus(x: f32) -> f32 {
     return max(x, 0.0) + log(1.0 + exp(-abs(x)));
 }
 
-// The logistic sigmoid, finite for every finite x.
+// The logistic sigmoid, finite for every finite x: one exp of -|x| (never overflows) and no
+// divergent branch.
 fn sigmoid(x: f32) -> f32 {
-    if (x >= 0.0) {
-        return 1.0 / (1.0 + exp(-x));
-    }
-    let e = exp(x);
-    return e / (1.0 + e);
+    let e = exp(-abs(x));
+    let r = 1.0 / (1.0 + e);
+    return select(e * r, r, x >= 0.0);
+}
+
+// sigmoid'(x) = sigmoid(x) sigmoid(-x) = e / (1 + e)^2 with e = exp(-|x|): one exp, no
+// cancellation (1 - sigmoid(x) would lose it for large x).
+fn dsigmoid(x: f32) -> f32 {
+    let e = exp(-abs(x));
+    let r = 1.0 / (1.0 + e);
+    return e * r * r;
 }
 
 // Trigonometry accurate to a few float32 ulps. WGSL allows sin and cos an absolute error of

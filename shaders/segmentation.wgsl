@@ -117,8 +117,9 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 }
             }
         }
-        let si = wg_sum(lid, acc_i);
-        let ss = wg_sum(lid, acc_s);
+        let sums = wg_sum2(lid, vec2<f32>(acc_i, acc_s));
+        let si = sums.x;
+        let ss = sums.y;
         if (lid == 0u) {
             partials[col] = si;
             partials[P.tiles + col] = ss;
@@ -167,8 +168,9 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 acc_s = acc_s + p + tv;
             }
         }
-        let si = wg_sum(lid, acc_i);
-        let ss = wg_sum(lid, acc_s);
+        let sums = wg_sum2(lid, vec2<f32>(acc_i, acc_s));
+        let si = sums.x;
+        let ss = sums.y;
         if (lid == 0u) {
             partials[c * P.tiles + col] = si;
             partials[(P.groups + c) * P.tiles + col] = ss;
@@ -272,7 +274,7 @@ fn grad_pass(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
             for (var c = 0u; c < C; c = c + 1u) {
                 let e = e0 + c * P.inner;
                 let xv = f32(x[e]);
-                put_grad(e, dl_dp(c, f32(t[e])) * sigmoid(xv) * sigmoid(-xv));
+                put_grad(e, dl_dp(c, f32(t[e])) * dsigmoid(xv));
             }
         }
     }
