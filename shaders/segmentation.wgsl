@@ -82,7 +82,13 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
             let q = (g * ITEMS + it) * WG + lid;
             if (q < P.pixels) {
                 let e0 = first_elem(q);
-                if (MULTI == 1u) {
+                if (MULTI == 0u) {
+                    // Binary global: the host flattened the tensor, one element per pixel.
+                    let p = sigmoid(f32(x[e0]));
+                    let tv = f32(t[e0]);
+                    acc_i = acc_i + p * tv;
+                    acc_s = acc_s + p + tv;
+                } else {
                     // Online softmax: m = running max, s = sum exp(x - m), v = sum exp(x - m) t.
                     var m = f32(x[e0]);
                     var s = 1.0;
@@ -106,14 +112,6 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                     }
                     acc_i = acc_i + v / s;
                     acc_s = acc_s + 1.0 + ts;
-                } else {
-                    for (var c = 0u; c < C; c = c + 1u) {
-                        let e = e0 + c * P.inner;
-                        let p = sigmoid(f32(x[e]));
-                        let tv = f32(t[e]);
-                        acc_i = acc_i + p * tv;
-                        acc_s = acc_s + p + tv;
-                    }
                 }
             }
         }
@@ -270,6 +268,9 @@ fn grad_pass(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
                 let p = exp(f32(x[e]) - m) / s;
                 put_grad(e, p * (dl_dp(c, f32(t[e])) - dot));
             }
+        } else if (PER_CLASS == 0u) {
+            // Binary global: one element per pixel (flattened by the host).
+            put_grad(e0, dl_dp(0u, f32(t[e0])) * dsigmoid(f32(x[e0])));
         } else {
             for (var c = 0u; c < C; c = c + 1u) {
                 let e = e0 + c * P.inner;
