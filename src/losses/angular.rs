@@ -20,7 +20,7 @@
 
 use super::{want_dtype, GradOpts, Loss, LossOutput, Recorder};
 use crate::config::{check_labels, AngularPenaltySMConfig, LossType, Reduction};
-use crate::context::{LossContext, PoolBuf};
+use crate::context::LossContext;
 use crate::error::{Error, Result};
 use crate::kernel::{Bind, Program, Scratch, ShaderSource, Window, WG};
 use crate::tensor::{DType, Tensor};
@@ -74,28 +74,10 @@ const ADD: u32 = 1;
 /// Bit 1 of `Params::mode`: the dx projection term (first class window only).
 const PROJ: u32 = 2;
 
-/// Elements `[first, first + count)` of a buffer of 4-byte elements starting at `offset`.
-fn win(binding: u32, buffer: &wgpu::Buffer, offset: u64, first: u64, count: u64) -> Bind {
-    Bind {
-        binding,
-        buffer: buffer.clone(),
-        offset: offset + first * 4,
-        size: (count * 4).max(4),
-    }
-}
-
 /// `[0, k)` in ranges of at most `K_CHUNK`.
 fn k_chunks(k: u64) -> impl Iterator<Item = (u32, u32)> {
     (0..k.div_ceil(K_CHUNK).max(1))
         .map(move |q| ((q * K_CHUNK) as u32, ((q + 1) * K_CHUNK).min(k) as u32))
-}
-
-fn twin(binding: u32, t: &Tensor, first: u64, count: u64) -> Bind {
-    win(binding, t.buffer(), t.offset(), first, count)
-}
-
-fn pwin(binding: u32, b: &PoolBuf, first: u64, count: u64) -> Bind {
-    win(binding, &b.buffer, 0, first, count)
 }
 
 /// Records value and gradients of the loss for `x`, `labels`, `weight` (shapes checked by the
@@ -187,19 +169,19 @@ fn record(
         (None, Some(ctx.alloc(n * 4, LossContext::storage_usage())?))
     };
     let sloss_bind = |w: &Window| match (&sloss_t, &sloss_b) {
-        (Some(t), _) => twin(9, t, w.first, w.count),
-        (_, Some(b)) => pwin(9, b, w.first, w.count),
+        (Some(t), _) => Bind::window(9, t, w.first, w.count),
+        (_, Some(b)) => Bind::scratch_window(9, b, w.first, w.count),
         _ => unreachable!("one of the two is set"),
     };
 
     let src = source();
     let prog: &mut Program = &mut rec.prog;
     let tiles = |v: u64| v.div_ceil(TILE);
-    let x_rows = |b: u32, w: &Window| twin(b, x, w.first * f, w.count * f);
-    let w_rows = |b: u32, w: &Window| twin(b, weight, w.first * f, w.count * f);
-    let logit_rows = |w: &Window| pwin(4, &logits, w.first * c, w.count * c);
-    let xstat_rows = |w: &Window| pwin(5, &xstat, w.first * 2, w.count * 2);
-    let winv_rows = |w: &Window| pwin(6, &winv, w.first, w.count);
+    let x_rows = |b: u32, w: &Window| Bind::window(b, x, w.first * f, w.count * f);
+    let w_rows = |b: u32, w: &Window| Bind::window(b, weight, w.first * f, w.count * f);
+    let logit_rows = |w: &Window| Bind::scratch_window(4, &logits, w.first * c, w.count * c);
+    let xstat_rows = |w: &Window| Bind::scratch_window(5, &xstat, w.first * 2, w.count * 2);
+    let winv_rows = |w: &Window| Bind::scratch_window(6, &winv, w.first, w.count);
 
     // Norms.
     for cw in &cws {
@@ -262,11 +244,16 @@ fn record(
             ..base
         };
         let binds = vec![
-            twin(3, labels, rw.first, rw.count),
+            Bind::window(3, labels, rw.first, rw.count),
             logit_rows(rw),
             xstat_rows(rw),
             sloss_bind(rw),
-            win(10, flag, flag_offset, 0, 1),
+            Bind {
+                binding: 10,
+                buffer: flag.clone(),
+                offset: flag_offset,
+                size: 4,
+            },
         ];
         prog.steps
             .push(ctx.step(&src, "rows", &p, binds, rw.count)?);
@@ -296,7 +283,7 @@ fn record(
                     logit_rows(rw),
                     xstat_rows(rw),
                     winv_rows(cw),
-                    twin(7, &gx, rw.first * f, rw.count * f),
+                    Bind::window(7, &gx, rw.first * f, rw.count * f),
                 ];
                 prog.steps.push(ctx.step(&src, "dx", &p, binds, tm * tn)?);
             }
@@ -327,8 +314,8 @@ fn record(
                     ..base
                 };
                 let out = match &dwh {
-                    Some(b) => pwin(8, b, cw.first * f, cw.count * f),
-                    None => twin(8, &gw, cw.first * f, cw.count * f),
+                    Some(b) => Bind::scratch_window(8, b, cw.first * f, cw.count * f),
+                    None => Bind::window(8, &gw, cw.first * f, cw.count * f),
                 };
                 let binds = vec![x_rows(1, rw), logit_rows(rw), xstat_rows(rw), out];
                 prog.steps.push(ctx.step(&src, "dw", &p, binds, tm * tn)?);
@@ -345,8 +332,8 @@ fn record(
             };
             let binds = vec![
                 w_rows(2, cw),
-                pwin(13, b, cw.first * f, cw.count * f),
-                twin(8, &gw, cw.first * f, cw.count * f),
+                Bind::scratch_window(13, b, cw.first * f, cw.count * f),
+                Bind::window(8, &gw, cw.first * f, cw.count * f),
             ];
             prog.steps
                 .push(ctx.step(&src, "wgrad", &p, binds, cw.count)?);
@@ -522,8 +509,8 @@ impl AngularPenaltySMLoss {
                 ..Default::default()
             };
             let binds = vec![
-                twin(14, grad_w, w.first, w.count),
-                twin(15, &self.weight, w.first, w.count),
+                Bind::window(14, grad_w, w.first, w.count),
+                Bind::window(15, &self.weight, w.first, w.count),
             ];
             prog.steps
                 .push(ctx.step(&src, "sgd", &p, binds, w.count.div_ceil(SGD_TILE))?);
