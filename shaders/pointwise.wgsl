@@ -25,11 +25,29 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> loss_out: array<f32>;
 @group(0) @binding(7) var<storage, read_write> elem_loss: array<f32>;
 
+// The floats in their order as integers, -0 and +0 equal.
+fn order_key(v: f32) -> i32 {
+    let b = bitcast<i32>(v);
+    return select(b, (b ^ 0x7fffffff) + 1, b < 0);
+}
+
+// sign(x - y), exact also where x - y, x or y is subnormal: WGSL lets an adapter flush
+// subnormals to zero in float arithmetic and comparisons (NVIDIA's Vulkan driver does), which
+// would turn the L1 gradient of 0 - 1e-40 into 0. `d` = x - y, returned where it is NaN.
+fn sign_of_difference(x: f32, y: f32, d: f32) -> f32 {
+    if ((bitcast<u32>(d) & 0x7fffffffu) > 0x7f800000u) {
+        return d;
+    }
+    let kx = order_key(x);
+    let ky = order_key(y);
+    return select(0.0, 1.0, kx > ky) - select(0.0, 1.0, kx < ky);
+}
+
 // (loss of one element, its derivative with respect to `a`)
 fn elem(x: f32, y: f32) -> vec2<f32> {
     let d = x - y;
     if (KIND == 1u) {
-        return vec2<f32>(abs(d), sign(d));
+        return vec2<f32>(abs(d), sign_of_difference(x, y, d));
     }
     return vec2<f32>(d * d, 2.0 * d);
 }

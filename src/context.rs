@@ -214,15 +214,31 @@ async fn pick_adapter(opts: &ContextOptions) -> Result<wgpu::Adapter> {
             adapters.push(a);
         }
     }
+    // Every loss is a compute shader: an adapter without them (a GL context below 4.3, say) is
+    // listed in the error, never picked.
+    let computes = |a: &wgpu::Adapter| {
+        a.get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+    };
     let found: Vec<String> = adapters
         .iter()
-        .map(|a| AdapterReport::of(a).summary())
+        .map(|a| {
+            let s = AdapterReport::of(a).summary();
+            if computes(a) {
+                s
+            } else {
+                format!("{s} without compute shaders")
+            }
+        })
         .collect();
     adapters
         .into_iter()
         .find(|a| {
-            name.as_ref()
-                .is_none_or(|n| a.get_info().name.to_lowercase().contains(n))
+            computes(a)
+                && name
+                    .as_ref()
+                    .is_none_or(|n| a.get_info().name.to_lowercase().contains(n))
         })
         .ok_or_else(|| {
             Error::NoAdapter(format!(
@@ -265,7 +281,12 @@ impl LossContext {
                 ..Default::default()
             })
             .await
-            .map_err(|e| Error::NoAdapter(format!("request_device failed: {e}")))?;
+            .map_err(|e| {
+                Error::NoAdapter(format!(
+                    "{}: request_device failed: {e}",
+                    AdapterReport::of(&adapter).summary()
+                ))
+            })?;
         let report = AdapterReport::of(&adapter);
         Ok(Self::build(device, queue, report, &opts))
     }

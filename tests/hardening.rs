@@ -226,3 +226,39 @@ fn two_hundred_steps_at_the_real_binding_limit_keep_memory_flat() {
         }
     }
 }
+
+#[test]
+fn l1_gradient_keeps_the_sign_of_subnormal_differences() {
+    // WGSL lets an adapter flush subnormals to zero in float arithmetic (NVIDIA's Vulkan driver
+    // does): 0 - 1e-40 must still have the sign PyTorch gives it. Also +-0, equal values and
+    // neighbours one ulp apart.
+    let ctx = common::ctx();
+    let sub = f32::from_bits(0x0001_1170); // about 1e-40
+    let tiny = f32::from_bits(1); // the smallest subnormal
+    let pairs = [
+        (0.0, -sub),
+        (0.0, sub),
+        (sub, 0.0),
+        (-sub, 0.0),
+        (tiny, -tiny),
+        (-tiny, tiny),
+        (-0.0, 0.0),
+        (0.0, -0.0),
+        (3.0, 3.0),
+        (1.0, f32::from_bits(1.0f32.to_bits() + 1)),
+        (-1.0, -2.0),
+        (f32::MIN_POSITIVE, sub),
+    ];
+    let x: Vec<f32> = pairs.iter().map(|p| p.0).collect();
+    let t: Vec<f32> = pairs.iter().map(|p| p.1).collect();
+    let n = x.len();
+    let (tx, tt) = (ctx.upload(&x, &[n]).unwrap(), ctx.upload(&t, &[n]).unwrap());
+    let cfg = L1Loss {
+        reduction: Reduction::Sum,
+    };
+    let g = cfg.compute(ctx, &[&tx, &tt]).unwrap().grad(ctx, 0).unwrap();
+    let want = [
+        1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 0.0, 0.0, 0.0, -1.0, 1.0, 1.0,
+    ];
+    assert_eq!(g, want, "L1 gradient of {pairs:?}");
+}
