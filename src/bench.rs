@@ -83,6 +83,10 @@ pub struct BenchReport {
     pub results: Vec<BenchResult>,
 }
 
+/// The least wall time of the untimed runs before a measurement.
+const WARMUP_SECONDS: f64 = 0.25;
+const MAX_WARMUP_RUNS: usize = 5000;
+
 struct Timer {
     query: Option<(wgpu::QuerySet, wgpu::Buffer, wgpu::Buffer, f64)>,
 }
@@ -176,8 +180,17 @@ impl Timer {
         opts: &BenchOptions,
         mut record: impl FnMut(&mut wgpu::CommandEncoder) -> Result<K>,
     ) -> Result<f64> {
-        for _ in 0..opts.warmup {
+        // At least `warmup` runs, and at least a quarter of a second: a fast GPU idles at a low
+        // clock between the host-side preparations, and a few runs of a millisecond do not
+        // bring it back up (seen on an H200: the same kernel 2.6 times slower after a long
+        // preparation).
+        let start = Instant::now();
+        let mut done = 0;
+        while done < opts.warmup
+            || (start.elapsed().as_secs_f64() < WARMUP_SECONDS && done < MAX_WARMUP_RUNS)
+        {
             self.once(ctx, &mut record)?;
+            done += 1;
         }
         let mut t: Vec<f64> = (0..opts.runs.max(1))
             .map(|_| self.once(ctx, &mut record))
