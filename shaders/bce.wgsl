@@ -1,5 +1,6 @@
 // WeightedBCEWithLogitsLoss (deepml) and BCEWithLogitsLoss (PyTorch). KIND is set when the
-// shader is composed: 0 = weighted (deepml's formula), 1 = PyTorch's.
+// shader is composed: 0 = weighted (deepml's formula), 1 = PyTorch's; BROADCAST 1 where
+// weight or pos_weight varies across elements; EXACT 1 where KIND 0's epsilon is 0.
 //   KIND 0: l = -(w_p y ln(sigmoid(x) + epsilon) + w_n (1 - y) ln(sigmoid(-x) + epsilon))
 //   KIND 1: l = w (pw y softplus(-x) + (1 - y) softplus(x)), w and pw broadcast from small
 //           buffers (`weight[((base_r + i) / stride + base_q) % period]`; a 1-element 1.0
@@ -10,12 +11,15 @@
 // `finalize` scales the total. `none` writes the per-element loss instead of partials.
 
 const ITEMS: u32 = 32u;
+// Accesses per invocation and tile (LANES elements each: kernel.rs LANES_1 / LANES_4; the
+// four-lane variant runs only on windows whose length is a multiple of 4).
+const UNITS: u32 = ITEMS / LANES;
 
 struct Params {
     n: u32,          // elements in this window
     tile_base: u32,  // index of the window's first tile among all tiles
     tiles: u32,      // tiles of the whole tensor
-    flags: u32,      // bit 0: add to the gradient already in `grad`
+    flags: u32,      // bit 0: accumulate (the kernels use the constant ACCUM: kernel.rs)
     w_stride: u32,   // weight broadcast: value index ((w_base_r + i) / w_stride + w_base_q) % w_period
     w_period: u32,
     w_base_q: u32,
@@ -29,111 +33,116 @@ struct Params {
     w_p: f32,
     w_n: f32,
     epsilon: f32,
-    _pad0: f32,
-    _pad1: f32,
+    w_one: f32,      // the weight where it does not vary (w_period 1): a uniform, not a load
+    pw_one: f32,     // likewise pos_weight
     _pad2: f32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> t: array<f32>;
-@group(0) @binding(3) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<V>;
+@group(0) @binding(2) var<storage, read> t: array<V>;
+@group(0) @binding(3) var<storage, read_write> grad: array<V>;
 @group(0) @binding(4) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(5) var<storage, read> totals: array<f32>;
 @group(0) @binding(6) var<storage, read_write> loss_out: array<f32>;
-@group(0) @binding(7) var<storage, read_write> elem_loss: array<f32>;
+@group(0) @binding(7) var<storage, read_write> elem_loss: array<V>;
 @group(0) @binding(8) var<storage, read> weight: array<f32>;
 @group(0) @binding(9) var<storage, read> pos_weight: array<f32>;
 
-fn put_grad(i: u32, g: f32) {
-    if ((P.flags & 1u) != 0u) {
-        grad[i] = grad[i] + g;
+fn put_grad(j: u32, g: V) {
+    if (ACCUM == 1u) {
+        grad[j] = grad[j] + g;
     } else {
-        grad[i] = g;
+        grad[j] = g;
     }
 }
 
-// ln(1 + exp(-a)) for a >= 0, accurate also where exp(-a) is below the f32 resolution of 1.
-fn log1p_exp_neg(a: f32) -> f32 {
-    let e = exp(-a);
-    if (e < 1e-4) {
-        return e * (1.0 - 0.5 * e);
-    }
-    return log(1.0 + e);
+// ln(1 + e) for e = exp(-a), a >= 0: accurate also where e is below f32's resolution of 1.
+fn log1p_small(e: V) -> V {
+    return select(log(1.0 + e), e * (1.0 - 0.5 * e), e < V(1e-4));
 }
 
-// softplus(x) = ln(1 + exp(x)).
-fn softplus_acc(v: f32) -> f32 {
-    return max(v, 0.0) + log1p_exp_neg(abs(v));
+// softplus(v) = ln(1 + exp(v)).
+fn softplus_acc(v: V) -> V {
+    return max(v, V(0.0)) + log1p_small(exp(-abs(v)));
 }
 
-// ln(sigmoid(z) + eps), given s = sigmoid(z): with eps = 0 it is the exact log-sigmoid
-// -softplus(-z), finite where sigmoid(z) underflows to 0.
-fn log_sigmoid_eps(z: f32, s: f32, eps: f32) -> f32 {
-    if (eps == 0.0) {
+// ln(sigmoid(z) + eps), given s = sigmoid(z): with eps = 0 (the EXACT variant) it is the exact
+// log-sigmoid -softplus(-z), finite where sigmoid(z) underflows to 0.
+fn log_sigmoid_eps(z: V, s: V, eps: f32) -> V {
+    if (EXACT == 1u) {
         return -softplus_acc(-z);
     }
     return log(s + eps);
 }
 
-// (loss of element i of the window, its derivative with respect to x)
-fn elem(i: u32) -> vec2<f32> {
-    let xv = x[i];
-    let y = t[i];
+// The broadcast weight of element i (`weight` or `pos_weight`, by its parameters).
+fn w_at(i: u32) -> f32 {
+    return weight[((P.w_base_r + i) / P.w_stride + P.w_base_q) % P.w_period];
+}
+fn pw_at(i: u32) -> f32 {
+    return pos_weight[((P.pw_base_r + i) / P.pw_stride + P.pw_base_q) % P.pw_period];
+}
+
+struct Pair {
+    l: V, // loss
+    d: V, // its derivative with respect to x
+}
+
+// Access j of the window: elements LANES j .. LANES j + LANES - 1.
+fn elem(j: u32) -> Pair {
+    let xv = x[j];
+    let y = t[j];
     // One exp serves both sigmoids and both softplus terms: e = exp(-|x|).
     let e = exp(-abs(xv));
     let r = 1.0 / (1.0 + e);
-    let pos = select(e * r, r, xv >= 0.0); // sigmoid(x)
-    let neg = select(r, e * r, xv >= 0.0); // sigmoid(-x), never 1 - sigmoid(x)
-    var l1p = log(1.0 + e); // ln(1 + exp(-|x|)), accurate where e is below f32's resolution of 1
-    if (e < 1e-4) {
-        l1p = e * (1.0 - 0.5 * e);
-    }
+    let nonneg = xv >= V(0.0);
+    let pos = select(e * r, r, nonneg); // sigmoid(x)
+    let neg = select(r, e * r, nonneg); // sigmoid(-x), never 1 - sigmoid(x)
     if (KIND == 0u) {
         let eps = P.epsilon;
         let l = -(P.w_p * y * log_sigmoid_eps(xv, pos, eps) + P.w_n * (1.0 - y) * log_sigmoid_eps(-xv, neg, eps));
         // d/dx ln(sigmoid(x) + eps) = neg * pos / (pos + eps); the ratio is 1 when both are 0.
-        var rp = 1.0;
-        if (pos + eps > 0.0) {
-            rp = pos / (pos + eps);
-        }
-        var rn = 1.0;
-        if (neg + eps > 0.0) {
-            rn = neg / (neg + eps);
-        }
+        let rp = select(V(1.0), pos / (pos + eps), pos + eps > V(0.0));
+        let rn = select(V(1.0), neg / (neg + eps), neg + eps > V(0.0));
         let d = -(P.w_p * y * neg * rp - P.w_n * (1.0 - y) * pos * rn);
-        return vec2<f32>(l, d);
+        return Pair(l, d);
     }
-    // The broadcast indices only where a weight varies (integer division is slow on some
-    // adapters; the branch is uniform).
-    var w = weight[0];
-    if (P.w_period > 1u) {
-        w = weight[((P.w_base_r + i) / P.w_stride + P.w_base_q) % P.w_period];
+    let l1p = log1p_small(e); // ln(1 + exp(-|x|))
+    // The broadcast indices only where a weight varies: integer division is slow on some
+    // adapters, and some (lavapipe) run both sides of even a uniform branch, so a variant
+    // without varying weights (BROADCAST 0) leaves the code out.
+    var w = V(P.w_one);
+    if (BROADCAST == 1u && P.w_period > 1u) {
+        let i = j * LANES;
+        w = lanes(w_at(i), w_at(i + 1u), w_at(i + 2u), w_at(i + 3u));
     }
-    var pw = pos_weight[0];
-    if (P.pw_period > 1u) {
-        pw = pos_weight[((P.pw_base_r + i) / P.pw_stride + P.pw_base_q) % P.pw_period];
+    var pw = V(P.pw_one);
+    if (BROADCAST == 1u && P.pw_period > 1u) {
+        let i = j * LANES;
+        pw = lanes(pw_at(i), pw_at(i + 1u), pw_at(i + 2u), pw_at(i + 3u));
     }
     // softplus(+-x) = max(+-x, 0) + ln(1 + exp(-|x|))
-    let l = w * (pw * y * (max(-xv, 0.0) + l1p) + (1.0 - y) * (max(xv, 0.0) + l1p));
+    let l = w * (pw * y * (max(-xv, V(0.0)) + l1p) + (1.0 - y) * (max(xv, V(0.0)) + l1p));
     let d = w * ((1.0 - y) * pos - pw * y * neg);
-    return vec2<f32>(l, d);
+    return Pair(l, d);
 }
 
 @compute @workgroup_size(256)
 fn stats_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
               @builtin(num_workgroups) nwg: vec3<u32>) {
     let g = group_index(wid, nwg);
-    if (g * ITEMS * WG >= P.n) {
+    let units = P.n / LANES;
+    if (g * UNITS * WG >= units) {
         return;
     }
     var acc = 0.0;
-    for (var k = 0u; k < ITEMS; k = k + 1u) {
-        let i = (g * ITEMS + k) * WG + lid;
-        if (i < P.n) {
-            let e = elem(i);
-            acc = acc + e.x;
-            put_grad(i, e.y * P.grad_scale);
+    for (var k = 0u; k < UNITS; k = k + 1u) {
+        let j = (g * UNITS + k) * WG + lid;
+        if (j < units) {
+            let e = elem(j);
+            acc = acc + hsum(e.l);
+            put_grad(j, e.d * P.grad_scale);
         }
     }
     let s = wg_sum(lid, acc);
@@ -152,12 +161,13 @@ fn finalize() {
 fn none(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {
     let g = group_index(wid, nwg);
-    for (var k = 0u; k < ITEMS; k = k + 1u) {
-        let i = (g * ITEMS + k) * WG + lid;
-        if (i < P.n) {
-            let e = elem(i);
-            elem_loss[i] = e.x;
-            put_grad(i, e.y * P.grad_scale);
+    let units = P.n / LANES;
+    for (var k = 0u; k < UNITS; k = k + 1u) {
+        let j = (g * UNITS + k) * WG + lid;
+        if (j < units) {
+            let e = elem(j);
+            elem_loss[j] = e.l;
+            put_grad(j, e.d * P.grad_scale);
         }
     }
 }

@@ -5,7 +5,8 @@
 //
 // The input is seen as [samples, C, inner] (inner = product of the spatial sizes); a thread
 // owns one pixel (sample, spatial position) and loops over its C channels, which lie `inner`
-// elements apart. The host flattens the binary global case to [numel, 1, 1].
+// elements apart. The binary global case has entry points of its own (flat_stats, flat_grad):
+// every element is a pixel, LANES of them per access (kernel.rs LANES_1 / LANES_4).
 // A workgroup owns a tile of TILE = ITEMS * WG consecutive pixels.
 //
 // Passes and traffic (E = elements, G = groups = C with per_class, else 1, T = tiles):
@@ -31,7 +32,7 @@ struct Params {
     tile_base: u32,  // index of the window's first tile among all tiles
     tiles: u32,      // tiles of the whole tensor (row length of `partials`)
     groups: u32,     // G
-    flags: u32,      // bit 0: add to the gradient already in `grad`
+    flags: u32,      // bit 0: accumulate (the kernels use the constant ACCUM: kernel.rs)
     _pad0: u32,
     grad_scale: f32, // upstream scale
     eps: f32,
@@ -49,7 +50,7 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> coef: array<f32>;
 
 fn put_grad(i: u32, g: f32) {
-    if ((P.flags & 1u) != 0u) {
+    if (ACCUM == 1u) {
         grad[i] = grad[i] + g;
     } else {
         grad[i] = g;
@@ -58,9 +59,6 @@ fn put_grad(i: u32, g: f32) {
 
 // The element index of channel 0 of pixel q; channel c is `c * inner` further.
 fn first_elem(q: u32) -> u32 {
-    if (MULTI == 0u && PER_CLASS == 0u) {
-        return q; // the host flattened the tensor: pixel = element, no division
-    }
     let n = q / P.inner;
     let k = q - n * P.inner;
     return n * P.channels * P.inner + k;
@@ -81,38 +79,31 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         for (var it = 0u; it < ITEMS; it = it + 1u) {
             let q = (g * ITEMS + it) * WG + lid;
             if (q < P.pixels) {
+                // Multiclass (the binary global case is flat_stats).
+                // Online softmax: m = running max, s = sum exp(x - m), v = sum exp(x - m) t.
                 let e0 = first_elem(q);
-                if (MULTI == 0u) {
-                    // Binary global: the host flattened the tensor, one element per pixel.
-                    let p = sigmoid(f32(x[e0]));
-                    let tv = f32(t[e0]);
-                    acc_i = acc_i + p * tv;
-                    acc_s = acc_s + p + tv;
-                } else {
-                    // Online softmax: m = running max, s = sum exp(x - m), v = sum exp(x - m) t.
-                    var m = f32(x[e0]);
-                    var s = 1.0;
-                    var v = f32(t[e0]);
-                    var ts = f32(t[e0]);
-                    for (var c = 1u; c < C; c = c + 1u) {
-                        let e = e0 + c * P.inner;
-                        let xv = f32(x[e]);
-                        let tv = f32(t[e]);
-                        if (xv > m) {
-                            let r = exp(m - xv);
-                            s = s * r + 1.0;
-                            v = v * r + tv;
-                            m = xv;
-                        } else {
-                            let z = exp(xv - m);
-                            s = s + z;
-                            v = v + z * tv;
-                        }
-                        ts = ts + tv;
+                var m = f32(x[e0]);
+                var s = 1.0;
+                var v = f32(t[e0]);
+                var ts = f32(t[e0]);
+                for (var c = 1u; c < C; c = c + 1u) {
+                    let e = e0 + c * P.inner;
+                    let xv = f32(x[e]);
+                    let tv = f32(t[e]);
+                    if (xv > m) {
+                        let r = exp(m - xv);
+                        s = s * r + 1.0;
+                        v = v * r + tv;
+                        m = xv;
+                    } else {
+                        let z = exp(xv - m);
+                        s = s + z;
+                        v = v + z * tv;
                     }
-                    acc_i = acc_i + v / s;
-                    acc_s = acc_s + 1.0 + ts;
+                    ts = ts + tv;
                 }
+                acc_i = acc_i + v / s;
+                acc_s = acc_s + 1.0 + ts;
             }
         }
         let sums = wg_sum2(lid, vec2<f32>(acc_i, acc_s));
@@ -268,14 +259,75 @@ fn grad_pass(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
                 let p = exp(f32(x[e]) - m) / s;
                 put_grad(e, p * (dl_dp(c, f32(t[e])) - dot));
             }
-        } else if (PER_CLASS == 0u) {
-            // Binary global: one element per pixel (flattened by the host).
-            put_grad(e0, dl_dp(0u, f32(t[e0])) * dsigmoid(f32(x[e0])));
         } else {
+            // Binary per_class (the binary global case is flat_grad).
             for (var c = 0u; c < C; c = c + 1u) {
                 let e = e0 + c * P.inner;
                 let xv = f32(x[e]);
                 put_grad(e, dl_dp(c, f32(t[e])) * dsigmoid(xv));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Binary with one global ratio: the host flattened the tensor (pixel = element) and binds it
+// here, LANES elements per access; the four-lane variant only where the window's length is a
+// multiple of 4. Tiles as above (ITEMS * WG elements).
+@group(0) @binding(8) var<storage, read> x_flat: array<InV>;
+@group(0) @binding(9) var<storage, read> t_flat: array<InV>;
+@group(0) @binding(10) var<storage, read_write> g_flat: array<V>;
+
+const FLAT_UNITS: u32 = ITEMS / LANES;
+
+@compute @workgroup_size(256)
+fn flat_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    let units = P.pixels / LANES;
+    if (g * FLAT_UNITS * WG >= units) {
+        return;
+    }
+    var acc = vec2<f32>(0.0);
+    for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
+        let j = (g * FLAT_UNITS + k) * WG + lid;
+        if (j < units) {
+            // sigmoid from one exp of -|x|, as common.wgsl's
+            let x = V(x_flat[j]);
+            let e = exp(-abs(x));
+            let r = 1.0 / (1.0 + e);
+            let p = select(e * r, r, x >= V(0.0));
+            let y = V(t_flat[j]);
+            acc = acc + vec2<f32>(hsum(p * y), hsum(p + y));
+        }
+    }
+    let sums = wg_sum2(lid, acc);
+    if (lid == 0u) {
+        let col = P.tile_base + g;
+        partials[col] = sums.x;
+        partials[P.tiles + col] = sums.y;
+    }
+}
+
+@compute @workgroup_size(256)
+fn flat_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+             @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    let units = P.pixels / LANES;
+    let a = coef[0];
+    let b = coef[P.groups];
+    for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
+        let j = (g * FLAT_UNITS + k) * WG + lid;
+        if (j < units) {
+            // dL/dp * sigmoid'(x), sigmoid' = e / (1 + e)^2 with e = exp(-|x|)
+            let x = V(x_flat[j]);
+            let e = exp(-abs(x));
+            let r = 1.0 / (1.0 + e);
+            let d = (a * V(t_flat[j]) + b) * (e * r * r);
+            if (ACCUM == 1u) {
+                g_flat[j] = g_flat[j] + d;
+            } else {
+                g_flat[j] = d;
             }
         }
     }

@@ -19,7 +19,11 @@ const OPS: &str = include_str!("../shaders/ops.wgsl");
 const OPS_TILE: u64 = 4 * WG as u64;
 
 pub(crate) fn shader_variants() -> Vec<ShaderSource> {
-    vec![ShaderSource::new("ops", OPS)]
+    vec![ops_source(1), ops_source(4)]
+}
+
+fn ops_source(lanes: u32) -> ShaderSource {
+    ShaderSource::new("ops", OPS).with_lanes(lanes)
 }
 
 /// What to run.
@@ -236,7 +240,7 @@ impl<'a> Ops<'a> {
             scratch: Scratch::default(),
             temps: Vec::new(),
             n,
-            src: ShaderSource::new("ops", OPS),
+            src: ops_source(crate::losses::lanes_for(n)),
         })
     }
 
@@ -350,7 +354,7 @@ impl<'a> Ops<'a> {
         self.launch(
             "scalar_op",
             p,
-            vec![Bind::scratch(4, &totals), Bind::tensor(3, &out)],
+            vec![Bind::scratch(4, &totals), Bind::tensor(8, &out)],
             1,
         )?;
         self.scratch.keep(totals);
@@ -634,6 +638,8 @@ fn copy_gbps(ctx: &LossContext, timer: &Timer, opts: &BenchOptions) -> Result<(f
     let run = |entry: &str, lanes: u64| {
         timer.median(ctx, opts, |enc| {
             let mut ops = Ops::new(ctx, n)?;
+            // copy_op in the one-lane variant: 4-byte elements.
+            ops.src = ops_source(1);
             let p = OpParams {
                 n: (n / lanes) as u32,
                 ..ops.params(0.0, 0.0)

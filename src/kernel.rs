@@ -20,7 +20,31 @@ pub struct ShaderSource {
     pub consts: Vec<(&'static str, u32)>,
     /// The element type of the inputs, `In` in the shader: f32, or f16 (with `enable f16;`).
     pub f16: bool,
+    /// Elements per memory access of an element-wise kernel: 1, or 4 (16-byte loads and stores
+    /// of f32). The shader sees `LANES`, `V` (f32 or vec4<f32>), `InV`, `VU`, `VI`, `hsum` and
+    /// `lanes` (see `LANES_1` and `LANES_4`).
+    pub lanes: u32,
 }
+
+/// The element-wise vocabulary of a one-lane variant.
+const LANES_1: &str = "const LANES: u32 = 1u;
+alias V = f32;
+alias InV = In;
+alias VU = u32;
+alias VI = i32;
+fn hsum(v: V) -> f32 { return v; }
+fn lanes(a: f32, b: f32, c: f32, d: f32) -> V { return a; }
+";
+
+/// ... and of a four-lane one: each access moves four consecutive elements.
+const LANES_4: &str = "const LANES: u32 = 4u;
+alias V = vec4<f32>;
+alias InV = vec4<In>;
+alias VU = vec4<u32>;
+alias VI = vec4<i32>;
+fn hsum(v: V) -> f32 { return (v.x + v.y) + (v.z + v.w); }
+fn lanes(a: f32, b: f32, c: f32, d: f32) -> V { return V(a, b, c, d); }
+";
 
 impl ShaderSource {
     pub fn new(name: &'static str, body: &'static str) -> Self {
@@ -29,7 +53,14 @@ impl ShaderSource {
             body,
             consts: Vec::new(),
             f16: false,
+            lanes: 1,
         }
+    }
+    /// The variant whose element-wise kernels move `lanes` (1 or 4) elements per access.
+    pub fn with_lanes(mut self, lanes: u32) -> Self {
+        debug_assert!(lanes == 1 || lanes == 4);
+        self.lanes = lanes;
+        self
     }
     pub fn with(mut self, name: &'static str, value: u32) -> Self {
         self.consts.push((name, value));
@@ -49,6 +80,9 @@ impl ShaderSource {
         if self.f16 {
             k.push_str(":f16");
         }
+        if self.lanes != 1 {
+            k.push_str(&format!(":x{}", self.lanes));
+        }
         k
     }
     /// The full WGSL text: constants, the shared pieces, then the body.
@@ -62,11 +96,21 @@ impl ShaderSource {
         for (n, v) in &self.consts {
             s.push_str(&format!("const {n}: u32 = {v}u;\n"));
         }
+        s.push_str(if self.lanes == 4 { LANES_4 } else { LANES_1 });
         s.push_str(COMMON);
         s.push('\n');
         s.push_str(self.body);
         s
     }
+}
+
+/// Each variant twice: writing its gradient (`ACCUM` 0) and adding to the gradient already
+/// there (`ACCUM` 1). A compile-time constant rather than a uniform flag, because some adapters
+/// (lavapipe) run both sides of a uniform branch, the accumulating load included.
+pub(crate) fn with_accumulate_variants(v: Vec<ShaderSource>) -> Vec<ShaderSource> {
+    v.into_iter()
+        .flat_map(|s| [s.clone().with("ACCUM", 0), s.with("ACCUM", 1)])
+        .collect()
 }
 
 pub(crate) const REDUCE: &str = include_str!("../shaders/reduce.wgsl");

@@ -7,7 +7,7 @@ use crate::config::{
 };
 use crate::context::{LossContext, PoolBuf};
 use crate::error::Result;
-use crate::kernel::{Bind, ShaderSource, Window, WG};
+use crate::kernel::{with_accumulate_variants, Bind, ShaderSource, Window, WG};
 use crate::tensor::{DType, Tensor};
 
 const BODY: &str = include_str!("../../shaders/bce.wgsl");
@@ -20,12 +20,24 @@ enum Kind {
     Torch = 1,
 }
 
-fn source(kind: Kind) -> ShaderSource {
-    ShaderSource::new("bce", BODY).with("KIND", kind as u32)
+/// `broadcast`: weight or pos_weight varies; `exact`: the weighted loss's epsilon is 0.
+fn source(kind: Kind, lanes: u32, broadcast: bool, exact: bool) -> ShaderSource {
+    ShaderSource::new("bce", BODY)
+        .with("KIND", kind as u32)
+        .with("BROADCAST", broadcast as u32)
+        .with("EXACT", exact as u32)
+        .with_lanes(lanes)
 }
 
 pub(crate) fn shader_variants() -> Vec<ShaderSource> {
-    vec![source(Kind::Weighted), source(Kind::Torch)]
+    let mut v = Vec::new();
+    for lanes in [1, 4] {
+        v.push(source(Kind::Weighted, lanes, false, false));
+        v.push(source(Kind::Weighted, lanes, false, true));
+        v.push(source(Kind::Torch, lanes, false, false));
+        v.push(source(Kind::Torch, lanes, true, false));
+    }
+    with_accumulate_variants(v)
 }
 
 #[repr(C)]
@@ -42,13 +54,17 @@ struct Params {
     w_p: f32,
     w_n: f32,
     epsilon: f32,
-    pad: [f32; 3],
+    w_one: f32,
+    pw_one: f32,
+    pad: f32,
 }
 
 /// A broadcast argument on the device: its values (or a single 1.0) and how they repeat.
 struct Arg {
     buf: PoolBuf,
     b: Broadcast,
+    /// The value of every element where it does not vary (period 1), passed as a uniform.
+    one: f32,
 }
 
 impl Arg {
@@ -68,6 +84,7 @@ impl Arg {
             .write_buffer(&buf.buffer, 0, bytemuck::cast_slice(&data));
         Ok(Arg {
             buf,
+            one: data.first().copied().unwrap_or(1.0),
             b: Broadcast {
                 stride: b.stride.max(1),
                 period: b.period.max(1),
@@ -110,10 +127,13 @@ fn build(
     want_dtype(s.what, "input", x, DType::F32)?;
     want_dtype(s.what, "target", t, DType::F32)?;
     let n = x.numel() as u64;
-    let src = source(s.kind);
     let grad = opts.grad_for(ctx, 0, x)?;
     let weight = Arg::new(ctx, s.weight)?;
     let pos_weight = Arg::new(ctx, s.pos_weight)?;
+    let broadcast = weight.b.period > 1 || pos_weight.b.period > 1;
+    let exact = s.kind == Kind::Weighted && s.epsilon == 0.0;
+    let src =
+        source(s.kind, super::lanes_for(n), broadcast, exact).with("ACCUM", opts.accumulate as u32);
     let tiles = n.div_ceil(TILE);
     let scale = match s.reduction {
         Reduction::Mean => 1.0 / n as f64,
@@ -131,7 +151,9 @@ fn build(
         w_p: s.w_p as f32,
         w_n: s.w_n as f32,
         epsilon: s.epsilon as f32,
-        pad: [0.0; 3],
+        w_one: weight.one,
+        pw_one: pos_weight.one,
+        pad: 0.0,
     };
     let windows = ctx.windows(n, 4, TILE)?;
     let per_window = |w: &Window| Params {

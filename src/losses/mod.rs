@@ -13,6 +13,7 @@ pub mod combined;
 pub mod contrastive;
 pub mod cross_entropy;
 pub mod pointwise;
+pub(crate) use pointwise::lanes_for;
 pub mod segmentation;
 
 /// How the gradients are delivered.

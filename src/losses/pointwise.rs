@@ -4,7 +4,7 @@ use super::{float_inputs, GradOpts, Loss, Recorder};
 use crate::config::{L1Loss, MSELoss, RMSELoss, Reduction};
 use crate::context::LossContext;
 use crate::error::Result;
-use crate::kernel::{Bind, ShaderSource, WG};
+use crate::kernel::{with_accumulate_variants, Bind, ShaderSource, WG};
 use crate::tensor::{DType, Tensor};
 
 const BODY: &str = include_str!("../../shaders/pointwise.wgsl");
@@ -18,23 +18,33 @@ enum Kind {
     Rmse = 2,
 }
 
-fn source(kind: Kind, f16: bool) -> ShaderSource {
+fn source(kind: Kind, f16: bool, lanes: u32) -> ShaderSource {
     ShaderSource::new("pointwise", BODY)
         .with("KIND", kind as u32)
         .with_f16(f16)
+        .with_lanes(lanes)
 }
 
 pub(crate) fn shader_variants() -> Vec<ShaderSource> {
-    [false, true]
-        .into_iter()
-        .flat_map(|h| {
-            [
-                source(Kind::Mse, h),
-                source(Kind::L1, h),
-                source(Kind::Rmse, h),
-            ]
-        })
-        .collect()
+    let mut v = Vec::new();
+    for f16 in [false, true] {
+        for lanes in [1, 4] {
+            for kind in [Kind::Mse, Kind::L1, Kind::Rmse] {
+                v.push(source(kind, f16, lanes));
+            }
+        }
+    }
+    with_accumulate_variants(v)
+}
+
+/// Four elements per access where every window's length is a multiple of 4 (windows are whole
+/// tiles but the last), one otherwise.
+pub(crate) fn lanes_for(n: u64) -> u32 {
+    if n.is_multiple_of(4) {
+        4
+    } else {
+        1
+    }
 }
 
 #[repr(C)]
@@ -64,7 +74,7 @@ fn build(
 ) -> Result<(Tensor, Vec<Tensor>)> {
     let f16 = float_inputs(ctx, what, &[("input", a), ("target", t)])?;
     let n = a.numel() as u64;
-    let src = source(kind, f16);
+    let src = source(kind, f16, lanes_for(n)).with("ACCUM", opts.accumulate as u32);
     let grad = opts.grad_for(ctx, 0, a)?;
     let tiles = n.div_ceil(TILE);
     let (loss_scale, red_scale) = match reduction {

@@ -7,7 +7,7 @@ use super::{float_inputs, GradOpts, Loss, Recorder};
 use crate::config::{ChannelLayout, DiceLoss, JaccardLoss};
 use crate::context::LossContext;
 use crate::error::Result;
-use crate::kernel::{Bind, ShaderSource, WG};
+use crate::kernel::{with_accumulate_variants, Bind, ShaderSource, WG};
 use crate::tensor::{DType, Tensor};
 
 const BODY: &str = include_str!("../../shaders/segmentation.wgsl");
@@ -20,12 +20,13 @@ enum Kind {
     Dice = 1,
 }
 
-fn source(kind: Kind, multi: bool, per_class: bool, f16: bool) -> ShaderSource {
+fn source(kind: Kind, multi: bool, per_class: bool, f16: bool, lanes: u32) -> ShaderSource {
     ShaderSource::new("segmentation", BODY)
         .with("KIND", kind as u32)
         .with("MULTI", multi as u32)
         .with("PER_CLASS", per_class as u32)
         .with_f16(f16)
+        .with_lanes(lanes)
 }
 
 pub(crate) fn shader_variants() -> Vec<ShaderSource> {
@@ -34,12 +35,15 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
         for multi in [false, true] {
             for per_class in [false, true] {
                 for f16 in [false, true] {
-                    v.push(source(kind, multi, per_class, f16));
+                    v.push(source(kind, multi, per_class, f16, 1));
+                    if !multi && !per_class {
+                        v.push(source(kind, multi, per_class, f16, 4));
+                    }
                 }
             }
         }
     }
-    v
+    with_accumulate_variants(v)
 }
 
 #[repr(C)]
@@ -118,7 +122,21 @@ fn build(
         });
         tiles += n;
     }
-    let src = source(kind, multi, per_class, f16);
+    // The binary global case is flat (flat_stats, flat_grad: four elements per access where
+    // the length allows); the others loop over a pixel's channels (stats, grad_pass).
+    let flat = !multi && !per_class;
+    let lanes = if flat {
+        super::lanes_for(layout.outer as u64)
+    } else {
+        1
+    };
+    let src = source(kind, multi, per_class, f16, lanes).with("ACCUM", opts.accumulate as u32);
+    let (b_x, b_t, b_grad) = if flat { (8, 9, 10) } else { (1, 2, 3) };
+    let (stats, grad_pass) = if flat {
+        ("flat_stats", "flat_grad")
+    } else {
+        ("stats", "grad_pass")
+    };
     let base = Params {
         pixels: 0,
         inner: inner as u32,
@@ -142,11 +160,11 @@ fn build(
     let partials = ctx.alloc(2 * groups * tiles * 4, LossContext::storage_usage())?;
     for w in &wins {
         let binds = vec![
-            Bind::window(1, x, w.elem_first, w.elems),
-            Bind::window(2, t, w.elem_first, w.elems),
+            Bind::window(b_x, x, w.elem_first, w.elems),
+            Bind::window(b_t, t, w.elem_first, w.elems),
             Bind::scratch(4, &partials),
         ];
-        let step = ctx.step(&src, "stats", &per_window(w), binds, w.tiles)?;
+        let step = ctx.step(&src, stats, &per_window(w), binds, w.tiles)?;
         rec.prog.steps.push(step);
     }
     let totals = ctx.reduce_rows(
@@ -174,12 +192,12 @@ fn build(
     rec.scratch.keep(totals);
     for w in &wins {
         let binds = vec![
-            Bind::window(1, x, w.elem_first, w.elems),
-            Bind::window(2, t, w.elem_first, w.elems),
-            Bind::window(3, &grad, w.elem_first, w.elems),
+            Bind::window(b_x, x, w.elem_first, w.elems),
+            Bind::window(b_t, t, w.elem_first, w.elems),
+            Bind::window(b_grad, &grad, w.elem_first, w.elems),
             Bind::scratch(7, &coef),
         ];
-        let step = ctx.step(&src, "grad_pass", &per_window(w), binds, w.tiles)?;
+        let step = ctx.step(&src, grad_pass, &per_window(w), binds, w.tiles)?;
         rec.prog.steps.push(step);
     }
     rec.scratch.keep(coef);

@@ -1,0 +1,196 @@
+//! The compiled variants of the element-wise kernels, each against the float64 reference:
+//! four elements per access (length a multiple of 4) and one (any other length), writing the
+//! gradient and adding to one already there, with and without broadcast BCE weights, and the
+//! weighted BCE's exact log-sigmoid (epsilon 0).
+mod common;
+
+use std::collections::BTreeMap;
+
+use deepml::cases::{
+    self, Case, DType, Evaluator, Expected, ReferenceEvaluator, TensorData, Tolerance,
+};
+use deepml::*;
+use serde_json::{json, Value};
+
+fn data(shape: &[usize], v: &[f32]) -> TensorData {
+    TensorData {
+        shape: shape.to_vec(),
+        dtype: DType::F32,
+        data: v.iter().map(|&x| x as f64).collect(),
+    }
+}
+
+fn case(loss: &str, config: Value, inputs: Vec<(&str, TensorData)>) -> Case {
+    Case {
+        name: format!("variant {loss}"),
+        loss: loss.into(),
+        config: config.as_object().cloned().unwrap_or_default(),
+        inputs: inputs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect::<BTreeMap<_, _>>(),
+        grad_wrt: cases::differentiable_inputs(loss)
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        expected: Expected::Error {
+            kind: String::new(),
+        },
+        tolerance: Tolerance {
+            rtol: 1e-4,
+            atol: 1e-5,
+        },
+    }
+}
+
+fn assert_near(what: &str, got: &[f32], want: &[f64], rel: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (*g as f64 - w).abs() <= rel * (w.abs() + scale),
+            "{what}[{i}]: got {g}, want {w}"
+        );
+    }
+}
+
+/// The case's loss on the GPU, plain and accumulating into a random gradient, both against the
+/// reference.
+fn run(c: &Case) {
+    let ctx = common::ctx();
+    let want = ReferenceEvaluator.eval(c).unwrap().unwrap();
+    let spec = cases::loss_spec(c).unwrap();
+    let loss = deepml::losses::gpu_loss(&spec).unwrap();
+    let inputs: Vec<Tensor> = loss
+        .input_names()
+        .iter()
+        .map(|name| {
+            let t = c.input(name).unwrap();
+            ctx.upload(&t.to_f32(), &t.shape).unwrap()
+        })
+        .collect();
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let what = format!("{} {:?} n={}", c.loss, c.config, inputs[0].numel());
+    let out = loss.compute(ctx, &refs).unwrap();
+    assert_near(
+        &format!("{what} loss"),
+        &ctx.read(&out.loss).unwrap(),
+        &want.loss.data,
+        1e-5,
+    );
+    let name = loss.grad_names()[0];
+    let g_want = &want.grads[name].data;
+    assert_near(
+        &format!("{what} grad"),
+        &out.grad(ctx, 0).unwrap(),
+        g_want,
+        1e-5,
+    );
+
+    let mut r = common::rng(inputs[0].numel() as u64);
+    let g0 = common::uniform(&mut r, inputs[0].numel(), -1.0, 1.0);
+    let acc = ctx.upload(&g0, inputs[0].shape()).unwrap();
+    let opts = GradOpts {
+        scale: 1.0,
+        into: vec![Some(acc.clone())],
+        accumulate: true,
+    };
+    loss.compute_with(ctx, &refs, &opts).unwrap();
+    let summed: Vec<f64> = g0.iter().zip(g_want).map(|(a, b)| *a as f64 + b).collect();
+    assert_near(
+        &format!("{what} accumulated grad"),
+        &ctx.read(&acc).unwrap(),
+        &summed,
+        1e-5,
+    );
+}
+
+/// 4 * 1025 elements (four per access) and one fewer (one per access).
+const SIZES: [usize; 2] = [4100, 4099];
+
+fn logits_and_targets(n: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let mut r = common::rng(seed);
+    let x = common::uniform(&mut r, n, -6.0, 6.0);
+    let t: Vec<f32> = common::uniform(&mut r, n, 0.0, 1.0)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| if i % 3 == 0 { *v } else { v.round() })
+        .collect();
+    (x, t)
+}
+
+#[test]
+fn regression_variants() {
+    for n in SIZES {
+        let mut r = common::rng(n as u64);
+        let a = common::uniform(&mut r, n, -2.0, 2.0);
+        let b = common::uniform(&mut r, n, -2.0, 2.0);
+        for (loss, cfg, names) in [
+            ("MSELoss", json!({"reduction": "mean"}), ["input", "target"]),
+            ("L1Loss", json!({"reduction": "sum"}), ["input", "target"]),
+            ("RMSELoss", json!({"eps": 1e-6}), ["output", "target"]),
+        ] {
+            let c = case(
+                loss,
+                cfg,
+                vec![(names[0], data(&[n], &a)), (names[1], data(&[n], &b))],
+            );
+            run(&c);
+        }
+    }
+}
+
+#[test]
+fn bce_variants() {
+    for n in SIZES {
+        let (x, t) = logits_and_targets(n, 7 + n as u64);
+        // [n / 41, 41] or [n / 4099 ...]: a last dimension the weights broadcast over.
+        let shape = if n % 41 == 0 {
+            vec![n / 41, 41]
+        } else {
+            vec![1, n]
+        };
+        let last = *shape.last().unwrap();
+        let mut r = common::rng(3);
+        let w = common::uniform(&mut r, last, 0.1, 3.0);
+        let pw: Vec<f32> = w.iter().rev().copied().collect();
+        let tensor = |v: &[f32]| json!({"shape": [v.len()], "dtype": "float32", "data": v});
+        for cfg in [
+            json!({"reduction": "mean"}),
+            json!({"reduction": "sum", "weight": tensor(&w)}),
+            json!({"reduction": "mean", "pos_weight": tensor(&pw)}),
+            json!({"reduction": "mean", "weight": tensor(&[2.5]), "pos_weight": tensor(&[0.5])}),
+        ] {
+            run(&case(
+                "BCEWithLogitsLoss",
+                cfg,
+                vec![("input", data(&shape, &x)), ("target", data(&shape, &t))],
+            ));
+        }
+        for epsilon in [0.0, 1e-7, 1e-3] {
+            run(&case(
+                "WeightedBCEWithLogitsLoss",
+                json!({"w_p": 3.0, "w_n": 0.5, "epsilon": epsilon}),
+                vec![("logits", data(&[n], &x)), ("labels", data(&[n], &t))],
+            ));
+        }
+    }
+}
+
+#[test]
+fn binary_segmentation_variants() {
+    for n in SIZES {
+        let (x, t) = logits_and_targets(n, 11 + n as u64);
+        let shape = [1, 1, n];
+        for (loss, cfg) in [
+            ("JaccardLoss", json!({})),
+            ("DiceLoss", json!({"smooth": 1.0})),
+        ] {
+            run(&case(
+                loss,
+                cfg,
+                vec![("output", data(&shape, &x)), ("target", data(&shape, &t))],
+            ));
+        }
+    }
+}
