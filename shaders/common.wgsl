@@ -1,61 +1,13 @@
 // Shared by every deepml shader: the workgroup size, the linear workgroup index of a 2-D grid
-// (grids wider than 65535 workgroups wrap into y), and a deterministic workgroup tree sum.
+// (grids wider than 65535 workgroups wrap into y), and numerics. The workgroup reductions
+// (wg_sum, wg_sum2, wg_max over `red` and `red2`) come before this file: wg_tree.wgsl, or
+// wg_subgroup.wgsl where the context verified the adapter's subgroups (kernel.rs).
 
 const WG: u32 = 256u;
-
-var<workgroup> red: array<f32, 256>;
 
 // The index of this workgroup in a grid dispatched as (x, y, 1).
 fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
-}
-
-// Sum of `v` over the workgroup, always in the same order: bit-identical from run to run.
-// Must be called from uniform control flow by every invocation of the workgroup.
-fn wg_sum(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) {
-            red[lid] = red[lid] + red[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
-var<workgroup> red2: array<vec2<f32>, 256>;
-
-// Two sums at once, with the barriers of one (same order and rules as wg_sum).
-fn wg_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
-    red2[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) {
-            red2[lid] = red2[lid] + red2[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red2[0];
-    workgroupBarrier();
-    return r;
-}
-
-// Maximum of `v` over the workgroup (same rules as wg_sum).
-fn wg_max(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) {
-            red[lid] = max(red[lid], red[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
 }
 
 // ln(1 + exp(x)) without overflow or cancellation.

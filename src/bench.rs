@@ -61,7 +61,10 @@ pub struct BenchResult {
     pub compulsory_bytes: u64,
     /// `compulsory_bytes / ms`, in GB/s.
     pub gbps: f64,
-    /// `gbps` over the copy kernel's GB/s.
+    /// GB/s of the copy kernel timed right before and after this loss (the faster).
+    #[serde(default)]
+    pub copy_gbps: f64,
+    /// `gbps` over `copy_gbps`.
     pub of_copy: f64,
     /// Median milliseconds of the per-operation baseline of the same loss, where there is one.
     pub baseline_ms: Option<f64>,
@@ -80,9 +83,12 @@ pub struct BenchReport {
     pub driver: String,
     /// `timestamp` (GPU timestamp queries) or `wall` (host clock around submit and wait).
     pub timer: String,
+    /// The workgroup reductions: `subgroups of N` or `barrier tree`.
+    #[serde(default)]
+    pub reductions: String,
     pub size: usize,
     pub runs: usize,
-    /// GB/s of the copy kernel (bytes read plus bytes written).
+    /// GB/s of the copy kernel (bytes read plus bytes written) at the start of the run.
     pub copy_gbps: f64,
     pub results: Vec<BenchResult>,
 }
@@ -630,13 +636,33 @@ fn make_input(ctx: &LossContext, shape: &[usize], kind: &Input, rng: &mut Lcg) -
     }
 }
 
-/// GB/s (read plus write) of two copy kernels: 4-byte and 16-byte elements.
-fn copy_gbps(ctx: &LossContext, timer: &Timer, opts: &BenchOptions) -> Result<(f64, f64)> {
-    let n = (opts.size as u64).min(ctx.max_window_bytes / 4) / 4 * 4;
-    let a = ctx.empty(&[n as usize], DType::F32)?;
-    let b = ctx.empty(&[n as usize], DType::F32)?;
-    let run = |entry: &str, lanes: u64| {
-        timer.median(ctx, opts, |enc| {
+/// The copy kernels over two buffers of the benchmark's size: the adapter's own bandwidth.
+struct Roofline {
+    a: Tensor,
+    b: Tensor,
+    n: u64,
+}
+
+impl Roofline {
+    fn new(ctx: &LossContext, opts: &BenchOptions) -> Result<Self> {
+        let n = (opts.size as u64).min(ctx.max_window_bytes / 4) / 4 * 4;
+        Ok(Roofline {
+            a: ctx.empty(&[n as usize], DType::F32)?,
+            b: ctx.empty(&[n as usize], DType::F32)?,
+            n,
+        })
+    }
+
+    /// GB/s (read plus write) of the copy with `lanes` (1 or 4) floats per element.
+    fn gbps(
+        &self,
+        ctx: &LossContext,
+        timer: &Timer,
+        opts: &BenchOptions,
+        lanes: u64,
+    ) -> Result<f64> {
+        let n = self.n;
+        let ms = timer.median(ctx, opts, |enc| {
             let mut ops = Ops::new(ctx, n)?;
             // copy_op in the one-lane variant: 4-byte elements.
             ops.src = ops_source(1);
@@ -644,16 +670,24 @@ fn copy_gbps(ctx: &LossContext, timer: &Timer, opts: &BenchOptions) -> Result<(f
                 n: (n / lanes) as u32,
                 ..ops.params(0.0, 0.0)
             };
-            let (ia, ib) = if lanes == 1 { (1, 3) } else { (6, 7) };
-            let binds = vec![Bind::tensor(ia, &a), Bind::tensor(ib, &b)];
+            let (entry, ia, ib) = if lanes == 1 {
+                ("copy_op", 1, 3)
+            } else {
+                ("copy4_op", 6, 7)
+            };
+            let binds = vec![Bind::tensor(ia, &self.a), Bind::tensor(ib, &self.b)];
             ops.launch(entry, p, binds, (n / lanes).div_ceil(OPS_TILE))?;
             ops.finish(enc)
-        })
-    };
-    let scalar = run("copy_op", 1)?;
-    let vec4 = run("copy4_op", 4)?;
-    let gbps = |ms: f64| 2.0 * 4.0 * n as f64 / (ms * 1e6);
-    Ok((gbps(scalar), gbps(vec4)))
+        })?;
+        Ok(2.0 * 4.0 * n as f64 / (ms * 1e6))
+    }
+}
+
+fn reductions(ctx: &LossContext) -> String {
+    match ctx.subgroup_size() {
+        Some(n) => format!("subgroups of {n}"),
+        None => "barrier tree".into(),
+    }
 }
 
 /// Runs the benchmark, reporting progress through `progress`.
@@ -664,11 +698,18 @@ pub fn run(
 ) -> Result<BenchReport> {
     let timer = Timer::new(ctx);
     progress(&format!(
-        "timer: {}; copy kernel over {} elements",
+        "timer: {}; workgroup reductions: {}; copy kernel over {} elements",
         timer.kind(),
+        reductions(ctx),
         opts.size
     ));
-    let (copy1, copy4) = copy_gbps(ctx, &timer, opts)?;
+    let roof = Roofline::new(ctx, opts)?;
+    let (copy1, copy4) = (
+        roof.gbps(ctx, &timer, opts, 1)?,
+        roof.gbps(ctx, &timer, opts, 4)?,
+    );
+    // The 16-byte copy unless the 4-byte one is faster on this adapter.
+    let lanes = if copy1 > copy4 { 1 } else { 4 };
     let copy = copy1.max(copy4);
     progress(&format!(
         "copy kernel: {copy1:.2} GB/s with 4-byte elements, {copy4:.2} GB/s with 16-byte elements"
@@ -711,7 +752,12 @@ pub fn run(
             into: grads.clone(),
             ..Default::default()
         };
+        // The roofline of this loss: the faster of two copies timed right before and right
+        // after it, so that a shared or throttling adapter (lavapipe on a busy host, a GPU
+        // changing clocks) is compared with itself at the same time.
+        let before = roof.gbps(ctx, &timer, opts, lanes)?;
         let ms = timer.median(ctx, opts, |enc| loss.record(ctx, enc, &refs, &gopts))?;
+        let local_copy = before.max(roof.gbps(ctx, &timer, opts, lanes)?);
         let compulsory: u64 = inputs.iter().map(|t| t.byte_len()).sum::<u64>()
             + grads.iter().flatten().map(|g| g.byte_len()).sum::<u64>();
         let gbps = compulsory as f64 / (ms * 1e6);
@@ -751,7 +797,8 @@ pub fn run(
             ms,
             compulsory_bytes: compulsory,
             gbps,
-            of_copy: gbps / copy,
+            copy_gbps: local_copy,
+            of_copy: gbps / local_copy,
             baseline_ms,
             speedup,
             gflops,
@@ -766,6 +813,7 @@ pub fn run(
         device_type: format!("{:?}", a.device_type),
         driver: format!("{} {}", a.driver, a.driver_info).trim().to_string(),
         timer: timer.kind().into(),
+        reductions: reductions(ctx),
         size: opts.size,
         runs: opts.runs,
         copy_gbps: copy,
@@ -780,11 +828,12 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 
 fn row(r: &BenchResult) -> String {
     format!(
-        "| {} | {:?} | {:.3} | {:.2} | {:.0}% | {} | {} | {} |",
+        "| {} | {:?} | {:.3} | {:.2} | {:.2} | {:.0}% | {} | {} | {} |",
         r.loss,
         r.shape,
         r.ms,
         r.gbps,
+        r.copy_gbps,
         100.0 * r.of_copy,
         opt(r.baseline_ms, 3),
         r.speedup
@@ -797,13 +846,14 @@ fn row(r: &BenchResult) -> String {
 /// The report as a Markdown table.
 pub fn markdown(r: &BenchReport) -> String {
     let mut s = format!(
-        "{} ({}, {}, {}); timer: {}; median of {} runs; copy kernel {:.2} GB/s\n\n",
-        r.adapter, r.backend, r.device_type, r.driver, r.timer, r.runs, r.copy_gbps
+        "{} ({}, {}, {}); timer: {}; reductions: {}; median of {} runs; copy kernel {:.2} GB/s \
+         at the start, and around each loss (\"copy GB/s\")\n\n",
+        r.adapter, r.backend, r.device_type, r.driver, r.timer, r.reductions, r.runs, r.copy_gbps
     );
     s.push_str(
-        "| loss | shape | ms | GB/s | of copy | per-op baseline ms | fused speedup | GFLOP/s |\n",
+        "| loss | shape | ms | GB/s | copy GB/s | of copy | per-op baseline ms | fused speedup | GFLOP/s |\n",
     );
-    s.push_str("|---|---|---|---|---|---|---|---|\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|\n");
     for x in &r.results {
         s.push_str(&row(x));
         s.push('\n');

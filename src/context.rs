@@ -21,6 +21,8 @@ pub struct AdapterReport {
     pub device: u32,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// The smallest and largest subgroup the adapter may run (wgpu's AdapterInfo).
+    pub subgroup_sizes: (u32, u32),
 }
 
 impl AdapterReport {
@@ -36,6 +38,7 @@ impl AdapterReport {
             driver_info: info.driver_info,
             vendor: info.vendor,
             device: info.device,
+            subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
             limits,
             features,
         }
@@ -129,7 +132,8 @@ pub struct LossContext {
     pub(crate) limits: wgpu::Limits,
     pub(crate) features: wgpu::Features,
     pub(crate) max_window_bytes: u64,
-    pub(crate) subgroups: bool,
+    /// The subgroup size where the workgroup reductions use subgroups (see `subgroup_size`).
+    pub(crate) subgroup_size: Option<u32>,
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
     pub(crate) pool: Arc<Pool>,
     pub(crate) check_finite: bool,
@@ -250,6 +254,102 @@ async fn pick_adapter(opts: &ContextOptions) -> Result<wgpu::Adapter> {
         })
 }
 
+/// The probe of `LossContext::subgroup_size`: every invocation of two workgroups reports the
+/// first local index of its subgroup, the subgroup's size, its own lane and the subgroup's sum
+/// of the local indices.
+const SUBGROUP_PROBE: &str = "
+@group(0) @binding(0) var<storage, read_write> out: array<vec4<u32>>;
+@compute @workgroup_size(256)
+fn probe(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let first = subgroupBroadcastFirst(lid);
+    let size = subgroupAdd(1u);
+    let lane = subgroupExclusiveAdd(1u);
+    let sum = subgroupAdd(lid);
+    out[wid.x * 256u + lid] = vec4<u32>(first, size, lane, sum);
+}
+";
+
+/// Runs the probe where the adapter's subgroups have one size, a power of two from 4 to the
+/// workgroup size; the size where every subgroup is that many consecutive local indices.
+#[cfg(not(target_arch = "wasm32"))]
+fn probe_subgroups(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    (min, max): (u32, u32),
+) -> Option<u32> {
+    let wg = crate::kernel::WG;
+    if min != max || !min.is_power_of_two() || !(4..=wg).contains(&min) {
+        return None;
+    }
+    let sg = min;
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("deepml subgroup probe"),
+        source: wgpu::ShaderSource::Wgsl(SUBGROUP_PROBE.into()),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("deepml subgroup probe"),
+        layout: None,
+        module: &module,
+        entry_point: Some("probe"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let bytes = 2 * wg as u64 * 16;
+    let out = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: bytes,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let read = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[wgpu::BindGroupEntry {
+            binding: 0,
+            resource: out.as_entire_binding(),
+        }],
+    });
+    let mut enc = device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(2, 1, 1);
+    }
+    enc.copy_buffer_to_buffer(&out, 0, &read, 0, bytes);
+    queue.submit(Some(enc.finish()));
+    if pollster::block_on(scope.pop()).is_some() {
+        return None;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    read.map_async(wgpu::MapMode::Read, .., move |r| {
+        let _ = tx.send(r);
+    });
+    device.poll(wgpu::PollType::wait_indefinitely()).ok()?;
+    rx.recv().ok()?.ok()?;
+    let words: Vec<u32> = bytemuck::pod_collect_to_vec(&read.get_mapped_range(..).ok()?);
+    read.unmap();
+    let linear = words.chunks(4).enumerate().all(|(i, w)| {
+        let lid = i as u32 % wg;
+        let first = lid - lid % sg;
+        let sum = (first..first + sg).sum::<u32>();
+        w == [first, sg, lid % sg, sum]
+    });
+    linear.then_some(sg)
+}
+
+#[cfg(target_arch = "wasm32")]
+fn probe_subgroups(_: &wgpu::Device, _: &wgpu::Queue, _: (u32, u32)) -> Option<u32> {
+    None
+}
+
 impl LossContext {
     /// The best adapter, blocking (native only).
     #[cfg(not(target_arch = "wasm32"))]
@@ -330,7 +430,12 @@ impl LossContext {
         if let Some(cap) = opts.max_window_bytes {
             max_window_bytes = max_window_bytes.min(cap.max(256));
         }
-        let subgroups = features.contains(wgpu::Features::SUBGROUP) && !opts.disable_subgroups;
+        let subgroup_size =
+            if features.contains(wgpu::Features::SUBGROUP) && !opts.disable_subgroups {
+                probe_subgroups(&device, &queue, report.subgroup_sizes)
+            } else {
+                None
+            };
         let gl_serial =
             (report.backend == wgpu::Backend::Gl).then(|| parking_lot::ReentrantMutex::new(()));
 
@@ -341,7 +446,7 @@ impl LossContext {
             limits,
             features,
             max_window_bytes,
-            subgroups,
+            subgroup_size,
             pipelines: Mutex::new(HashMap::new()),
             check_finite: opts.check_finite,
             gl_serial,
@@ -373,7 +478,15 @@ impl LossContext {
 
     /// Whether the shaders use subgroup operations on this device.
     pub fn uses_subgroups(&self) -> bool {
-        self.subgroups
+        self.subgroup_size.is_some()
+    }
+
+    /// The subgroup size of the workgroup reductions: where the adapter has SUBGROUP, runs
+    /// subgroups of one fixed size, and a probe at start found each subgroup to be consecutive
+    /// local invocation indices (what shaders/wg_subgroup.wgsl relies on). None: the barrier
+    /// tree of shaders/wg_tree.wgsl.
+    pub fn subgroup_size(&self) -> Option<u32> {
+        self.subgroup_size
     }
 
     /// Whether the device can take f16 inputs.

@@ -10,6 +10,8 @@ use crate::tensor::Tensor;
 pub const WG: u32 = 256;
 
 const COMMON: &str = include_str!("../shaders/common.wgsl");
+const WG_TREE: &str = include_str!("../shaders/wg_tree.wgsl");
+const WG_SUBGROUP: &str = include_str!("../shaders/wg_subgroup.wgsl");
 
 /// A WGSL file of the crate with the constants it is composed with.
 #[derive(Debug, Clone)]
@@ -24,6 +26,9 @@ pub struct ShaderSource {
     /// of f32). The shader sees `LANES`, `V` (f32 or vec4<f32>), `InV`, `VU`, `VI`, `hsum` and
     /// `lanes` (see `LANES_1` and `LANES_4`).
     pub lanes: u32,
+    /// 0: workgroup reductions by a barrier tree (every adapter); else the subgroup size SG of
+    /// an adapter whose subgroups the context verified (shaders/wg_subgroup.wgsl).
+    pub subgroup: u32,
 }
 
 /// The element-wise vocabulary of a one-lane variant.
@@ -54,7 +59,13 @@ impl ShaderSource {
             consts: Vec::new(),
             f16: false,
             lanes: 1,
+            subgroup: 0,
         }
+    }
+    /// The variant whose workgroup reductions use subgroups of `size` (None: the tree).
+    pub fn with_subgroup(mut self, size: Option<u32>) -> Self {
+        self.subgroup = size.unwrap_or(0);
+        self
     }
     /// The variant whose element-wise kernels move `lanes` (1 or 4) elements per access.
     pub fn with_lanes(mut self, lanes: u32) -> Self {
@@ -83,6 +94,9 @@ impl ShaderSource {
         if self.lanes != 1 {
             k.push_str(&format!(":x{}", self.lanes));
         }
+        if self.subgroup != 0 {
+            k.push_str(&format!(":sg{}", self.subgroup));
+        }
         k
     }
     /// The full WGSL text: constants, the shared pieces, then the body.
@@ -97,6 +111,12 @@ impl ShaderSource {
             s.push_str(&format!("const {n}: u32 = {v}u;\n"));
         }
         s.push_str(if self.lanes == 4 { LANES_4 } else { LANES_1 });
+        if self.subgroup != 0 {
+            s.push_str(&format!("const SG: u32 = {}u;\n", self.subgroup));
+            s.push_str(WG_SUBGROUP);
+        } else {
+            s.push_str(WG_TREE);
+        }
         s.push_str(COMMON);
         s.push('\n');
         s.push_str(self.body);
@@ -275,6 +295,7 @@ impl LossContext {
         binds: Vec<Bind>,
         groups: u64,
     ) -> Result<Step> {
+        let src = src.clone().with_subgroup(self.subgroup_size);
         let pipeline = self.pipeline(&src.key(), || src.compose(), entry)?;
         Ok(Step {
             pipeline,
@@ -302,7 +323,7 @@ impl LossContext {
             rows: u32,
             pad: u32,
         }
-        let src = ShaderSource::new("reduce", REDUCE);
+        let src = ShaderSource::new("reduce", REDUCE).with_subgroup(self.subgroup_size);
         let chunk = 4 * WG as u64;
         let mut cols = cols.max(1);
         let mut cur: Option<PoolBuf> = None;

@@ -282,3 +282,57 @@ fn context_is_send_and_sync() {
     check::<LossContext>();
     check::<Tensor>();
 }
+
+#[test]
+fn subgroup_reductions_agree_with_the_barrier_tree() {
+    // Where the adapter's subgroups passed the context's probe (lavapipe: 8, NVIDIA: 32), the
+    // workgroup reductions use them; a context told not to uses the barrier tree. Both must
+    // give the same losses and gradients up to rounding.
+    let ctx = common::ctx();
+    eprintln!("subgroup size: {:?}", ctx.subgroup_size());
+    if let Ok("vulkan") = std::env::var("DEEPML_EXPECT_BACKEND").as_deref() {
+        assert!(
+            ctx.uses_subgroups(),
+            "Vulkan adapters with SUBGROUP (lavapipe, NVIDIA) pass the probe"
+        );
+    }
+    let tree = LossContext::with_options(ContextOptions {
+        disable_subgroups: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(!tree.uses_subgroups());
+    let mut r = common::rng(77);
+    let n = 300_001;
+    let x = common::uniform(&mut r, n, -4.0, 4.0);
+    let t: Vec<f32> = common::uniform(&mut r, n, 0.0, 1.0)
+        .iter()
+        .map(|v| v.round())
+        .collect();
+    let losses: Vec<Box<dyn Loss>> = vec![
+        Box::new(mse_sum()),
+        Box::new(BCEWithLogitsLoss::default()),
+        Box::new(JaccardLoss::new(false)),
+    ];
+    for loss in &losses {
+        let run = |c: &LossContext| {
+            let (a, b) = (
+                c.upload(&x, &[1, 1, n]).unwrap(),
+                c.upload(&t, &[1, 1, n]).unwrap(),
+            );
+            let o = loss.compute(c, &[&a, &b]).unwrap();
+            (o.value(c).unwrap(), o.grad(c, 0).unwrap())
+        };
+        let (v1, g1) = run(ctx);
+        let (v2, g2) = run(&tree);
+        assert!(
+            (v1 - v2).abs() <= 1e-5 * v2.abs().max(1e-3),
+            "{}: {v1} vs {v2}",
+            loss.name()
+        );
+        let scale = g2.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+        for (a, b) in g1.iter().zip(&g2) {
+            assert!((a - b).abs() <= 1e-5 * scale, "{}: {a} vs {b}", loss.name());
+        }
+    }
+}

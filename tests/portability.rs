@@ -1,13 +1,18 @@
 //! Every shader variant of the library is parsed and validated by naga, then translated to
 //! SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL ES 3.10 (GL): the Metal and DX12 paths
-//! are checked even where no such GPU exists.
+//! are checked even where no such GPU exists. The subgroup variants too, except to GLSL.
 
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 #[test]
 fn every_shader_translates_to_every_backend() {
-    let variants = deepml::kernel::all_shader_variants();
+    // Every variant as composed for an adapter without usable subgroups (the barrier tree), and
+    // again with the subgroup reductions (an SG of 32 here; only the constant differs).
+    let variants: Vec<_> = deepml::kernel::all_shader_variants()
+        .into_iter()
+        .flat_map(|v| [v.clone(), v.with_subgroup(Some(32))])
+        .collect();
     assert!(
         variants.len() >= 4,
         "the registry lists every shader variant"
@@ -20,11 +25,14 @@ fn every_shader_translates_to_every_backend() {
             .unwrap_or_else(|e| panic!("{key}: {}", e.emit_to_string(&src)));
         // Only the capabilities a plain WebGPU device has, so the shaders run everywhere; the
         // f16-input variants also need SHADER_F16 (used only where the adapter offers it).
-        let caps = if v.f16 {
+        let mut caps = if v.f16 {
             Capabilities::SHADER_FLOAT16
         } else {
             Capabilities::empty()
         };
+        if v.subgroup != 0 {
+            caps |= Capabilities::SUBGROUP;
+        }
         let info = Validator::new(ValidationFlags::all(), caps)
             .validate(&module)
             .unwrap_or_else(|e| panic!("{key}: {}", e.emit_to_string(&src)));
@@ -47,8 +55,12 @@ fn every_shader_translates_to_every_backend() {
         .write(&module, &info, None)
         .unwrap_or_else(|e| panic!("{key}: HLSL: {e}"));
 
-        // GLSL has no f16, and wgpu's GL backend never offers SHADER_F16.
-        for ep in module.entry_points.iter().filter(|_| !v.f16) {
+        // GLSL has no f16, and wgpu's GL backend never offers SHADER_F16 nor SUBGROUP.
+        for ep in module
+            .entry_points
+            .iter()
+            .filter(|_| !v.f16 && v.subgroup == 0)
+        {
             entry_points += 1;
             let mut out = String::new();
             let options = glsl::Options {

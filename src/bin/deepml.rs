@@ -125,8 +125,10 @@ fn info(cli: &Cli) -> Result<()> {
         let f = r.features;
         let has = |x: wgpu::Features| if f.contains(x) { "yes" } else { "no" };
         println!(
-            "    subgroups {}, shader-f16 {}, timestamp queries {}",
+            "    subgroups {} (sizes {} to {}), shader-f16 {}, timestamp queries {}",
             has(wgpu::Features::SUBGROUP),
+            r.subgroup_sizes.0,
+            r.subgroup_sizes.1,
             has(wgpu::Features::SHADER_F16),
             has(wgpu::Features::TIMESTAMP_QUERY)
         );
