@@ -1,7 +1,7 @@
 // ContrastiveLoss: l_i = y_i d_i^2 + (1 - y_i) max(0, margin - d_i)^2 over pairs of rows of
 // e1, e2 [N, D], with d = ||e1 - e2 + 1e-6|| (PyTorch pairwise_distance) or d = 1 - cos
 // (PyTorch cosine_similarity: cos = sum (a / na) (b / nb), na = max(||a||, 1e-8)).
-// TPR (threads per row) is set when the shader is composed: 4, 32 or 256; a workgroup handles
+// TPR (threads per row) is set when the shader is composed: 4, 8 to 128 or 256; a workgroup handles
 // WG / TPR rows, each row's TPR threads stride over D.
 //
 // Traffic: per row, read 1 of both embeddings (the sums: |diff|^2, or a.b, |a|^2, |b|^2, reduced
@@ -47,6 +47,9 @@ fn put_grads(i: u32, a: f32, b: f32) {
 
 // Sum of `v` over the TPR threads of this row, in a fixed order. Uniform control flow only.
 fn seg_sum(lid: u32, v: f32) -> f32 {
+    if (TPR == SG) {
+        return subgroup_sum(v); // a segment is one subgroup (wg_subgroup.wgsl): no barrier
+    }
     red[lid] = v;
     workgroupBarrier();
     for (var s = TPR / 2u; s > 0u; s = s >> 1u) {

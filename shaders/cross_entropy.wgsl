@@ -1,5 +1,5 @@
 // CrossEntropyLoss (PyTorch 2.x) with class-index targets, weight, ignore_index, label smoothing.
-// TPR (threads per row) is set when the shader is composed: 1, 32 or 256. A "row" is one position
+// TPR (threads per row) is set when the shader is composed: 1, 8 to 128 or 256. A "row" is one position
 // (sample n, spatial index k) of `x [N, C, K]`: its C logits sit at x[(n C + c) K + k].
 // A workgroup of WG threads handles WG / TPR consecutive rows.
 //
@@ -76,6 +76,9 @@ fn classify(r: u32) -> vec2<u32> {
 
 // Sum of `v` over the TPR threads of this row, in a fixed order. Uniform control flow only.
 fn seg_sum(lid: u32, v: f32) -> f32 {
+    if (TPR == SG) {
+        return subgroup_sum(v); // a segment is one subgroup (wg_subgroup.wgsl): no barrier
+    }
     if (TPR == 1u) {
         return v;
     }
@@ -93,6 +96,9 @@ fn seg_sum(lid: u32, v: f32) -> f32 {
 }
 
 fn seg_max(lid: u32, v: f32) -> f32 {
+    if (TPR == SG) {
+        return subgroup_max(v); // a segment is one subgroup (wg_subgroup.wgsl): no barrier
+    }
     if (TPR == 1u) {
         return v;
     }

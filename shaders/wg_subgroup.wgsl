@@ -10,6 +10,14 @@ var<workgroup> red2: array<vec2<f32>, 256>;
 
 const SG_PARTS: u32 = WG / SG;
 
+// Over one subgroup: a row segment of TPR == SG threads (cross_entropy, contrastive).
+fn subgroup_sum(v: f32) -> f32 {
+    return subgroupAdd(v);
+}
+fn subgroup_max(v: f32) -> f32 {
+    return subgroupMax(v);
+}
+
 fn wg_sum(lid: u32, v: f32) -> f32 {
     let s = subgroupAdd(v);
     if (lid % SG == 0u) {

@@ -4,6 +4,15 @@
 
 var<workgroup> red: array<f32, 256>;
 
+// No subgroup reductions in this variant: segment reductions (TPR == SG) never take them.
+const SG: u32 = 0u;
+fn subgroup_sum(v: f32) -> f32 {
+    return v;
+}
+fn subgroup_max(v: f32) -> f32 {
+    return v;
+}
+
 // Sum of `v` over the workgroup, always in the same order: bit-identical from run to run.
 // Must be called from uniform control flow by every invocation of the workgroup.
 fn wg_sum(lid: u32, v: f32) -> f32 {

@@ -335,4 +335,51 @@ fn subgroup_reductions_agree_with_the_barrier_tree() {
             assert!((a - b).abs() <= 1e-5 * scale, "{}: {a} vs {b}", loss.name());
         }
     }
+    // Row segments of one subgroup: cross-entropy over 300 classes, contrastive over 100
+    // features (and the whole-workgroup segments of 5000 classes).
+    let labels: Vec<i64> = (0..64).map(|i| (i * 37 % 300) as i64).collect();
+    let same: Vec<f32> = (0..64).map(|i| (i % 2) as f32).collect();
+    for (loss, shapes) in [
+        (
+            Box::new(CrossEntropyLoss::default()) as Box<dyn Loss>,
+            vec![vec![64, 300]],
+        ),
+        (Box::new(CrossEntropyLoss::default()), vec![vec![8, 5000]]),
+        (
+            Box::new(ContrastiveLoss::default()),
+            vec![vec![64, 100], vec![64, 100]],
+        ),
+    ] {
+        let run = |c: &LossContext| {
+            let mut r = common::rng(5);
+            let mut inputs: Vec<Tensor> = shapes
+                .iter()
+                .map(|s| {
+                    let v = common::uniform(&mut r, s.iter().product(), -2.0, 2.0);
+                    c.upload(&v, s).unwrap()
+                })
+                .collect();
+            let rows = shapes[0][0];
+            inputs.push(if loss.name() == "CrossEntropyLoss" {
+                let l: Vec<i64> = labels.iter().map(|v| v % shapes[0][1] as i64).collect();
+                c.upload_labels_i64(&l[..rows], &[rows]).unwrap()
+            } else {
+                c.upload(&same[..rows], &[rows]).unwrap()
+            });
+            let refs: Vec<&Tensor> = inputs.iter().collect();
+            let o = loss.compute(c, &refs).unwrap();
+            (o.value(c).unwrap(), o.grad(c, 0).unwrap())
+        };
+        let (v1, g1) = run(ctx);
+        let (v2, g2) = run(&tree);
+        assert!(
+            (v1 - v2).abs() <= 1e-5 * v2.abs().max(1e-3),
+            "{}: {v1} vs {v2}",
+            loss.name()
+        );
+        let scale = g2.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+        for (a, b) in g1.iter().zip(&g2) {
+            assert!((a - b).abs() <= 1e-5 * scale, "{}: {a} vs {b}", loss.name());
+        }
+    }
 }

@@ -9,7 +9,7 @@ use crate::kernel::{Bind, ShaderSource, Window, WG};
 use crate::tensor::{DType, Tensor};
 
 const BODY: &str = include_str!("../../shaders/contrastive.wgsl");
-const TPRS: [u32; 3] = [4, 32, 256];
+const TPRS: [u32; 7] = [4, 8, 16, 32, 64, 128, 256];
 
 fn source(tpr: u32) -> ShaderSource {
     ShaderSource::new("contrastive", BODY).with("TPR", tpr)
@@ -19,12 +19,13 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     TPRS.iter().map(|&t| source(t)).collect()
 }
 
-/// Threads per pair for embeddings of width D.
-fn threads_per_row(dim: usize) -> u32 {
+/// Threads per pair for embeddings of width D: a segment of one subgroup (or 32 threads) for
+/// medium D, as cross_entropy.rs.
+fn threads_per_row(dim: usize, subgroup: Option<u32>) -> u32 {
     if dim <= 32 {
         4
     } else if dim <= 1024 {
-        32
+        super::segment_threads(subgroup)
     } else {
         256
     }
@@ -81,7 +82,7 @@ impl Loss for ContrastiveLoss {
             )));
         }
         let (n, d) = (n as u64, d as u64);
-        let tpr = threads_per_row(d as usize);
+        let tpr = threads_per_row(d as usize, ctx.subgroup_size());
         let src = source(tpr);
         let rpw = (WG / tpr) as u64;
         let mean_scale = match self.reduction {

@@ -17,7 +17,7 @@ const BODY: &str = include_str!("../../shaders/cross_entropy.wgsl");
 /// Labels per workgroup of `weight_sum` (`ITEMS * WG`).
 const TILE: u64 = 8 * WG as u64;
 /// The threads-per-row variants.
-const TPRS: [u32; 3] = [1, 32, 256];
+const TPRS: [u32; 7] = [1, 8, 16, 32, 64, 128, 256];
 
 fn source(tpr: u32) -> ShaderSource {
     ShaderSource::new("cross_entropy", BODY).with("TPR", tpr)
@@ -28,12 +28,13 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
 }
 
 /// Threads per row for C classes: a thread per row for small C (coalesced over the positions
-/// of `[N, C, d...]`), a 32-thread segment for medium C, the whole workgroup for large C.
-fn threads_per_row(classes: usize) -> u32 {
+/// of `[N, C, d...]`), a segment for medium C, the whole workgroup for large C. The segment is
+/// one subgroup where the context uses them (its reductions then need no barrier), else 32.
+fn threads_per_row(classes: usize, subgroup: Option<u32>) -> u32 {
     if classes <= 32 {
         1
     } else if classes <= 2048 {
-        32
+        super::segment_threads(subgroup)
     } else {
         256
     }
@@ -92,7 +93,7 @@ impl CrossEntropyLoss {
                 "{WHAT}: {c} classes x {k} positions do not fit 32-bit indices"
             )));
         }
-        let tpr = threads_per_row(layout.channels);
+        let tpr = threads_per_row(layout.channels, ctx.subgroup_size());
         let src = source(tpr);
         let usage = LossContext::storage_usage();
 

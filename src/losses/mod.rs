@@ -14,6 +14,16 @@ pub mod contrastive;
 pub mod cross_entropy;
 pub mod pointwise;
 pub(crate) use pointwise::lanes_for;
+
+/// Threads of a row segment (cross-entropy's classes, contrastive's features) for medium rows:
+/// one subgroup where the context's reductions use subgroups of 8 to 128 (the segment's sums are
+/// then one subgroup operation), else 32.
+pub(crate) fn segment_threads(subgroup: Option<u32>) -> u32 {
+    match subgroup {
+        Some(sg) if (8..=128).contains(&sg) => sg,
+        _ => 32,
+    }
+}
 pub mod segmentation;
 
 /// How the gradients are delivered.
