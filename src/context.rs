@@ -257,6 +257,7 @@ async fn pick_adapter(opts: &ContextOptions) -> Result<wgpu::Adapter> {
 /// The probe of `LossContext::subgroup_size`: every invocation of two workgroups reports the
 /// first local index of its subgroup, the subgroup's size, its own lane and the subgroup's sum
 /// of the local indices.
+#[cfg(not(target_arch = "wasm32"))]
 const SUBGROUP_PROBE: &str = "
 @group(0) @binding(0) var<storage, read_write> out: array<vec4<u32>>;
 @compute @workgroup_size(256)
