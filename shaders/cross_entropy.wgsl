@@ -187,6 +187,98 @@ fn row(lid: u32, r: u32, gscale: f32) -> f32 {
     return 0.0;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Rows of contiguous classes (K = 1, C a multiple of LANES), LANES classes per access (the
+// host composes LANES 4 and binds x and the gradient here): the same two reads and one write
+// as `row`, in a quarter of the accesses.
+@group(0) @binding(11) var<storage, read> xc: array<V>;
+@group(0) @binding(12) var<storage, read_write> gc: array<V>;
+
+fn put_grad_c(j: u32, g: V) {
+    if ((P.flags & 1u) != 0u) {
+        gc[j] = gc[j] + g;
+    } else {
+        gc[j] = g;
+    }
+}
+
+// The weights of classes c .. c + LANES - 1.
+fn class_weights(c: u32) -> V {
+    if ((P.flags & 2u) != 0u) {
+        return lanes(weight[c], weight[c + 1u], weight[c + 2u], weight[c + 3u]);
+    }
+    return V(1.0);
+}
+
+fn row_contiguous(lid: u32, r: u32, gscale: f32) -> f32 {
+    let lane = lid % TPR;
+    let st = classify(r);
+    let status = st.x;
+    let y = st.y;
+    let units = P.classes / LANES;
+    let base = r * units;
+    let live = status == 3u;
+    if (status == 2u) {
+        flag[0] = 1u;
+    }
+
+    // Read 1: the running max (of each access's LANES values) and sum of exp(x - max).
+    var m = -3.0e38;
+    var s = 0.0;
+    if (live) {
+        for (var j = lane; j < units; j = j + TPR) {
+            let v = xc[base + j];
+            let mv = hmax(v);
+            if (mv > m) {
+                s = s * exp(m - mv);
+                m = mv;
+            }
+            s = s + hsum(exp(v - m));
+        }
+    }
+    let mx = seg_max(lid, m);
+    let sum = seg_sum(lid, s * exp(m - mx));
+    let lse = mx + log(sum);
+
+    // Read 2: the gradient, as in `row`.
+    var wy = 0.0;
+    if (live) {
+        wy = class_weight(y);
+    }
+    let cy = (1.0 - P.ls) * wy * gscale;
+    let cs = P.ls_c * gscale;
+    var sm = 0.0;
+    if (live) {
+        for (var j = lane; j < units; j = j + TPR) {
+            let v = xc[base + j];
+            let p = exp(v - lse);
+            let wc = class_weights(j * LANES);
+            var g = cy * p + cs * (p * P.wsum - wc);
+            if (y / LANES == j) {
+                g = g - cy * unit_lane(y % LANES);
+            }
+            put_grad_c(base + j, g);
+            sm = sm + hsum(wc * (lse - v));
+        }
+    } else if (status != 0u) {
+        for (var j = lane; j < units; j = j + TPR) {
+            put_grad_c(base + j, V(0.0));
+        }
+    }
+    var smoothed = 0.0;
+    if (P.ls > 0.0) {
+        smoothed = seg_sum(lid, sm);
+    }
+    if (live) {
+        let xy = lane_of(xc[base + y / LANES], y % LANES);
+        return (1.0 - P.ls) * wy * (lse - xy) + P.ls_c * smoothed;
+    }
+    if (status == 2u) {
+        return bitcast<f32>(P.nan_bits);
+    }
+    return 0.0;
+}
+
 // W: the summed class weight of the valid, non-ignored targets (tiles of ITEMS * WG labels).
 @compute @workgroup_size(256)
 fn weight_sum(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
@@ -243,6 +335,45 @@ fn rows_none(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     }
     let r = g * rpw + lid / TPR;
     let l = row(lid, r, P.grad_scale);
+    if (lid % TPR == 0u && r < P.rows) {
+        elem_loss[P.label_base + r] = l;
+    }
+}
+
+// rows_reduce and rows_none over rows of contiguous classes (row_contiguous).
+@compute @workgroup_size(256)
+fn rows_reduce_c(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    let rpw = WG / TPR;
+    if (g * rpw >= P.rows) {
+        return;
+    }
+    var gscale = P.grad_scale;
+    if ((P.flags & 4u) != 0u) {
+        gscale = P.grad_scale / wtot[0];
+    }
+    let l = row_contiguous(lid, g * rpw + lid / TPR, gscale);
+    var mine = 0.0;
+    if (lid % TPR == 0u) {
+        mine = l;
+    }
+    let s = wg_sum(lid, mine);
+    if (lid == 0u) {
+        partials[P.part_base + g] = s;
+    }
+}
+
+@compute @workgroup_size(256)
+fn rows_none_c(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    let rpw = WG / TPR;
+    if (g * rpw >= P.rows) {
+        return;
+    }
+    let r = g * rpw + lid / TPR;
+    let l = row_contiguous(lid, r, P.grad_scale);
     if (lid % TPR == 0u && r < P.rows) {
         elem_loss[P.label_base + r] = l;
     }

@@ -23,8 +23,8 @@ pub struct ShaderSource {
     /// The element type of the inputs, `In` in the shader: f32, or f16 (with `enable f16;`).
     pub f16: bool,
     /// Elements per memory access of an element-wise kernel: 1, or 4 (16-byte loads and stores
-    /// of f32). The shader sees `LANES`, `V` (f32 or vec4<f32>), `InV`, `VU`, `VI`, `hsum` and
-    /// `lanes` (see `LANES_1` and `LANES_4`).
+    /// of f32). The shader sees `LANES`, `V` (f32 or vec4<f32>), `InV`, `VU`, `VI` and the
+    /// helpers `hsum`, `hmax`, `lanes`, `lane_of`, `unit_lane` (see `LANES_1` and `LANES_4`).
     pub lanes: u32,
     /// 0: workgroup reductions by a barrier tree (every adapter); else the subgroup size SG of
     /// an adapter whose subgroups the context verified (shaders/wg_subgroup.wgsl).
@@ -38,7 +38,10 @@ alias InV = In;
 alias VU = u32;
 alias VI = i32;
 fn hsum(v: V) -> f32 { return v; }
+fn hmax(v: V) -> f32 { return v; }
 fn lanes(a: f32, b: f32, c: f32, d: f32) -> V { return a; }
+fn lane_of(v: V, i: u32) -> f32 { return v; }
+fn unit_lane(i: u32) -> V { return 1.0; }
 ";
 
 /// ... and of a four-lane one: each access moves four consecutive elements.
@@ -48,7 +51,10 @@ alias InV = vec4<In>;
 alias VU = vec4<u32>;
 alias VI = vec4<i32>;
 fn hsum(v: V) -> f32 { return (v.x + v.y) + (v.z + v.w); }
+fn hmax(v: V) -> f32 { return max(max(v.x, v.y), max(v.z, v.w)); }
 fn lanes(a: f32, b: f32, c: f32, d: f32) -> V { return V(a, b, c, d); }
+fn lane_of(v: V, i: u32) -> f32 { return v[i]; }
+fn unit_lane(i: u32) -> V { return select(V(0.0), V(1.0), vec4<u32>(0u, 1u, 2u, 3u) == vec4<u32>(i)); }
 ";
 
 impl ShaderSource {

@@ -1,7 +1,8 @@
 //! The compiled variants of the element-wise kernels, each against the float64 reference:
 //! four elements per access (length a multiple of 4) and one (any other length), writing the
-//! gradient and adding to one already there, with and without broadcast BCE weights, and the
-//! weighted BCE's exact log-sigmoid (epsilon 0).
+//! gradient and adding to one already there, with and without broadcast BCE weights, the
+//! weighted BCE's exact log-sigmoid (epsilon 0), and cross-entropy's rows of contiguous classes
+//! (read four at a time) against its strided rows.
 mod common;
 
 use std::collections::BTreeMap;
@@ -66,7 +67,12 @@ fn run(c: &Case) {
         .iter()
         .map(|name| {
             let t = c.input(name).unwrap();
-            ctx.upload(&t.to_f32(), &t.shape).unwrap()
+            if t.dtype == DType::I64 {
+                ctx.upload_labels_i64(&t.to_i64(name).unwrap(), &t.shape)
+                    .unwrap()
+            } else {
+                ctx.upload(&t.to_f32(), &t.shape).unwrap()
+            }
         })
         .collect();
     let refs: Vec<&Tensor> = inputs.iter().collect();
@@ -190,6 +196,41 @@ fn binary_segmentation_variants() {
                 loss,
                 cfg,
                 vec![("output", data(&shape, &x)), ("target", data(&shape, &t))],
+            ));
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_variants() {
+    // [N, 36] and [N, 40]: contiguous classes, four per access (one subgroup or 32 threads per
+    // row); [N, 37]: one class per access; [N, 4, 3]: strided classes. Weights, label smoothing,
+    // an ignored target and every reduction.
+    for shape in [vec![50, 36], vec![21, 40], vec![50, 37], vec![9, 4, 3]] {
+        let c = shape[1];
+        let positions: usize = shape.iter().product::<usize>() / c;
+        let mut r = common::rng(c as u64);
+        let x = common::uniform(&mut r, shape.iter().product(), -5.0, 5.0);
+        let mut labels: Vec<f64> = (0..positions).map(|i| ((i * 7 + 3) % c) as f64).collect();
+        labels[1] = -100.0;
+        let mut label_shape = vec![shape[0]];
+        label_shape.extend(&shape[2..]);
+        let target = TensorData {
+            shape: label_shape,
+            dtype: DType::I64,
+            data: labels,
+        };
+        let w = common::uniform(&mut r, c, 0.2, 2.0);
+        for cfg in [
+            json!({"reduction": "mean"}),
+            json!({"reduction": "sum", "label_smoothing": 0.1}),
+            json!({"reduction": "mean", "weight": {"shape": [c], "dtype": "float32", "data": w}, "label_smoothing": 0.2}),
+            json!({"reduction": "none", "weight": {"shape": [c], "dtype": "float32", "data": w}}),
+        ] {
+            run(&case(
+                "CrossEntropyLoss",
+                cfg,
+                vec![("input", data(&shape, &x)), ("target", target.clone())],
             ));
         }
     }

@@ -19,12 +19,17 @@ const TILE: u64 = 8 * WG as u64;
 /// The threads-per-row variants.
 const TPRS: [u32; 7] = [1, 8, 16, 32, 64, 128, 256];
 
-fn source(tpr: u32) -> ShaderSource {
-    ShaderSource::new("cross_entropy", BODY).with("TPR", tpr)
+/// `lanes` 4: rows of contiguous classes read four at a time (rows_*_c).
+fn source(tpr: u32, lanes: u32) -> ShaderSource {
+    ShaderSource::new("cross_entropy", BODY)
+        .with("TPR", tpr)
+        .with_lanes(lanes)
 }
 
 pub(crate) fn shader_variants() -> Vec<ShaderSource> {
-    TPRS.iter().map(|&t| source(t)).collect()
+    TPRS.iter()
+        .flat_map(|&t| [source(t, 1), source(t, 4)])
+        .collect()
 }
 
 /// Threads per row for C classes: a thread per row for small C (coalesced over the positions
@@ -94,7 +99,17 @@ impl CrossEntropyLoss {
             )));
         }
         let tpr = threads_per_row(layout.channels, ctx.subgroup_size());
-        let src = source(tpr);
+        // `[N, C]` logits with C a multiple of 4: each row's classes are contiguous and start
+        // 16-byte aligned, so they are read and written four at a time. One thread per row
+        // (small C) keeps the strided layout, whose accesses are coalesced across rows.
+        let contiguous = k == 1 && c % 4 == 0 && tpr > 1;
+        let src = source(tpr, if contiguous { 4 } else { 1 });
+        let (x_binding, grad_binding) = if contiguous { (11, 12) } else { (1, 4) };
+        let (rows_none, rows_reduce) = if contiguous {
+            ("rows_none_c", "rows_reduce_c")
+        } else {
+            ("rows_none", "rows_reduce")
+        };
         let usage = LossContext::storage_usage();
 
         // Class weights (a 4-byte placeholder without weight: the binding must exist).
@@ -204,10 +219,10 @@ impl CrossEntropyLoss {
         };
         let io = |w: &crate::kernel::Window| {
             vec![
-                Bind::window(1, x, w.first * c * k, w.count * c * k),
+                Bind::window(x_binding, x, w.first * c * k, w.count * c * k),
                 label_bind(2, w, t),
                 Bind::scratch(3, &weight_buf),
-                Bind::window(4, &grad, w.first * c * k, w.count * c * k),
+                Bind::window(grad_binding, &grad, w.first * c * k, w.count * c * k),
                 flag.clone(),
             ]
         };
@@ -219,7 +234,7 @@ impl CrossEntropyLoss {
                 binds.push(label_bind(7, w, &elem));
                 rec.prog.steps.push(ctx.step(
                     &src,
-                    "rows_none",
+                    rows_none,
                     &window_params(w),
                     binds,
                     (w.count * k).div_ceil(rpw),
@@ -240,13 +255,9 @@ impl CrossEntropyLoss {
                 binds.push(Bind::scratch(5, &partials));
                 // `wtot` is only read for mean; any read-only buffer fills the binding otherwise.
                 binds.push(Bind::scratch(6, wtot.as_ref().unwrap_or(&weight_buf)));
-                rec.prog.steps.push(ctx.step(
-                    &src,
-                    "rows_reduce",
-                    &p,
-                    binds,
-                    rows.div_ceil(rpw),
-                )?);
+                rec.prog
+                    .steps
+                    .push(ctx.step(&src, rows_reduce, &p, binds, rows.div_ceil(rpw))?);
                 part_base += rows.div_ceil(rpw);
             }
             let ltot = ctx.reduce_rows(&mut rec.prog, &mut rec.scratch, &partials, 1, groups)?;
