@@ -283,6 +283,18 @@ fn context_is_send_and_sync() {
     check::<Tensor>();
 }
 
+/// A loss value and gradient from two contexts, equal up to rounding.
+fn agree(name: &str, (v1, g1): (f32, Vec<f32>), (v2, g2): (f32, Vec<f32>)) {
+    assert!(
+        (v1 - v2).abs() <= 1e-5 * v2.abs().max(1e-3),
+        "{name}: {v1} vs {v2}"
+    );
+    let scale = g2.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+    for (a, b) in g1.iter().zip(&g2) {
+        assert!((a - b).abs() <= 1e-5 * scale, "{name}: {a} vs {b}");
+    }
+}
+
 #[test]
 fn subgroup_reductions_agree_with_the_barrier_tree() {
     // Where the adapter's subgroups passed the context's probe (lavapipe: 8, NVIDIA: 32), the
@@ -323,17 +335,7 @@ fn subgroup_reductions_agree_with_the_barrier_tree() {
             let o = loss.compute(c, &[&a, &b]).unwrap();
             (o.value(c).unwrap(), o.grad(c, 0).unwrap())
         };
-        let (v1, g1) = run(ctx);
-        let (v2, g2) = run(&tree);
-        assert!(
-            (v1 - v2).abs() <= 1e-5 * v2.abs().max(1e-3),
-            "{}: {v1} vs {v2}",
-            loss.name()
-        );
-        let scale = g2.iter().fold(0.0f32, |m, g| m.max(g.abs()));
-        for (a, b) in g1.iter().zip(&g2) {
-            assert!((a - b).abs() <= 1e-5 * scale, "{}: {a} vs {b}", loss.name());
-        }
+        agree(loss.name(), run(ctx), run(&tree));
     }
     // Row segments of one subgroup: cross-entropy over 300 classes, contrastive over 100
     // features (and the whole-workgroup segments of 5000 classes).
@@ -370,16 +372,6 @@ fn subgroup_reductions_agree_with_the_barrier_tree() {
             let o = loss.compute(c, &refs).unwrap();
             (o.value(c).unwrap(), o.grad(c, 0).unwrap())
         };
-        let (v1, g1) = run(ctx);
-        let (v2, g2) = run(&tree);
-        assert!(
-            (v1 - v2).abs() <= 1e-5 * v2.abs().max(1e-3),
-            "{}: {v1} vs {v2}",
-            loss.name()
-        );
-        let scale = g2.iter().fold(0.0f32, |m, g| m.max(g.abs()));
-        for (a, b) in g1.iter().zip(&g2) {
-            assert!((a - b).abs() <= 1e-5 * scale, "{}: {a} vs {b}", loss.name());
-        }
+        agree(loss.name(), run(ctx), run(&tree));
     }
 }

@@ -5,13 +5,11 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use deepml::cases::{
-    self, Case, DType, Evaluator, Expected, ReferenceEvaluator, TensorData, Tolerance,
-};
+use deepml::cases::{self, Case, DType, Evaluator, ReferenceEvaluator, TensorData};
 use deepml::conformance::GpuEvaluator;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Values of every kind the issue names, mostly moderate ones.
 fn value(logits: bool) -> impl Strategy<Value = f32> {
@@ -53,37 +51,6 @@ fn seg_shape() -> impl Strategy<Value = Vec<usize>> {
             s.extend(rest);
             s
         })
-}
-
-fn tensor(shape: &[usize], data: &[f32]) -> TensorData {
-    TensorData {
-        shape: shape.to_vec(),
-        dtype: DType::F32,
-        data: data.iter().map(|&v| v as f64).collect(),
-    }
-}
-
-fn case(loss: &str, config: Value, inputs: Vec<(&str, TensorData)>) -> Case {
-    Case {
-        name: format!("property {loss}"),
-        loss: loss.into(),
-        config: config.as_object().cloned().unwrap_or_default(),
-        inputs: inputs
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-        grad_wrt: cases::differentiable_inputs(loss)
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        expected: Expected::Error {
-            kind: String::new(),
-        },
-        tolerance: Tolerance {
-            rtol: 1e-4,
-            atol: 1e-5,
-        },
-    }
 }
 
 /// Elementwise `|got - exp| <= rtol |exp| + max(atol max|exp|, floor) + 20 spread`, where
@@ -272,7 +239,7 @@ proptest! {
             1 => ("MSELoss", json!({"reduction": red}), ["input", "target"]),
             _ => ("L1Loss", json!({"reduction": red}), ["input", "target"]),
         };
-        check(case(loss, cfg, vec![(names[0], tensor(&s, &a)), (names[1], tensor(&s, &b))]))?;
+        check(common::case(loss, cfg, vec![(names[0], common::tensor_data(&s, &a)), (names[1], common::tensor_data(&s, &b))]))?;
     }
 
     #[test]
@@ -286,7 +253,7 @@ proptest! {
         let mut cfg = json!({"reduction": red});
         if weighted { cfg["weight"] = json!({"shape": [last], "dtype": "float32", "data": w}); }
         if pos { cfg["pos_weight"] = json!({"shape": [last], "dtype": "float32", "data": w.iter().rev().collect::<Vec<_>>()}); }
-        check(case("BCEWithLogitsLoss", cfg, vec![("input", tensor(&s, &x)), ("target", tensor(&s, &t))]))?;
+        check(common::case("BCEWithLogitsLoss", cfg, vec![("input", common::tensor_data(&s, &x)), ("target", common::tensor_data(&s, &t))]))?;
     }
 
     #[test]
@@ -297,7 +264,7 @@ proptest! {
         let y = target_values(n).new_tree(&mut runner).unwrap().current();
         let xs = if column { vec![n, 1] } else { vec![n] };
         let cfg = json!({"w_p": w_p, "w_n": w_n, "epsilon": epsilon, "reduction": red});
-        check(case("WeightedBCEWithLogitsLoss", cfg, vec![("logits", tensor(&xs, &x)), ("labels", tensor(&[n], &y))]))?;
+        check(common::case("WeightedBCEWithLogitsLoss", cfg, vec![("logits", common::tensor_data(&xs, &x)), ("labels", common::tensor_data(&[n], &y))]))?;
     }
 
     #[test]
@@ -312,7 +279,7 @@ proptest! {
         } else {
             ("JaccardLoss", json!({"is_multiclass": multi, "per_class": per_class, "eps": eps}))
         };
-        check(case(loss, cfg, vec![("output", tensor(&s, &x)), ("target", tensor(&s, &t))]))?;
+        check(common::case(loss, cfg, vec![("output", common::tensor_data(&s, &x)), ("target", common::tensor_data(&s, &t))]))?;
     }
 }
 
@@ -352,7 +319,7 @@ proptest! {
         let w = prop::collection::vec(0.0f32..2.0, c).new_tree(&mut r).unwrap().current();
         let mut cfg = json!({"reduction": red, "label_smoothing": ls, "ignore_index": ignore});
         if weighted { cfg["weight"] = json!({"shape": [c], "dtype": "float32", "data": w}); }
-        check(case("CrossEntropyLoss", cfg, vec![("input", tensor(&shape, &x)), ("target", labels(&tshape, &y))]))?;
+        check(common::case("CrossEntropyLoss", cfg, vec![("input", common::tensor_data(&shape, &x)), ("target", labels(&tshape, &y))]))?;
     }
 
     #[test]
@@ -367,7 +334,7 @@ proptest! {
         for i in (0..n).step_by(3) { b[i * d..(i + 1) * d].copy_from_slice(&a[i * d..(i + 1) * d]); }
         let y = target_values(n).new_tree(&mut r).unwrap().current();
         let cfg = json!({"margin": margin, "reduction": red, "distance": if cosine { "cosine" } else { "euclidean" }});
-        check(case("ContrastiveLoss", cfg, vec![("embeddings1", tensor(&[n, d], &a)), ("embeddings2", tensor(&[n, d], &b)), ("label", tensor(&[n], &y))]))?;
+        check(common::case("ContrastiveLoss", cfg, vec![("embeddings1", common::tensor_data(&[n, d], &a)), ("embeddings2", common::tensor_data(&[n, d], &b)), ("label", common::tensor_data(&[n], &y))]))?;
     }
 
     #[test]
@@ -394,7 +361,7 @@ proptest! {
             u.abs() < 0.999
         });
         prop_assume!(well_conditioned);
-        check(case("AngularPenaltySMLoss", cfg, vec![("x", tensor(&[n, fin], &x)), ("labels", labels(&[n], &y)), ("weight", tensor(&[fout, fin], &w))]))?;
+        check(common::case("AngularPenaltySMLoss", cfg, vec![("x", common::tensor_data(&[n, fin], &x)), ("labels", labels(&[n], &y)), ("weight", common::tensor_data(&[fout, fin], &w))]))?;
     }
 }
 

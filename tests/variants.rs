@@ -5,44 +5,9 @@
 //! (read four at a time) against its strided rows.
 mod common;
 
-use std::collections::BTreeMap;
-
-use deepml::cases::{
-    self, Case, DType, Evaluator, Expected, ReferenceEvaluator, TensorData, Tolerance,
-};
+use deepml::cases::{self, Case, DType, Evaluator, ReferenceEvaluator, TensorData};
 use deepml::*;
-use serde_json::{json, Value};
-
-fn data(shape: &[usize], v: &[f32]) -> TensorData {
-    TensorData {
-        shape: shape.to_vec(),
-        dtype: DType::F32,
-        data: v.iter().map(|&x| x as f64).collect(),
-    }
-}
-
-fn case(loss: &str, config: Value, inputs: Vec<(&str, TensorData)>) -> Case {
-    Case {
-        name: format!("variant {loss}"),
-        loss: loss.into(),
-        config: config.as_object().cloned().unwrap_or_default(),
-        inputs: inputs
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect::<BTreeMap<_, _>>(),
-        grad_wrt: cases::differentiable_inputs(loss)
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        expected: Expected::Error {
-            kind: String::new(),
-        },
-        tolerance: Tolerance {
-            rtol: 1e-4,
-            atol: 1e-5,
-        },
-    }
-}
+use serde_json::json;
 
 fn assert_near(what: &str, got: &[f32], want: &[f64], rel: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
@@ -136,10 +101,13 @@ fn regression_variants() {
             ("L1Loss", json!({"reduction": "sum"}), ["input", "target"]),
             ("RMSELoss", json!({"eps": 1e-6}), ["output", "target"]),
         ] {
-            let c = case(
+            let c = common::case(
                 loss,
                 cfg,
-                vec![(names[0], data(&[n], &a)), (names[1], data(&[n], &b))],
+                vec![
+                    (names[0], common::tensor_data(&[n], &a)),
+                    (names[1], common::tensor_data(&[n], &b)),
+                ],
             );
             run(&c);
         }
@@ -167,17 +135,23 @@ fn bce_variants() {
             json!({"reduction": "mean", "pos_weight": tensor(&pw)}),
             json!({"reduction": "mean", "weight": tensor(&[2.5]), "pos_weight": tensor(&[0.5])}),
         ] {
-            run(&case(
+            run(&common::case(
                 "BCEWithLogitsLoss",
                 cfg,
-                vec![("input", data(&shape, &x)), ("target", data(&shape, &t))],
+                vec![
+                    ("input", common::tensor_data(&shape, &x)),
+                    ("target", common::tensor_data(&shape, &t)),
+                ],
             ));
         }
         for epsilon in [0.0, 1e-7, 1e-3] {
-            run(&case(
+            run(&common::case(
                 "WeightedBCEWithLogitsLoss",
                 json!({"w_p": 3.0, "w_n": 0.5, "epsilon": epsilon}),
-                vec![("logits", data(&[n], &x)), ("labels", data(&[n], &t))],
+                vec![
+                    ("logits", common::tensor_data(&[n], &x)),
+                    ("labels", common::tensor_data(&[n], &t)),
+                ],
             ));
         }
     }
@@ -192,10 +166,13 @@ fn binary_segmentation_variants() {
             ("JaccardLoss", json!({})),
             ("DiceLoss", json!({"smooth": 1.0})),
         ] {
-            run(&case(
+            run(&common::case(
                 loss,
                 cfg,
-                vec![("output", data(&shape, &x)), ("target", data(&shape, &t))],
+                vec![
+                    ("output", common::tensor_data(&shape, &x)),
+                    ("target", common::tensor_data(&shape, &t)),
+                ],
             ));
         }
     }
@@ -227,10 +204,13 @@ fn cross_entropy_variants() {
             json!({"reduction": "mean", "weight": {"shape": [c], "dtype": "float32", "data": w}, "label_smoothing": 0.2}),
             json!({"reduction": "none", "weight": {"shape": [c], "dtype": "float32", "data": w}}),
         ] {
-            run(&case(
+            run(&common::case(
                 "CrossEntropyLoss",
                 cfg,
-                vec![("input", data(&shape, &x)), ("target", target.clone())],
+                vec![
+                    ("input", common::tensor_data(&shape, &x)),
+                    ("target", target.clone()),
+                ],
             ));
         }
     }

@@ -4,6 +4,9 @@
 
 use std::sync::OnceLock;
 
+use deepml::cases::{self, Case, DType, Expected, TensorData, Tolerance};
+use serde_json::Value;
+
 use deepml::{ContextOptions, LossContext};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -66,5 +69,39 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64)
             err <= tol,
             "{what}[{i}]: got {g}, want {w} (err {err:e} > tol {tol:e})"
         );
+    }
+}
+
+/// A float32 tensor of a case.
+pub fn tensor_data(shape: &[usize], data: &[f32]) -> TensorData {
+    TensorData {
+        shape: shape.to_vec(),
+        dtype: DType::F32,
+        data: data.iter().map(|&v| v as f64).collect(),
+    }
+}
+
+/// A case of `loss` whose expected values come from elsewhere (the reference), with the
+/// default tolerances and every differentiable input.
+pub fn case(loss: &str, config: Value, inputs: Vec<(&str, TensorData)>) -> Case {
+    Case {
+        name: format!("generated {loss}"),
+        loss: loss.into(),
+        config: config.as_object().cloned().unwrap_or_default(),
+        inputs: inputs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        grad_wrt: cases::differentiable_inputs(loss)
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        expected: Expected::Error {
+            kind: String::new(),
+        },
+        tolerance: Tolerance {
+            rtol: 1e-4,
+            atol: 1e-5,
+        },
     }
 }
