@@ -332,3 +332,103 @@ fn flat_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Multiclass with one global ratio over spatial sizes that are a multiple of LANES: LANES
+// neighbouring pixels per access (x_flat, t_flat, g_flat hold whole samples here). Each lane
+// runs the online softmax over the channels without a branch (its maximum moves
+// independently); the same sums and gradient as `stats` and `grad_pass`, up to rounding.
+
+// The access of channel 0 of pixel group qg (LANES pixels); channel c is `c * inner / LANES`
+// further.
+fn first_unit(qg: u32) -> u32 {
+    let per = P.inner / LANES;
+    let n = qg / per;
+    return n * P.channels * per + (qg - n * per);
+}
+
+@compute @workgroup_size(256)
+fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    let units = P.pixels / LANES;
+    if (g * FLAT_UNITS * WG >= units) {
+        return;
+    }
+    let stride = P.inner / LANES;
+    var acc = vec2<f32>(0.0);
+    for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
+        let qg = (g * FLAT_UNITS + k) * WG + lid;
+        if (qg < units) {
+            // m = running max, s = sum exp(x - m), v = sum exp(x - m) t, ts = sum t
+            let e0 = first_unit(qg);
+            var m = V(x_flat[e0]);
+            var s = V(1.0);
+            var v = V(t_flat[e0]);
+            var ts = v;
+            for (var c = 1u; c < P.channels; c = c + 1u) {
+                let e = e0 + c * stride;
+                let xv = V(x_flat[e]);
+                let tv = V(t_flat[e]);
+                let nm = max(m, xv);
+                let a = exp(m - nm);
+                let b = exp(xv - nm);
+                s = s * a + b;
+                v = v * a + b * tv;
+                m = nm;
+                ts = ts + tv;
+            }
+            acc = acc + vec2<f32>(hsum(v / s), hsum(1.0 + ts));
+        }
+    }
+    let sums = wg_sum2(lid, acc);
+    if (lid == 0u) {
+        let col = P.tile_base + g;
+        partials[col] = sums.x;
+        partials[P.tiles + col] = sums.y;
+    }
+}
+
+@compute @workgroup_size(256)
+fn multi_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    let units = P.pixels / LANES;
+    let stride = P.inner / LANES;
+    // One global ratio: dL/dp = a t + b for every channel.
+    let ca = coef[0];
+    let cb = coef[P.groups];
+    for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
+        let qg = (g * FLAT_UNITS + k) * WG + lid;
+        if (qg >= units) {
+            continue;
+        }
+        // m = running max, s = sum exp(x - m), u = sum exp(x - m) dL/dp
+        let e0 = first_unit(qg);
+        var m = V(x_flat[e0]);
+        var s = V(1.0);
+        var u = ca * V(t_flat[e0]) + cb;
+        for (var c = 1u; c < P.channels; c = c + 1u) {
+            let e = e0 + c * stride;
+            let xv = V(x_flat[e]);
+            let gv = ca * V(t_flat[e]) + cb;
+            let nm = max(m, xv);
+            let a = exp(m - nm);
+            let b = exp(xv - nm);
+            s = s * a + b;
+            u = u * a + b * gv;
+            m = nm;
+        }
+        let dot = u / s;
+        for (var c = 0u; c < P.channels; c = c + 1u) {
+            let e = e0 + c * stride;
+            let p = exp(V(x_flat[e]) - m) / s;
+            let d = p * (ca * V(t_flat[e]) + cb - dot);
+            if (ACCUM == 1u) {
+                g_flat[e] = g_flat[e] + d;
+            } else {
+                g_flat[e] = d;
+            }
+        }
+    }
+}

@@ -1,8 +1,9 @@
 //! The compiled variants of the element-wise kernels, each against the float64 reference:
 //! four elements per access (length a multiple of 4) and one (any other length), writing the
 //! gradient and adding to one already there, with and without broadcast BCE weights, the
-//! weighted BCE's exact log-sigmoid (epsilon 0), and cross-entropy's rows of contiguous classes
-//! (read four at a time) against its strided rows.
+//! weighted BCE's exact log-sigmoid (epsilon 0), cross-entropy's rows of contiguous classes
+//! (read four at a time) against its strided rows, and multiclass segmentation four pixels at a
+//! time against one.
 mod common;
 
 use deepml::cases::{self, Case, DType, Evaluator, ReferenceEvaluator, TensorData};
@@ -151,6 +152,33 @@ fn bce_variants() {
                 vec![
                     ("logits", common::tensor_data(&[n], &x)),
                     ("labels", common::tensor_data(&[n], &t)),
+                ],
+            ));
+        }
+    }
+}
+
+#[test]
+fn multiclass_segmentation_variants() {
+    // Spatial sizes of 24 (four pixels per access) and 15 (one pixel), one global ratio and
+    // per class.
+    for shape in [vec![2, 3, 4, 6], vec![3, 5, 5, 3]] {
+        let n: usize = shape.iter().product();
+        let (x, t) = logits_and_targets(n, 13 + n as u64);
+        for (loss, cfg) in [
+            ("JaccardLoss", json!({"is_multiclass": true})),
+            ("DiceLoss", json!({"is_multiclass": true, "smooth": 0.5})),
+            (
+                "DiceLoss",
+                json!({"is_multiclass": true, "per_class": true}),
+            ),
+        ] {
+            run(&common::case(
+                loss,
+                cfg,
+                vec![
+                    ("output", common::tensor_data(&shape, &x)),
+                    ("target", common::tensor_data(&shape, &t)),
                 ],
             ));
         }

@@ -36,7 +36,7 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
             for per_class in [false, true] {
                 for f16 in [false, true] {
                     v.push(source(kind, multi, per_class, f16, 1));
-                    if !multi && !per_class {
+                    if !per_class {
                         v.push(source(kind, multi, per_class, f16, 4));
                     }
                 }
@@ -123,17 +123,24 @@ fn build(
         tiles += n;
     }
     // The binary global case is flat (flat_stats, flat_grad: four elements per access where
-    // the length allows); the others loop over a pixel's channels (stats, grad_pass).
+    // the length allows). The multiclass global one takes four neighbouring pixels per access
+    // where the spatial size is a multiple of 4 (multi_stats, multi_grad). The others loop over
+    // one pixel's channels at a time (stats, grad_pass).
     let flat = !multi && !per_class;
+    let quads = multi && !per_class && inner % 4 == 0;
     let lanes = if flat {
         super::lanes_for(layout.outer as u64)
+    } else if quads {
+        4
     } else {
         1
     };
     let src = source(kind, multi, per_class, f16, lanes).with("ACCUM", opts.accumulate as u32);
-    let (b_x, b_t, b_grad) = if flat { (8, 9, 10) } else { (1, 2, 3) };
+    let (b_x, b_t, b_grad) = if flat || quads { (8, 9, 10) } else { (1, 2, 3) };
     let (stats, grad_pass) = if flat {
         ("flat_stats", "flat_grad")
+    } else if quads {
+        ("multi_stats", "multi_grad")
     } else {
         ("stats", "grad_pass")
     };
