@@ -12,7 +12,7 @@
 struct Params {
     rows: u32,        // pairs in this window
     dim: u32,         // D
-    flags: u32,       // bit 0 accumulate, bit 1 cosine
+    flags: u32,       // bit 0 accumulate, bit 1 cosine (the kernels use ACCUM and COSINE)
     part_base: u32,   // index of this window's first workgroup among all partials
     margin: f32,
     grad_scale: f32,  // upstream scale times d(reduction): 1/N for mean
@@ -23,11 +23,13 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> e1: array<f32>;
-@group(0) @binding(2) var<storage, read> e2: array<f32>;
+// Embeddings and gradients LANES features per access (kernel.rs LANES_1 / LANES_4; four where
+// D is a multiple of 4).
+@group(0) @binding(1) var<storage, read> e1: array<V>;
+@group(0) @binding(2) var<storage, read> e2: array<V>;
 @group(0) @binding(3) var<storage, read> label: array<f32>;
-@group(0) @binding(4) var<storage, read_write> g1: array<f32>;
-@group(0) @binding(5) var<storage, read_write> g2: array<f32>;
+@group(0) @binding(4) var<storage, read_write> g1: array<V>;
+@group(0) @binding(5) var<storage, read_write> g2: array<V>;
 @group(0) @binding(6) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(7) var<storage, read_write> elem_loss: array<f32>;
 @group(0) @binding(8) var<storage, read> ltot: array<f32>;
@@ -35,8 +37,8 @@ struct Params {
 
 const COSINE_EPS: f32 = 1e-8;
 
-fn put_grads(i: u32, a: f32, b: f32) {
-    if ((P.flags & 1u) != 0u) {
+fn put_grads(i: u32, a: V, b: V) {
+    if (ACCUM == 1u) {
         g1[i] = g1[i] + a;
         g2[i] = g2[i] + b;
     } else {
@@ -67,24 +69,25 @@ fn seg_sum(lid: u32, v: f32) -> f32 {
 fn row(lid: u32, r: u32) -> f32 {
     let lane = lid % TPR;
     let live = r < P.rows;
-    let D = P.dim;
-    let base = r * D;
-    let cosine = (P.flags & 2u) != 0u;
+    let units = P.dim / LANES;
+    let base = r * units;
+    // A compile-time choice: lavapipe would run both sides of a uniform branch.
+    let cosine = COSINE == 1u;
 
     var s0 = 0.0;
     var s1 = 0.0;
     var s2 = 0.0;
     if (live) {
-        for (var c = lane; c < D; c = c + TPR) {
+        for (var c = lane; c < units; c = c + TPR) {
             let a = e1[base + c];
             let b = e2[base + c];
             if (cosine) {
-                s0 = s0 + a * b;
-                s1 = s1 + a * a;
-                s2 = s2 + b * b;
+                s0 = s0 + hsum(a * b);
+                s1 = s1 + hsum(a * a);
+                s2 = s2 + hsum(b * b);
             } else {
                 let t = a - b + P.pairwise_eps;
-                s0 = s0 + t * t;
+                s0 = s0 + hsum(t * t);
             }
         }
     }
@@ -126,7 +129,7 @@ fn row(lid: u32, r: u32) -> f32 {
         if (rb > 0.0) {
             tb = dl * cosv / (nb * rb);
         }
-        for (var c = lane; c < D; c = c + TPR) {
+        for (var c = lane; c < units; c = c + TPR) {
             let a = e1[base + c];
             let b = e2[base + c];
             if (cosine) {

@@ -2,8 +2,8 @@
 //! four elements per access (length a multiple of 4) and one (any other length), writing the
 //! gradient and adding to one already there, with and without broadcast BCE weights, the
 //! weighted BCE's exact log-sigmoid (epsilon 0), cross-entropy's rows of contiguous classes
-//! (read four at a time) against its strided rows, and multiclass segmentation four pixels at a
-//! time against one.
+//! (read four at a time) against its strided rows, multiclass segmentation four pixels at a
+//! time against one, and contrastive rows four features at a time against one.
 mod common;
 
 use deepml::cases::{self, Case, DType, Evaluator, ReferenceEvaluator, TensorData};
@@ -50,31 +50,41 @@ fn run(c: &Case) {
         &want.loss.data,
         1e-5,
     );
-    let name = loss.grad_names()[0];
-    let g_want = &want.grads[name].data;
-    assert_near(
-        &format!("{what} grad"),
-        &out.grad(ctx, 0).unwrap(),
-        g_want,
-        1e-5,
-    );
-
+    // Every gradient, plain and accumulated into a random one (each its input's shape).
+    let names = loss.input_names();
     let mut r = common::rng(inputs[0].numel() as u64);
-    let g0 = common::uniform(&mut r, inputs[0].numel(), -1.0, 1.0);
-    let acc = ctx.upload(&g0, inputs[0].shape()).unwrap();
+    let mut into = Vec::new();
+    let mut before = Vec::new();
+    for (k, name) in loss.grad_names().iter().enumerate() {
+        let g_want = &want.grads[*name].data;
+        assert_near(
+            &format!("{what} grad {name}"),
+            &out.grad(ctx, k).unwrap(),
+            g_want,
+            1e-5,
+        );
+        let input = &inputs[names.iter().position(|n| n == name).unwrap()];
+        let g0 = common::uniform(&mut r, input.numel(), -1.0, 1.0);
+        into.push(Some(ctx.upload(&g0, input.shape()).unwrap()));
+        before.push(g0);
+    }
     let opts = GradOpts {
         scale: 1.0,
-        into: vec![Some(acc.clone())],
+        into: into.clone(),
         accumulate: true,
     };
     loss.compute_with(ctx, &refs, &opts).unwrap();
-    let summed: Vec<f64> = g0.iter().zip(g_want).map(|(a, b)| *a as f64 + b).collect();
-    assert_near(
-        &format!("{what} accumulated grad"),
-        &ctx.read(&acc).unwrap(),
-        &summed,
-        1e-5,
-    );
+    for (k, name) in loss.grad_names().iter().enumerate() {
+        let summed: Vec<f64> = (before[k].iter().zip(&want.grads[*name].data))
+            .map(|(a, b)| *a as f64 + b)
+            .collect();
+        assert_near(
+            &format!("{what} accumulated grad {name}"),
+            &ctx.read(into[k].as_ref().unwrap()).unwrap(),
+            &summed,
+            1e-5,
+        );
+    }
 }
 
 /// 4 * 1025 elements (four per access) and one fewer (one per access).
@@ -238,6 +248,33 @@ fn cross_entropy_variants() {
                 vec![
                     ("input", common::tensor_data(&shape, &x)),
                     ("target", target.clone()),
+                ],
+            ));
+        }
+    }
+}
+
+#[test]
+fn contrastive_variants() {
+    // D = 128 (four features per access) and 127 (one); both distances.
+    for d in [128usize, 127] {
+        let rows = 40;
+        let mut r = common::rng(d as u64);
+        let a = common::uniform(&mut r, rows * d, -1.0, 1.0);
+        let b = common::uniform(&mut r, rows * d, -1.0, 1.0);
+        let y: Vec<f32> = (0..rows).map(|i| (i % 3 == 0) as u8 as f32).collect();
+        for cfg in [
+            json!({"margin": 8.0}),
+            json!({"distance": "cosine", "margin": 1.0, "reduction": "sum"}),
+            json!({"reduction": "none"}),
+        ] {
+            run(&common::case(
+                "ContrastiveLoss",
+                cfg,
+                vec![
+                    ("embeddings1", common::tensor_data(&[rows, d], &a)),
+                    ("embeddings2", common::tensor_data(&[rows, d], &b)),
+                    ("label", common::tensor_data(&[rows], &y)),
                 ],
             ));
         }

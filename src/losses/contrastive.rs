@@ -5,18 +5,30 @@ use super::{want_dtype, GradOpts, Loss, Recorder};
 use crate::config::{ContrastiveLoss, Distance, Reduction};
 use crate::context::LossContext;
 use crate::error::{Error, Result};
-use crate::kernel::{Bind, ShaderSource, Window, WG};
+use crate::kernel::{with_accumulate_variants, Bind, ShaderSource, Window, WG};
 use crate::tensor::{DType, Tensor};
 
 const BODY: &str = include_str!("../../shaders/contrastive.wgsl");
 const TPRS: [u32; 7] = [4, 8, 16, 32, 64, 128, 256];
 
-fn source(tpr: u32) -> ShaderSource {
-    ShaderSource::new("contrastive", BODY).with("TPR", tpr)
+/// `lanes` 4 where D is a multiple of 4 (rows then start 16-byte aligned).
+fn source(tpr: u32, lanes: u32, cosine: bool) -> ShaderSource {
+    ShaderSource::new("contrastive", BODY)
+        .with("TPR", tpr)
+        .with("COSINE", cosine as u32)
+        .with_lanes(lanes)
 }
 
 pub(crate) fn shader_variants() -> Vec<ShaderSource> {
-    TPRS.iter().map(|&t| source(t)).collect()
+    let mut v = Vec::new();
+    for &tpr in &TPRS {
+        for lanes in [1, 4] {
+            for cosine in [false, true] {
+                v.push(source(tpr, lanes, cosine));
+            }
+        }
+    }
+    with_accumulate_variants(v)
 }
 
 /// Threads per pair for embeddings of width D: a segment of one subgroup (or 32 threads) for
@@ -83,13 +95,13 @@ impl Loss for ContrastiveLoss {
         }
         let (n, d) = (n as u64, d as u64);
         let tpr = threads_per_row(d as usize, ctx.subgroup_size());
-        let src = source(tpr);
+        let cosine = self.distance == Distance::Cosine;
+        let src = source(tpr, super::lanes_for(d), cosine).with("ACCUM", opts.accumulate as u32);
         let rpw = (WG / tpr) as u64;
         let mean_scale = match self.reduction {
             Reduction::Mean => 1.0 / n as f64,
             Reduction::Sum | Reduction::None => 1.0,
         };
-        let cosine = self.distance == Distance::Cosine;
         let base = Params {
             rows: 0,
             dim: d as u32,
