@@ -347,35 +347,6 @@ fn first_unit(qg: u32) -> u32 {
     return n * P.channels * per + (qg - n * per);
 }
 
-// One sweep of the online softmax over the channels of the pixel group at e0: m = running
-// max, s = sum exp(x - m), v = sum exp(x - m) t, ts = sum t (per lane).
-struct Sweep {
-    m: V,
-    s: V,
-    v: V,
-    ts: V,
-}
-
-fn softmax_sweep(e0: u32, stride: u32) -> Sweep {
-    var m = V(x_flat[e0]);
-    var s = V(1.0);
-    var v = V(t_flat[e0]);
-    var ts = v;
-    for (var c = 1u; c < P.channels; c = c + 1u) {
-        let e = e0 + c * stride;
-        let xv = V(x_flat[e]);
-        let tv = V(t_flat[e]);
-        let nm = max(m, xv);
-        let a = exp(m - nm);
-        let b = exp(xv - nm);
-        s = s * a + b;
-        v = v * a + b * tv;
-        m = nm;
-        ts = ts + tv;
-    }
-    return Sweep(m, s, v, ts);
-}
-
 @compute @workgroup_size(256)
 fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -389,8 +360,25 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
         let qg = (g * FLAT_UNITS + k) * WG + lid;
         if (qg < units) {
-            let w = softmax_sweep(first_unit(qg), stride);
-            acc = acc + vec2<f32>(hsum(w.v / w.s), hsum(1.0 + w.ts));
+            // m = running max, s = sum exp(x - m), v = sum exp(x - m) t, ts = sum t
+            let e0 = first_unit(qg);
+            var m = V(x_flat[e0]);
+            var s = V(1.0);
+            var v = V(t_flat[e0]);
+            var ts = v;
+            for (var c = 1u; c < P.channels; c = c + 1u) {
+                let e = e0 + c * stride;
+                let xv = V(x_flat[e]);
+                let tv = V(t_flat[e]);
+                let nm = max(m, xv);
+                let a = exp(m - nm);
+                let b = exp(xv - nm);
+                s = s * a + b;
+                v = v * a + b * tv;
+                m = nm;
+                ts = ts + tv;
+            }
+            acc = acc + vec2<f32>(hsum(v / s), hsum(1.0 + ts));
         }
     }
     let sums = wg_sum2(lid, acc);
@@ -415,13 +403,26 @@ fn multi_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         if (qg >= units) {
             continue;
         }
-        // dot = sum_c p_c dL/dp_c = (ca sum exp(x - m) t + cb s) / s
+        // m = running max, s = sum exp(x - m), u = sum exp(x - m) dL/dp
         let e0 = first_unit(qg);
-        let w = softmax_sweep(e0, stride);
-        let dot = ca * (w.v / w.s) + cb;
+        var m = V(x_flat[e0]);
+        var s = V(1.0);
+        var u = ca * V(t_flat[e0]) + cb;
+        for (var c = 1u; c < P.channels; c = c + 1u) {
+            let e = e0 + c * stride;
+            let xv = V(x_flat[e]);
+            let gv = ca * V(t_flat[e]) + cb;
+            let nm = max(m, xv);
+            let a = exp(m - nm);
+            let b = exp(xv - nm);
+            s = s * a + b;
+            u = u * a + b * gv;
+            m = nm;
+        }
+        let dot = u / s;
         for (var c = 0u; c < P.channels; c = c + 1u) {
             let e = e0 + c * stride;
-            let p = exp(V(x_flat[e]) - w.m) / w.s;
+            let p = exp(V(x_flat[e]) - m) / s;
             let d = p * (ca * V(t_flat[e]) + cb - dot);
             if (ACCUM == 1u) {
                 g_flat[e] = g_flat[e] + d;
