@@ -10,22 +10,25 @@ fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
 
+// The activations work on `V` (kernel.rs: f32, or vec4<f32> in a four-lane variant); a scalar
+// in a four-lane variant goes through `lane_of(f(V(x)), 0u)`.
+
 // ln(1 + exp(x)) without overflow or cancellation.
-fn softplus(x: f32) -> f32 {
-    return max(x, 0.0) + log(1.0 + exp(-abs(x)));
+fn softplus(x: V) -> V {
+    return max(x, V(0.0)) + log(1.0 + exp(-abs(x)));
 }
 
 // The logistic sigmoid, finite for every finite x: one exp of -|x| (never overflows) and no
 // divergent branch.
-fn sigmoid(x: f32) -> f32 {
+fn sigmoid(x: V) -> V {
     let e = exp(-abs(x));
     let r = 1.0 / (1.0 + e);
-    return select(e * r, r, x >= 0.0);
+    return select(e * r, r, x >= V(0.0));
 }
 
 // sigmoid'(x) = sigmoid(x) sigmoid(-x) = e / (1 + e)^2 with e = exp(-|x|): one exp, no
 // cancellation (1 - sigmoid(x) would lose it for large x).
-fn dsigmoid(x: f32) -> f32 {
+fn dsigmoid(x: V) -> V {
     let e = exp(-abs(x));
     let r = 1.0 / (1.0 + e);
     return e * r * r;

@@ -35,23 +35,13 @@ fn units() -> u32 {
     return P.n / LANES;
 }
 
-fn sigmoid_v(x: V) -> V {
-    let e = exp(-abs(x));
-    let r = 1.0 / (1.0 + e);
-    return select(e * r, r, x >= V(0.0));
-}
-
-fn softplus_v(x: V) -> V {
-    return max(x, V(0.0)) + log(1.0 + exp(-abs(x)));
-}
-
 @compute @workgroup_size(256)
 fn sigmoid_op(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    for (var k = 0u; k < UNITS; k++) { let i = base_index(wid, nwg) + k * WG + lid; if (i < units()) { out[i] = sigmoid_v(a[i]); } }
+    for (var k = 0u; k < UNITS; k++) { let i = base_index(wid, nwg) + k * WG + lid; if (i < units()) { out[i] = sigmoid(a[i]); } }
 }
 @compute @workgroup_size(256)
 fn softplus_op(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    for (var k = 0u; k < UNITS; k++) { let i = base_index(wid, nwg) + k * WG + lid; if (i < units()) { out[i] = softplus_v(a[i]); } }
+    for (var k = 0u; k < UNITS; k++) { let i = base_index(wid, nwg) + k * WG + lid; if (i < units()) { out[i] = softplus(a[i]); } }
 }
 @compute @workgroup_size(256)
 fn neg_op(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

@@ -150,7 +150,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
                 if (MULTI == 1u) {
                     p = exp(f32(x[e]) - mx[it]) / sm[it];
                 } else {
-                    p = sigmoid(f32(x[e]));
+                    p = lane_of(sigmoid(V(f32(x[e]))), 0u);
                 }
                 let tv = f32(t[e]);
                 acc_i = acc_i + p * tv;
@@ -264,7 +264,7 @@ fn grad_pass(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
             for (var c = 0u; c < C; c = c + 1u) {
                 let e = e0 + c * P.inner;
                 let xv = f32(x[e]);
-                put_grad(e, dl_dp(c, f32(t[e])) * dsigmoid(xv));
+                put_grad(e, dl_dp(c, f32(t[e])) * lane_of(dsigmoid(V(xv)), 0u));
             }
         }
     }
@@ -292,11 +292,7 @@ fn flat_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
         let j = (g * FLAT_UNITS + k) * WG + lid;
         if (j < units) {
-            // sigmoid from one exp of -|x|, as common.wgsl's
-            let x = V(x_flat[j]);
-            let e = exp(-abs(x));
-            let r = 1.0 / (1.0 + e);
-            let p = select(e * r, r, x >= V(0.0));
+            let p = sigmoid(V(x_flat[j]));
             let y = V(t_flat[j]);
             acc = acc + vec2<f32>(hsum(p * y), hsum(p + y));
         }
@@ -319,11 +315,7 @@ fn flat_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
         let j = (g * FLAT_UNITS + k) * WG + lid;
         if (j < units) {
-            // dL/dp * sigmoid'(x), sigmoid' = e / (1 + e)^2 with e = exp(-|x|)
-            let x = V(x_flat[j]);
-            let e = exp(-abs(x));
-            let r = 1.0 / (1.0 + e);
-            let d = (a * V(t_flat[j]) + b) * (e * r * r);
+            let d = (a * V(t_flat[j]) + b) * dsigmoid(V(x_flat[j]));
             if (ACCUM == 1u) {
                 g_flat[j] = g_flat[j] + d;
             } else {
