@@ -47,24 +47,6 @@ fn put_grads(i: u32, a: V, b: V) {
     }
 }
 
-// Sum of `v` over the TPR threads of this row, in a fixed order. Uniform control flow only.
-fn seg_sum(lid: u32, v: f32) -> f32 {
-    if (TPR == SG) {
-        return subgroup_sum(v); // a segment is one subgroup (wg_subgroup.wgsl): no barrier
-    }
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = TPR / 2u; s > 0u; s = s >> 1u) {
-        if ((lid % TPR) < s) {
-            red[lid] = red[lid] + red[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red[lid - lid % TPR];
-    workgroupBarrier();
-    return r;
-}
-
 // The loss of pair r (on every thread of the row); writes the pair's gradients.
 fn row(lid: u32, r: u32) -> f32 {
     let lane = lid % TPR;

@@ -74,47 +74,6 @@ fn classify(r: u32) -> vec2<u32> {
     return vec2<u32>(3u, u32(y));
 }
 
-// Sum of `v` over the TPR threads of this row, in a fixed order. Uniform control flow only.
-fn seg_sum(lid: u32, v: f32) -> f32 {
-    if (TPR == SG) {
-        return subgroup_sum(v); // a segment is one subgroup (wg_subgroup.wgsl): no barrier
-    }
-    if (TPR == 1u) {
-        return v;
-    }
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = TPR / 2u; s > 0u; s = s >> 1u) {
-        if ((lid % TPR) < s) {
-            red[lid] = red[lid] + red[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red[lid - lid % TPR];
-    workgroupBarrier();
-    return r;
-}
-
-fn seg_max(lid: u32, v: f32) -> f32 {
-    if (TPR == SG) {
-        return subgroup_max(v); // a segment is one subgroup (wg_subgroup.wgsl): no barrier
-    }
-    if (TPR == 1u) {
-        return v;
-    }
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = TPR / 2u; s > 0u; s = s >> 1u) {
-        if ((lid % TPR) < s) {
-            red[lid] = max(red[lid], red[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red[lid - lid % TPR];
-    workgroupBarrier();
-    return r;
-}
-
 // The loss of row r (the same on every thread of the row); writes the row's gradient.
 // `gscale`: upstream scale times d(reduction).
 fn row(lid: u32, r: u32, gscale: f32) -> f32 {

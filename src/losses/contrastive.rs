@@ -8,7 +8,11 @@ use crate::error::{Error, Result};
 use crate::kernel::{with_accumulate_variants, Bind, ShaderSource, Window, WG};
 use crate::tensor::{DType, Tensor};
 
-const BODY: &str = include_str!("../../shaders/contrastive.wgsl");
+/// The shader, after the row-segment reductions it shares with cross-entropy.
+const BODY: &str = concat!(
+    include_str!("../../shaders/segment.wgsl"),
+    include_str!("../../shaders/contrastive.wgsl")
+);
 const TPRS: [u32; 7] = [4, 8, 16, 32, 64, 128, 256];
 
 /// `lanes` 4 where D is a multiple of 4 (rows then start 16-byte aligned).

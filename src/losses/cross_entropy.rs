@@ -13,7 +13,11 @@ use crate::error::{Error, Result};
 use crate::kernel::{Bind, ShaderSource, WG};
 use crate::tensor::{DType, Tensor};
 
-const BODY: &str = include_str!("../../shaders/cross_entropy.wgsl");
+/// The shader, after the row-segment reductions it shares with contrastive.
+const BODY: &str = concat!(
+    include_str!("../../shaders/segment.wgsl"),
+    include_str!("../../shaders/cross_entropy.wgsl")
+);
 /// Labels per workgroup of `weight_sum` (`ITEMS * WG`).
 const TILE: u64 = 8 * WG as u64;
 /// The threads-per-row variants.
