@@ -246,7 +246,7 @@ impl<'a> Ops<'a> {
             scratch: Scratch::default(),
             temps: Vec::new(),
             n,
-            src: ops_source(crate::losses::lanes_for(n)),
+            src: ops_source(crate::kernel::lanes_for(n)),
         })
     }
 

@@ -68,6 +68,12 @@ impl ShaderSource {
             subgroup: 0,
         }
     }
+    /// The variant that adds its gradient to the one already there (`ACCUM` 1) or writes it
+    /// (`ACCUM` 0). A compile-time constant rather than a uniform flag, because some adapters
+    /// (lavapipe) run both sides of a uniform branch, the accumulating load included.
+    pub fn with_accumulate(self, accumulate: bool) -> Self {
+        self.with("ACCUM", accumulate as u32)
+    }
     /// The variant whose workgroup reductions use subgroups of `size` (None: the tree).
     pub fn with_subgroup(mut self, size: Option<u32>) -> Self {
         self.subgroup = size.unwrap_or(0);
@@ -130,13 +136,22 @@ impl ShaderSource {
     }
 }
 
-/// Each variant twice: writing its gradient (`ACCUM` 0) and adding to the gradient already
-/// there (`ACCUM` 1). A compile-time constant rather than a uniform flag, because some adapters
-/// (lavapipe) run both sides of a uniform branch, the accumulating load included.
+/// Each variant twice: writing its gradient and adding to the gradient already there
+/// (`ShaderSource::with_accumulate`).
 pub(crate) fn with_accumulate_variants(v: Vec<ShaderSource>) -> Vec<ShaderSource> {
     v.into_iter()
-        .flat_map(|s| [s.clone().with("ACCUM", 0), s.with("ACCUM", 1)])
+        .flat_map(|s| [s.clone().with_accumulate(false), s.with_accumulate(true)])
         .collect()
+}
+
+/// Four elements per access where every window's length is a multiple of 4 (windows are whole
+/// tiles but the last), one otherwise.
+pub(crate) fn lanes_for(n: u64) -> u32 {
+    if n.is_multiple_of(4) {
+        4
+    } else {
+        1
+    }
 }
 
 pub(crate) const REDUCE: &str = include_str!("../shaders/reduce.wgsl");

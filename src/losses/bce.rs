@@ -7,7 +7,7 @@ use crate::config::{
 };
 use crate::context::{LossContext, PoolBuf};
 use crate::error::Result;
-use crate::kernel::{with_accumulate_variants, Bind, ShaderSource, Window, WG};
+use crate::kernel::{lanes_for, with_accumulate_variants, Bind, ShaderSource, Window, WG};
 use crate::tensor::{DType, Tensor};
 
 const BODY: &str = include_str!("../../shaders/bce.wgsl");
@@ -132,8 +132,7 @@ fn build(
     let pos_weight = Arg::new(ctx, s.pos_weight)?;
     let broadcast = weight.b.period > 1 || pos_weight.b.period > 1;
     let exact = s.kind == Kind::Weighted && s.epsilon == 0.0;
-    let src =
-        source(s.kind, super::lanes_for(n), broadcast, exact).with("ACCUM", opts.accumulate as u32);
+    let src = source(s.kind, lanes_for(n), broadcast, exact).with_accumulate(opts.accumulate);
     let tiles = n.div_ceil(TILE);
     let scale = match s.reduction {
         Reduction::Mean => 1.0 / n as f64,

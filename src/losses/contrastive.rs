@@ -5,7 +5,7 @@ use super::{want_dtype, GradOpts, Loss, Recorder};
 use crate::config::{ContrastiveLoss, Distance, Reduction};
 use crate::context::LossContext;
 use crate::error::{Error, Result};
-use crate::kernel::{with_accumulate_variants, Bind, ShaderSource, Window, WG};
+use crate::kernel::{lanes_for, with_accumulate_variants, Bind, ShaderSource, Window, WG};
 use crate::tensor::{DType, Tensor};
 
 /// The shader, after the row-segment reductions it shares with cross-entropy.
@@ -100,7 +100,7 @@ impl Loss for ContrastiveLoss {
         let (n, d) = (n as u64, d as u64);
         let tpr = threads_per_row(d as usize, ctx.subgroup_size());
         let cosine = self.distance == Distance::Cosine;
-        let src = source(tpr, super::lanes_for(d), cosine).with("ACCUM", opts.accumulate as u32);
+        let src = source(tpr, lanes_for(d), cosine).with_accumulate(opts.accumulate);
         let rpw = (WG / tpr) as u64;
         let mean_scale = match self.reduction {
             Reduction::Mean => 1.0 / n as f64,

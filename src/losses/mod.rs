@@ -13,8 +13,6 @@ pub mod combined;
 pub mod contrastive;
 pub mod cross_entropy;
 pub mod pointwise;
-pub(crate) use pointwise::lanes_for;
-
 /// Threads of a row segment (cross-entropy's classes, contrastive's features) for medium rows:
 /// one subgroup where the context's reductions use subgroups of 8 to 128 (the segment's sums are
 /// then one subgroup operation), else 32.

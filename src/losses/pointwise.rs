@@ -4,7 +4,7 @@ use super::{float_inputs, GradOpts, Loss, Recorder};
 use crate::config::{L1Loss, MSELoss, RMSELoss, Reduction};
 use crate::context::LossContext;
 use crate::error::Result;
-use crate::kernel::{with_accumulate_variants, Bind, ShaderSource, WG};
+use crate::kernel::{lanes_for, with_accumulate_variants, Bind, ShaderSource, WG};
 use crate::tensor::{DType, Tensor};
 
 const BODY: &str = include_str!("../../shaders/pointwise.wgsl");
@@ -37,16 +37,6 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     with_accumulate_variants(v)
 }
 
-/// Four elements per access where every window's length is a multiple of 4 (windows are whole
-/// tiles but the last), one otherwise.
-pub(crate) fn lanes_for(n: u64) -> u32 {
-    if n.is_multiple_of(4) {
-        4
-    } else {
-        1
-    }
-}
-
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -74,7 +64,7 @@ fn build(
 ) -> Result<(Tensor, Vec<Tensor>)> {
     let f16 = float_inputs(ctx, what, &[("input", a), ("target", t)])?;
     let n = a.numel() as u64;
-    let src = source(kind, f16, lanes_for(n)).with("ACCUM", opts.accumulate as u32);
+    let src = source(kind, f16, lanes_for(n)).with_accumulate(opts.accumulate);
     let grad = opts.grad_for(ctx, 0, a)?;
     let tiles = n.div_ceil(TILE);
     let (loss_scale, red_scale) = match reduction {

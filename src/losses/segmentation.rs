@@ -7,7 +7,7 @@ use super::{float_inputs, GradOpts, Loss, Recorder};
 use crate::config::{ChannelLayout, DiceLoss, JaccardLoss};
 use crate::context::LossContext;
 use crate::error::Result;
-use crate::kernel::{with_accumulate_variants, Bind, ShaderSource, WG};
+use crate::kernel::{lanes_for, with_accumulate_variants, Bind, ShaderSource, WG};
 use crate::tensor::{DType, Tensor};
 
 const BODY: &str = include_str!("../../shaders/segmentation.wgsl");
@@ -129,13 +129,13 @@ fn build(
     let flat = !multi && !per_class;
     let quads = multi && !per_class && inner % 4 == 0;
     let lanes = if flat {
-        super::lanes_for(layout.outer as u64)
+        lanes_for(layout.outer as u64)
     } else if quads {
         4
     } else {
         1
     };
-    let src = source(kind, multi, per_class, f16, lanes).with("ACCUM", opts.accumulate as u32);
+    let src = source(kind, multi, per_class, f16, lanes).with_accumulate(opts.accumulate);
     let (b_x, b_t, b_grad) = if flat || quads { (8, 9, 10) } else { (1, 2, 3) };
     let (stats, grad_pass) = if flat {
         ("flat_stats", "flat_grad")
