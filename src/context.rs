@@ -118,6 +118,62 @@ impl PoolBuf {
     }
 }
 
+/// The wgpu device a context works on, as tensors remember it: every tensor carries its
+/// context's `Home`, and every entry point that takes a tensor compares ids before binding it
+/// (a buffer of another wgpu instance would make wgpu-core panic, one of another device of the
+/// same instance fail validation). Contexts that wrap one wgpu device share one `Home`.
+#[derive(Clone)]
+pub(crate) struct Home(Arc<HomeInner>);
+
+pub(crate) struct HomeInner {
+    id: u64,
+    adapter: String,
+}
+
+static NEXT_HOME: AtomicU64 = AtomicU64::new(1);
+
+/// The devices handed to `LossContext::from_device`, with their `Home`s while a context or
+/// tensor still holds one.
+static WRAPPED: Mutex<Vec<(wgpu::Device, std::sync::Weak<HomeInner>)>> = Mutex::new(Vec::new());
+
+impl Home {
+    fn fresh(adapter: &str) -> Home {
+        Home(Arc::new(HomeInner {
+            id: NEXT_HOME.fetch_add(1, Ordering::Relaxed),
+            adapter: adapter.to_string(),
+        }))
+    }
+
+    /// The `Home` of a caller's device: the one of an earlier `from_device` over the same
+    /// device while it lives, else a new one. wgpu compares devices by their id within an
+    /// instance, so this is exact for devices of one wgpu instance.
+    fn of_wrapped(device: &wgpu::Device, adapter: &str) -> Home {
+        let Ok(mut wrapped) = WRAPPED.lock() else {
+            return Home::fresh(adapter);
+        };
+        wrapped.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(h) = wrapped
+            .iter()
+            .find(|(d, _)| d == device)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return Home(h);
+        }
+        let h = Home::fresh(adapter);
+        wrapped.push((device.clone(), Arc::downgrade(&h.0)));
+        h
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// "device #3 (llvmpipe (LLVM 15.0.6, 256 bits))".
+    pub(crate) fn describe(&self) -> String {
+        format!("device #{} ({})", self.0.id, self.0.adapter)
+    }
+}
+
 struct DeviceState {
     lost: Mutex<Option<String>>,
     sticky: Mutex<Option<String>>,
@@ -139,6 +195,7 @@ pub struct LossContext {
     pub(crate) check_finite: bool,
     state: Arc<DeviceState>,
     gl_serial: Option<parking_lot::ReentrantMutex<()>>,
+    pub(crate) home: Home,
 }
 
 /// Bytes of the device error flags (4 words).
@@ -389,20 +446,28 @@ impl LossContext {
                 ))
             })?;
         let report = AdapterReport::of(&adapter);
-        Ok(Self::build(device, queue, report, &opts))
+        let home = Home::fresh(&report.name);
+        Ok(Self::build(device, queue, report, home, &opts))
     }
 
     /// Wraps a caller's device and queue, so that a model on that device hands its buffers over
     /// without a copy. `info` names the adapter in reports.
+    ///
+    /// Contexts made this way over one wgpu device share their tensors: a tensor of one can be
+    /// passed to the other. A tensor of any other context is refused with
+    /// `Error::InvalidInput`. (wgpu tells devices apart by an id that is unique within one wgpu
+    /// instance; wrap devices of one instance.)
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
         let report = AdapterReport::from_parts(info, device.limits(), device.features());
-        Self::build(device, queue, report, &ContextOptions::default())
+        let home = Home::of_wrapped(&device, &report.name);
+        Self::build(device, queue, report, home, &ContextOptions::default())
     }
 
     fn build(
         device: wgpu::Device,
         queue: wgpu::Queue,
         report: AdapterReport,
+        home: Home,
         opts: &ContextOptions,
     ) -> Self {
         let state = Arc::new(DeviceState {
@@ -459,7 +524,22 @@ impl LossContext {
                 hits: AtomicU64::new(0),
             }),
             state,
+            home,
         }
+    }
+
+    /// Refuses a tensor that lives on another device than this context's: `what` names the
+    /// call, `name` the input. Compares two ids.
+    pub(crate) fn owns(&self, what: &str, name: &str, t: &Tensor) -> Result<()> {
+        if t.home().id() == self.home.id() {
+            return Ok(());
+        }
+        Err(Error::InvalidInput(format!(
+            "{what}: {name} lives on {}, but this context works on {}; a tensor can only be used \
+             by the context that made it (or another context over the same wgpu device)",
+            t.home().describe(),
+            self.home.describe()
+        )))
     }
 
     /// The adapter: name, backend, device type, driver, limits and features.
@@ -632,12 +712,18 @@ impl LossContext {
             ))
         })?;
         let buf = self.alloc(bytes, Self::storage_usage())?;
-        Ok(Tensor::new(Arc::new(buf), shape.to_vec(), dtype))
+        Ok(Tensor::new(
+            Arc::new(buf),
+            shape.to_vec(),
+            dtype,
+            self.home.clone(),
+        ))
     }
 
     /// A new tensor with the same shape, type and values (copied on the device). It does not
     /// carry the error flags of the computation that made `t`.
     pub fn copy(&self, t: &Tensor) -> Result<Tensor> {
+        self.owns("copy", "the tensor", t)?;
         let out = self.empty(t.shape(), t.dtype())?;
         self.scoped(|| {
             let mut enc = self.device.create_command_encoder(&Default::default());
@@ -767,6 +853,7 @@ impl LossContext {
 
     /// Reads a tensor's bytes back to the host.
     pub async fn read_bytes_async(&self, t: &Tensor) -> Result<Vec<u8>> {
+        self.owns("read", "the tensor", t)?;
         let bytes = t.byte_len();
         // The error flags of the computation that made this tensor are read in the same copy.
         let flag = t.flag();

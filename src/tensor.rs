@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::context::{Flag, PoolBuf};
+use crate::context::{Flag, Home, LossContext, PoolBuf};
 use crate::error::{Error, Result};
 
 /// The element type of a tensor.
@@ -44,6 +44,7 @@ pub struct Tensor {
     shape: Vec<usize>,
     dtype: DType,
     flag: Option<Arc<Flag>>,
+    home: Home,
 }
 
 impl std::fmt::Debug for Tensor {
@@ -57,20 +58,24 @@ impl std::fmt::Debug for Tensor {
 }
 
 impl Tensor {
-    pub(crate) fn new(buf: Arc<PoolBuf>, shape: Vec<usize>, dtype: DType) -> Self {
+    pub(crate) fn new(buf: Arc<PoolBuf>, shape: Vec<usize>, dtype: DType, home: Home) -> Self {
         Tensor {
             buf,
             offset: 0,
             shape,
             dtype,
             flag: None,
+            home,
         }
     }
 
     /// Wraps a caller's buffer without a copy: `shape` elements of `dtype` starting at byte
-    /// `offset`. The buffer needs `STORAGE` usage (and `COPY_SRC` to be read back); the offset
-    /// must be a multiple of 256 (the storage-binding alignment).
+    /// `offset`. The buffer must have been made on `ctx`'s device (the tensor then belongs to
+    /// `ctx`, and to any other context over the same device); it needs `STORAGE` usage (and
+    /// `COPY_SRC` to be read back), and the offset must be a multiple of the device's
+    /// `min_storage_buffer_offset_alignment`.
     pub fn from_buffer(
+        ctx: &LossContext,
         buffer: wgpu::Buffer,
         offset: u64,
         shape: &[usize],
@@ -92,9 +97,10 @@ impl Tensor {
                 "the buffer needs STORAGE usage to be bound by deepml".into(),
             ));
         }
-        if !offset.is_multiple_of(256) {
+        let align = ctx.limits.min_storage_buffer_offset_alignment.max(4) as u64;
+        if !offset.is_multiple_of(align) {
             return Err(Error::InvalidInput(format!(
-                "offset {offset} is not a multiple of 256"
+                "offset {offset} is not a multiple of {align}, the device's storage-binding alignment"
             )));
         }
         Ok(Tensor {
@@ -103,7 +109,13 @@ impl Tensor {
             shape: shape.to_vec(),
             dtype,
             flag: None,
+            home: ctx.home.clone(),
         })
+    }
+
+    /// The device this tensor lives on.
+    pub(crate) fn home(&self) -> &Home {
+        &self.home
     }
 
     /// The shape.

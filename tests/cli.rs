@@ -139,8 +139,9 @@ fn a_callers_device_and_buffers_are_used_without_a_copy() {
     };
     let (out_buf, tgt_buf) = (make(&data), make(&[0.0, 0.0, 0.0, 0.0]));
     let ctx = deepml::LossContext::from_device(device, queue, info);
-    let out = deepml::Tensor::from_buffer(out_buf.clone(), 0, &[4], deepml::DType::F32).unwrap();
-    let tgt = deepml::Tensor::from_buffer(tgt_buf, 0, &[4], deepml::DType::F32).unwrap();
+    let out =
+        deepml::Tensor::from_buffer(&ctx, out_buf.clone(), 0, &[4], deepml::DType::F32).unwrap();
+    let tgt = deepml::Tensor::from_buffer(&ctx, tgt_buf, 0, &[4], deepml::DType::F32).unwrap();
     assert!(out.buffer() == &out_buf, "no copy");
     use deepml::Loss;
     let r = deepml::MSELoss {

@@ -556,7 +556,7 @@ fn out_of_range_labels_on_the_device_set_the_flag_and_write_nothing_out_of_bound
         .unwrap();
     // The gradient lives in a buffer whose other elements must survive.
     let sentinel = ctx.upload(&[7.0; 24], &[24]).unwrap();
-    let grad = Tensor::from_buffer(sentinel.buffer().clone(), 0, &[n, c], DType::F32).unwrap();
+    let grad = Tensor::from_buffer(ctx, sentinel.buffer().clone(), 0, &[n, c], DType::F32).unwrap();
     for (labels, bad) in [
         (vec![0, 1, 2, -100], false),
         (vec![0, 3, 2, 1], true),

@@ -179,7 +179,7 @@ fn every_kind_of_bad_input_is_a_typed_error() {
         usage: wgpu::BufferUsages::STORAGE,
         mapped_at_creation: false,
     });
-    let t = Tensor::from_buffer(raw, 0, &[4], DType::F32).unwrap();
+    let t = Tensor::from_buffer(ctx, raw, 0, &[4], DType::F32).unwrap();
     let err = ctx.read(&t).unwrap_err();
     assert!(matches!(err, Error::Wgpu(_)), "{err}");
 

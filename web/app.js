@@ -329,6 +329,31 @@ async function main() {
       return last.loss;
     },
     state: () => ({ loss: last?.loss, steps, training, shownLoss: $("loss").dataset.value, shownIou: $("iou").textContent }),
+    /** Tensors of a second DeepML (its own GPUDevice) given to this one: each call must fail
+     *  with an `invalid_input` error, and this one must keep working. */
+    async foreignTensor() {
+      const other = await DeepML.create();
+      const theirs = other.tensor(new Float32Array(N).fill(0.5), SHAPE);
+      const mine = ml.tensor(new Float32Array(N).fill(0.5), SHAPE);
+      const mask = ml.tensor(new Float32Array(N).fill(1), SHAPE);
+      const errors = {};
+      const attempt = async (what, f) => {
+        try {
+          await f();
+          errors[what] = null;
+        } catch (e) {
+          errors[what] = { kind: e?.kind, message: String(e?.message ?? e) };
+        }
+      };
+      await attempt("computeOnDevice", () => ml.computeOnDevice(LOSS, CONFIG, [mine, theirs]));
+      await attempt("compute", () => ml.compute(LOSS, CONFIG, [theirs, mask]));
+      await attempt("axpy", () => ml.axpy(mine, -1, theirs));
+      const r = await ml.compute(LOSS, CONFIG, [mine, mask]);
+      const own = await other.compute(LOSS, CONFIG, [theirs, theirs]);
+      for (const t of [theirs, mine, mask]) t.free();
+      other.free();
+      return { errors, loss: r.loss[0], otherLoss: own.loss[0] };
+    },
     /** Runs a deepml-cases/1 file fetched from `url` through the wasm build. */
     async runCases(url) {
       const text = await (await fetch(url)).text();

@@ -115,6 +115,15 @@ async function main() {
     check(Number(shown.shownLoss) === r.loss && Math.abs(Number(shown.shownIou) - (1 - EXPECTED.loss)) <= 1e-5,
       "the page shows the loss and IoU = 1 - loss", `loss ${shown.shownLoss}, IoU ${shown.shownIou}`);
 
+    // 1b. A tensor of another DeepML (another GPUDevice): a typed error, never a panic.
+    const foreign = await page.evaluate(() => window.deepmlDemo.foreignTensor());
+    for (const [what, e] of Object.entries(foreign.errors))
+      check(e?.kind === "invalid_input" && /another context/.test(e.message),
+        `${what} refuses a tensor of another DeepML`, e ? `[${e.kind}] ${e.message.slice(0, 160)}` : "accepted");
+    const sig = 1 / (1 + Math.exp(-0.5));
+    check(Math.abs(foreign.loss - (1 - sig)) <= 1e-6 && Number.isFinite(foreign.otherLoss),
+      "both DeepML objects still compute after the refusals", `loss ${foreign.loss}, other ${foreign.otherLoss}`);
+
     // 2. Train from the page's starting prediction ("Reset prediction"): the loss falls.
     await page.click("#reset");
     const before = await page.evaluate(() => window.deepmlDemo.settled());

@@ -455,6 +455,11 @@ impl AngularPenaltySMLoss {
 
     /// Overwrites the class weight with `values` (row-major `[out_features, in_features]`).
     pub fn set_weight(&mut self, ctx: &LossContext, values: &[f32]) -> Result<()> {
+        ctx.owns(
+            "AngularPenaltySMLoss set_weight",
+            "the weight",
+            &self.weight,
+        )?;
         let want = self.weight.numel();
         if values.len() != want {
             return Err(Error::ShapeMismatch(format!(
@@ -475,6 +480,8 @@ impl AngularPenaltySMLoss {
 
     /// `W -= lr * grad_w` on the device, in place (one submission).
     pub fn sgd_step(&mut self, ctx: &LossContext, grad_w: &Tensor, lr: f32) -> Result<()> {
+        ctx.owns("AngularPenaltySMLoss sgd_step", "the weight", &self.weight)?;
+        ctx.owns("AngularPenaltySMLoss sgd_step", "grad_w", grad_w)?;
         want_dtype(
             "AngularPenaltySMLoss sgd_step",
             "grad_w",
@@ -527,6 +534,7 @@ impl AngularPenaltySMLoss {
         x: &Tensor,
         labels: &[i64],
     ) -> Result<LossOutput> {
+        ctx.owns("AngularPenaltySMLoss", "x", x)?;
         self.config
             .check_shapes(x.shape(), &[labels.len()], self.weight.shape())?;
         check_labels(
@@ -558,6 +566,7 @@ impl Loss for AngularPenaltySMLoss {
         opts: &GradOpts,
         rec: &mut Recorder,
     ) -> Result<(Tensor, Vec<Tensor>)> {
+        ctx.owns("AngularPenaltySMLoss", "the weight", &self.weight)?;
         let n =
             self.config
                 .check_shapes(inputs[0].shape(), inputs[1].shape(), self.weight.shape())?;

@@ -120,6 +120,9 @@ impl Combined {
                 "a Combined loss needs at least one term".into(),
             ));
         }
+        for (i, t) in inputs.iter().enumerate() {
+            ctx.owns("Combined", &format!("input {i}"), t)?;
+        }
         if ctx.check_finite {
             let mut used: Vec<usize> = self
                 .terms
@@ -283,6 +286,8 @@ impl LossContext {
     }
 
     fn axpy_steps(&self, rec: &mut Recorder, x: &Tensor, a: f32, y: &Tensor) -> Result<()> {
+        self.owns("axpy", "x", x)?;
+        self.owns("axpy", "y", y)?;
         if x.shape() != y.shape() || x.dtype() != DType::F32 || y.dtype() != DType::F32 {
             return Err(Error::ShapeMismatch(format!(
                 "axpy: x {:?} ({:?}) and y {:?} ({:?}) must be f32 tensors of one shape",

@@ -221,6 +221,14 @@ pub trait Loss {
         opts: &GradOpts,
     ) -> Result<(Recorder, LossOutput)> {
         self.check_arity(inputs)?;
+        for (t, name) in inputs.iter().zip(self.input_names()) {
+            ctx.owns(self.name(), name, t)?;
+        }
+        for (i, t) in opts.into.iter().enumerate() {
+            if let Some(t) = t {
+                ctx.owns(self.name(), &format!("GradOpts.into[{i}]"), t)?;
+            }
+        }
         let mut rec = Recorder::default();
         let (loss, grads) = ctx.scoped(|| {
             if ctx.check_finite {
