@@ -1,4 +1,4 @@
-//! Conformance cases in the `deepml-cases/1` format (../shared/cases/FORMAT.md): reading,
+//! Conformance cases in the `deepml-cases/1` format (tests/cases/FORMAT.md): reading,
 //! writing, turning a case's config into a loss, and checking an evaluator's answer.
 //!
 //! The reader takes hostile files: anything malformed (wrong types, negative or overflowing

@@ -1,5 +1,5 @@
 //! The losses' constructor arguments, by their deepml / PyTorch names and defaults, with the
-//! validation of ../shared/SPEC.md. The GPU losses and the float64 reference share these, so the
+//! validation of the specification. The GPU losses and the float64 reference share these, so the
 //! two can never disagree on what is valid.
 
 use crate::error::{Error, Result};

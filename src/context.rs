@@ -66,9 +66,16 @@ pub struct ContextOptions {
     /// Do not use subgroup operations even where the adapter has them.
     pub disable_subgroups: bool,
     /// Scan every f32 input of every loss for NaN and infinity on the device; a loss given one
-    /// then fails at the next read with `Error::InvalidInput`. Off by default: non-finite inputs
-    /// then give non-finite results (see the README).
+    /// then fails at the next read with `Error::InvalidInput`. Off by default: what a non-finite
+    /// input gives is then up to the implementation (see the README).
     pub check_finite: bool,
+    /// The most bytes the buffer pool keeps for reuse (default: twice the most bytes ever live
+    /// at once, plus 4 MiB). Buffers over it are released, least recently used first; buffers
+    /// not reused for a while are released too.
+    pub pool_cap: Option<u64>,
+    /// Request timestamp queries where the adapter has them (what `deepml bench` times kernels
+    /// with); off by default, since some drivers pay for them on every submission.
+    pub timestamps: bool,
 }
 
 /// Allocation statistics of a context: device bytes held, and how they were obtained.
@@ -82,14 +89,130 @@ pub struct AllocStats {
     pub buffers_created: u64,
     /// Requests served from the pool instead of creating a buffer.
     pub pool_hits: u64,
+    /// Pooled buffers released back to the device (over the pool's cap, or unused for a while).
+    pub buffers_released: u64,
 }
 
+/// Requests of this many allocations without use release a pooled buffer.
+const POOL_IDLE_ALLOCS: u64 = 16384;
+/// The pool looks for idle buffers every this many allocations.
+const POOL_TRIM_EVERY: u64 = 256;
+/// The default cap on pooled bytes is twice the most bytes ever live at once, plus this.
+const POOL_SLACK: u64 = 4 << 20;
+
+/// The size a request of `size` bytes is served with: four classes per power of two (at most
+/// 25% over), so that shapes that vary a little share buffers. A class over the device's binding
+/// limit falls back to the limit; requests over a quarter of the device's buffer limit are served
+/// exactly (a huge buffer is rarely one of many shapes, and some drivers fail allocations right
+/// at their limit: SwiftShader's 1 GiB).
+pub(crate) fn size_class(size: u64, limits: &wgpu::Limits) -> u64 {
+    let size = size.max(4).div_ceil(4) * 4;
+    if size > limits.max_buffer_size / 4 {
+        return size;
+    }
+    let class = if size <= 64 {
+        64
+    } else {
+        let p = 1u64 << (63 - (size - 1).leading_zeros());
+        let q = p / 4;
+        p + (size - p).div_ceil(q) * q
+    };
+    let binding = limits.max_storage_buffer_binding_size / 4 * 4;
+    if class > limits.max_buffer_size {
+        size
+    } else if size <= binding && class > binding {
+        binding
+    } else {
+        class
+    }
+}
+
+/// The pool: free buffers by (size, usage), each stamped with the allocation count at which it
+/// came back. Bounded two ways, both applied at each allocation: pooled bytes are brought under
+/// a cap (`ContextOptions::pool_cap`, by default twice the most bytes ever live at once plus
+/// 4 MiB), releasing the least recently returned first; and a buffer not reused within
+/// `POOL_IDLE_ALLOCS` allocations is released.
 pub(crate) struct Pool {
-    free: Mutex<HashMap<(u64, u32), Vec<wgpu::Buffer>>>,
+    free: Mutex<FreeList>,
     allocated: AtomicU64,
     pooled: AtomicU64,
     created: AtomicU64,
     hits: AtomicU64,
+    released: AtomicU64,
+    cap: Option<u64>,
+}
+
+#[derive(Default)]
+struct FreeList {
+    by_key: HashMap<(u64, u32), Vec<(u64, wgpu::Buffer)>>,
+    /// Allocations so far: the pool's clock.
+    clock: u64,
+    /// The most bytes live (allocated, not pooled) at once.
+    live_high: u64,
+}
+
+impl Pool {
+    fn new(cap: Option<u64>) -> Pool {
+        Pool {
+            free: Mutex::new(FreeList::default()),
+            allocated: AtomicU64::new(0),
+            pooled: AtomicU64::new(0),
+            created: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+            cap,
+        }
+    }
+
+    fn cap(&self, free: &FreeList) -> u64 {
+        self.cap
+            .unwrap_or_else(|| free.live_high.saturating_mul(2).saturating_add(POOL_SLACK))
+    }
+
+    /// Releases the least recently returned buffers until the pooled bytes are at most `cap`.
+    fn evict_to(&self, free: &mut FreeList, cap: u64) {
+        while self.pooled.load(Ordering::Relaxed) > cap {
+            let oldest = free
+                .by_key
+                .iter()
+                .filter_map(|(k, v)| v.first().map(|(stamp, _)| (*stamp, *k)))
+                .min();
+            let Some((_, key)) = oldest else { break };
+            self.release_first(free, key);
+        }
+    }
+
+    /// Releases the oldest buffer of `key` (lists are in return order).
+    fn release_first(&self, free: &mut FreeList, key: (u64, u32)) {
+        if let Some(list) = free.by_key.get_mut(&key) {
+            if !list.is_empty() {
+                let (_, b) = list.remove(0);
+                self.pooled.fetch_sub(b.size(), Ordering::Relaxed);
+                self.allocated.fetch_sub(b.size(), Ordering::Relaxed);
+                self.released.fetch_add(1, Ordering::Relaxed);
+                // Dropped, not destroyed: wgpu frees it once queued work no longer uses it.
+                drop(b);
+            }
+            if list.is_empty() {
+                free.by_key.remove(&key);
+            }
+        }
+    }
+
+    /// Releases every buffer returned before `stamp`.
+    fn release_older_than(&self, free: &mut FreeList, stamp: u64) {
+        let keys: Vec<(u64, u32)> = free.by_key.keys().copied().collect();
+        for key in keys {
+            while free
+                .by_key
+                .get(&key)
+                .and_then(|l| l.first())
+                .is_some_and(|(s, _)| *s < stamp)
+            {
+                self.release_first(free, key);
+            }
+        }
+    }
 }
 
 /// A buffer made by the context. Dropping it returns it to the pool; a caller's wrapped buffer
@@ -104,9 +227,16 @@ impl Drop for PoolBuf {
         if let Some(pool) = &self.pool {
             let size = self.buffer.size();
             let key = (size, self.buffer.usage().bits());
-            pool.pooled.fetch_add(size, Ordering::Relaxed);
             if let Ok(mut free) = pool.free.lock() {
-                free.entry(key).or_default().push(self.buffer.clone());
+                pool.pooled.fetch_add(size, Ordering::Relaxed);
+                let stamp = free.clock;
+                free.by_key
+                    .entry(key)
+                    .or_default()
+                    .push((stamp, self.buffer.clone()));
+                // Releases happen in `alloc`, on a thread that talks to the device (GL).
+            } else {
+                pool.allocated.fetch_sub(size, Ordering::Relaxed);
             }
         }
     }
@@ -422,13 +552,15 @@ impl LossContext {
     }
 
     /// A context on the best adapter that `opts` allow, requesting the adapter's own limits and
-    /// the optional features it has (subgroups, shader-f16, timestamp queries).
+    /// the optional features it has (subgroups, shader-f16; timestamp queries where
+    /// `opts.timestamps` asks for them).
     pub async fn new_async(opts: ContextOptions) -> Result<Self> {
         let adapter = pick_adapter(&opts).await?;
-        let wanted = wgpu::Features::SUBGROUP
-            | wgpu::Features::SHADER_F16
-            | wgpu::Features::TIMESTAMP_QUERY
-            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let mut wanted = wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16;
+        if opts.timestamps {
+            wanted |=
+                wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        }
         let features = adapter.features() & wanted;
         let limits = adapter.limits();
         let (device, queue) = adapter
@@ -516,13 +648,7 @@ impl LossContext {
             pipelines: Mutex::new(HashMap::new()),
             check_finite: opts.check_finite,
             gl_serial,
-            pool: Arc::new(Pool {
-                free: Mutex::new(HashMap::new()),
-                allocated: AtomicU64::new(0),
-                pooled: AtomicU64::new(0),
-                created: AtomicU64::new(0),
-                hits: AtomicU64::new(0),
-            }),
+            pool: Arc::new(Pool::new(opts.pool_cap)),
             state,
             home,
         }
@@ -582,6 +708,7 @@ impl LossContext {
             pooled_bytes: self.pool.pooled.load(Ordering::Relaxed),
             buffers_created: self.pool.created.load(Ordering::Relaxed),
             pool_hits: self.pool.hits.load(Ordering::Relaxed),
+            buffers_released: self.pool.released.load(Ordering::Relaxed),
         }
     }
 
@@ -589,13 +716,7 @@ impl LossContext {
     pub fn trim_pool(&self) {
         let _serial = self.serial();
         if let Ok(mut free) = self.pool.free.lock() {
-            for (_, bufs) in free.drain() {
-                for b in bufs {
-                    self.pool.allocated.fetch_sub(b.size(), Ordering::Relaxed);
-                    self.pool.pooled.fetch_sub(b.size(), Ordering::Relaxed);
-                    b.destroy();
-                }
-            }
+            self.pool.evict_to(&mut free, 0);
         }
     }
 
@@ -659,40 +780,69 @@ impl LossContext {
         wasm_bindgen_futures::spawn_local(async move { record(fut.await) });
     }
 
-    /// A device buffer of at least `size` bytes, from the pool when one of that size is free.
+    /// A device buffer of at least `size` bytes (its size class, see [`size_class`]), from the
+    /// pool when one of that class is free.
     pub(crate) fn alloc(&self, size: u64, usage: wgpu::BufferUsages) -> Result<PoolBuf> {
-        let size = size.max(4).div_ceil(4) * 4;
-        if size > self.limits.max_buffer_size {
+        let want = size.max(4).div_ceil(4) * 4;
+        if want > self.limits.max_buffer_size {
             return Err(Error::TooLarge(format!(
-                "{size} bytes asked for, but the device's max_buffer_size is {}",
+                "{want} bytes asked for, but the device's max_buffer_size is {}",
                 self.limits.max_buffer_size
             )));
         }
+        let size = size_class(want, &self.limits);
         let key = (size, usage.bits());
-        if let Some(b) = self
-            .pool
-            .free
-            .lock()
-            .ok()
-            .and_then(|mut f| f.get_mut(&key).and_then(|v| v.pop()))
-        {
-            self.pool.pooled.fetch_sub(size, Ordering::Relaxed);
-            self.pool.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(PoolBuf {
-                buffer: b,
-                pool: Some(self.pool.clone()),
-            });
+        let _serial = self.serial();
+        let pooled = self.pool.free.lock().ok().and_then(|mut free| {
+            free.clock += 1;
+            let clock = free.clock;
+            if clock.is_multiple_of(POOL_TRIM_EVERY) && clock > POOL_IDLE_ALLOCS {
+                self.pool
+                    .release_older_than(&mut free, clock - POOL_IDLE_ALLOCS);
+            }
+            let cap = self.pool.cap(&free);
+            self.pool.evict_to(&mut free, cap);
+            // The most recently returned buffer of the class: the one least likely to be
+            // released for idleness.
+            let b = free
+                .by_key
+                .get_mut(&key)
+                .and_then(|v| v.pop())
+                .map(|(_, b)| b);
+            if free.by_key.get(&key).is_some_and(|v| v.is_empty()) {
+                free.by_key.remove(&key);
+            }
+            b
+        });
+        let buffer = match pooled {
+            Some(b) => {
+                self.pool.pooled.fetch_sub(size, Ordering::Relaxed);
+                self.pool.hits.fetch_add(1, Ordering::Relaxed);
+                b
+            }
+            None => {
+                let buffer = self.scoped(|| {
+                    Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("deepml"),
+                        size,
+                        usage,
+                        mapped_at_creation: false,
+                    }))
+                })?;
+                self.pool.allocated.fetch_add(size, Ordering::Relaxed);
+                self.pool.created.fetch_add(1, Ordering::Relaxed);
+                buffer
+            }
+        };
+        if let Ok(mut free) = self.pool.free.lock() {
+            let live = self.pool.allocated.load(Ordering::Relaxed)
+                - self
+                    .pool
+                    .pooled
+                    .load(Ordering::Relaxed)
+                    .min(self.pool.allocated.load(Ordering::Relaxed));
+            free.live_high = free.live_high.max(live);
         }
-        let buffer = self.scoped(|| {
-            Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("deepml"),
-                size,
-                usage,
-                mapped_at_creation: false,
-            }))
-        })?;
-        self.pool.allocated.fetch_add(size, Ordering::Relaxed);
-        self.pool.created.fetch_add(1, Ordering::Relaxed);
         Ok(PoolBuf {
             buffer,
             pool: Some(self.pool.clone()),
@@ -1009,5 +1159,39 @@ impl LossContext {
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::DeviceLost(format!("waiting for the device failed: {e}")))?;
         self.check()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_class;
+
+    #[test]
+    fn size_classes_are_at_most_a_quarter_over_and_within_the_limits() {
+        let limits = wgpu::Limits {
+            max_buffer_size: 2047 << 20,
+            max_storage_buffer_binding_size: 128 << 20,
+            ..wgpu::Limits::default()
+        };
+        let mut classes = std::collections::BTreeSet::new();
+        let mut last = 0;
+        for size in (1..=4096u64).chain((1..2000).map(|k| k * 65_537)) {
+            let c = size_class(size, &limits);
+            assert!(c >= size && c % 4 == 0, "{size} -> {c}");
+            assert!(
+                c <= (size.max(64) as f64 * 1.25).ceil() as u64 + 4,
+                "{size} -> {c}"
+            );
+            assert!(c >= last, "classes grow with the request");
+            last = c;
+            if size <= 128 << 20 {
+                assert!(c <= 128 << 20, "{size} -> {c} is over the binding limit");
+            }
+            classes.insert(c);
+        }
+        // Four classes per power of two, not one per request.
+        assert!(classes.len() < 120, "{} classes", classes.len());
+        // Requests over a quarter of the buffer limit are served exactly.
+        assert_eq!(size_class(1000 << 20, &limits), 1000 << 20);
     }
 }

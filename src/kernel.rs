@@ -156,16 +156,6 @@ pub(crate) fn lanes_for(n: u64) -> u32 {
 
 pub(crate) const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
 
-/// Every shader variant the library can build, for the portability tests (naga validation
-/// and translation to every back end).
-pub fn all_shader_variants() -> Vec<ShaderSource> {
-    let mut v = vec![ShaderSource::new("reduce", REDUCE)];
-    v.extend(crate::losses::shader_variants());
-    #[cfg(not(target_arch = "wasm32"))]
-    v.extend(crate::bench::shader_variants());
-    v
-}
-
 /// One buffer range bound to a binding.
 #[derive(Clone)]
 pub(crate) struct Bind {

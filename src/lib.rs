@@ -11,19 +11,27 @@
 //! # Ok::<(), deepml::Error>(())
 //! ```
 
+// Without `cases`, the lists of shader variants (used by the portability test through
+// `all_shader_variants`) have no caller; every build that CI lints has the feature.
+#![cfg_attr(not(feature = "cases"), allow(dead_code))]
 // wgpu's types are neither Send nor Sync on the web, where there is one thread.
 #![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(not(target_arch = "wasm32"), feature = "cli"))]
 pub mod bench;
+#[cfg(feature = "cases")]
 pub mod cases;
 pub mod config;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(not(target_arch = "wasm32"), feature = "cases"))]
 pub mod conformance;
 pub mod context;
 pub mod error;
+#[cfg(feature = "cases")]
 pub mod kernel;
+#[cfg(not(feature = "cases"))]
+pub(crate) mod kernel;
 pub mod losses;
+#[cfg(feature = "cases")]
 pub mod reference;
 pub mod tensor;
 #[cfg(target_arch = "wasm32")]
@@ -36,6 +44,18 @@ pub use losses::angular::AngularPenaltySMLoss;
 pub use losses::combined::{Combined, CombinedOutput, Term};
 pub use losses::{GradOpts, Loss, LossOutput, Recorder};
 pub use tensor::{DType, Tensor};
+
+/// Every shader variant the library can build, for the portability test (naga validation and
+/// translation to every back end). The layers above the kernel machinery list their own.
+#[cfg(feature = "cases")]
+#[doc(hidden)]
+pub fn all_shader_variants() -> Vec<kernel::ShaderSource> {
+    let mut v = vec![kernel::ShaderSource::new("reduce", kernel::REDUCE)];
+    v.extend(losses::shader_variants());
+    #[cfg(all(not(target_arch = "wasm32"), feature = "cli"))]
+    v.extend(bench::shader_variants());
+    v
+}
 
 /// The README's Rust examples, compiled and run as doc tests.
 #[doc = include_str!("../README.md")]

@@ -869,12 +869,12 @@ fn device_labels_out_of_range_are_clamped_and_flagged() {
     // Good labels in another computation on the same context read fine.
     let good = ctx.upload_labels(&[0, 1, 2, 3], &[n]).unwrap();
     let fine = owned.compute(ctx, &[&x, &good]).unwrap();
-    assert!(fine.value(ctx).unwrap().is_finite());
+    assert!(ctx.read(&fine.loss).unwrap().iter().all(|v| v.is_finite()));
 }
 
 #[test]
 fn the_shader_validates() {
-    for v in deepml::kernel::all_shader_variants()
+    for v in deepml::all_shader_variants()
         .into_iter()
         .filter(|v| v.name == "angular")
     {

@@ -375,3 +375,23 @@ fn subgroup_reductions_agree_with_the_barrier_tree() {
         agree(loss.name(), run(ctx), run(&tree));
     }
 }
+
+#[test]
+fn value_of_a_per_element_loss_is_an_error() {
+    // reduction = "none" has one value per element: value() refuses it instead of returning
+    // element 0; the tensor reads whole.
+    let ctx = common::ctx();
+    let x = ctx.upload(&[1.0, 2.0, 3.0], &[3]).unwrap();
+    let t = ctx.upload(&[0.0, 0.0, 0.0], &[3]).unwrap();
+    let none = MSELoss {
+        reduction: Reduction::None,
+    }
+    .compute(ctx, &[&x, &t])
+    .unwrap();
+    let err = none.value(ctx).unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+    assert!(err.to_string().contains("reduction none"), "{err}");
+    assert_eq!(ctx.read(&none.loss).unwrap(), vec![1.0, 4.0, 9.0]);
+    let mean = MSELoss::default().compute(ctx, &[&x, &t]).unwrap();
+    assert!((mean.value(ctx).unwrap() - 14.0 / 3.0).abs() < 1e-6);
+}

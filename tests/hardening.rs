@@ -262,3 +262,80 @@ fn l1_gradient_keeps_the_sign_of_subnormal_differences() {
     ];
     assert_eq!(g, want, "L1 gradient of {pairs:?}");
 }
+
+/// One step of a segmentation training loop on a crop of `h x w`: fresh inputs, the combined
+/// loss, an SGD step on the device, the total read back.
+fn crop_step(ctx: &LossContext, loss: &Combined, h: usize, w: usize, seed: u64) -> f32 {
+    let mut r = common::rng(seed);
+    let n = 2 * h * w;
+    let x = common::uniform(&mut r, n, -3.0, 3.0);
+    let t: Vec<f32> = common::uniform(&mut r, n, 0.0, 1.0)
+        .iter()
+        .map(|v| v.round())
+        .collect();
+    let x = ctx.upload(&x, &[2, 1, h, w]).unwrap();
+    let t = ctx.upload(&t, &[2, 1, h, w]).unwrap();
+    let out = loss.compute(ctx, &[&x, &t]).unwrap();
+    ctx.axpy(&x, -0.1, out.grads[0].as_ref().unwrap()).unwrap();
+    ctx.read_scalar(&out.total).unwrap()
+}
+
+#[test]
+fn random_crop_sizes_keep_memory_bounded() {
+    // A training loop with random crops: 300 steps of 0.5 BCE + 0.5 Jaccard on [2, 1, h, w],
+    // h and w drawn in 64..512. The pool serves sizes from four classes per power of two and
+    // releases what it keeps over its cap, so the context's memory stays within a small
+    // multiple of what one step at the largest crop needs.
+    let loss = Combined::new()
+        .term(0.5, BCEWithLogitsLoss::default(), &[0, 1])
+        .term(0.5, JaccardLoss::new(false), &[0, 1]);
+    let fresh = LossContext::new().unwrap();
+    let v = crop_step(&fresh, &loss, 512, 512, 1);
+    assert!(v.is_finite());
+    let need = fresh.stats().allocated_bytes;
+    drop(fresh);
+
+    let ctx = LossContext::new().unwrap();
+    let mut r = common::rng(77);
+    let mut peak = 0;
+    for step in 0..300 {
+        let (h, w) = (
+            rand::Rng::gen_range(&mut r, 64..512),
+            rand::Rng::gen_range(&mut r, 64..512),
+        );
+        let v = crop_step(&ctx, &loss, h, w, step);
+        assert!(v.is_finite(), "step {step}");
+        peak = peak.max(ctx.stats().allocated_bytes);
+    }
+    let s = ctx.stats();
+    eprintln!(
+        "random crops: one step at 512 x 512 needs {} KiB; 300 steps peaked at {} KiB ({:.1}x); {s:?}",
+        need >> 10,
+        peak >> 10,
+        peak as f64 / need as f64
+    );
+    assert!(
+        peak <= 5 * need,
+        "memory grew to {peak} bytes, {:.1}x one step's {need}: {s:?}",
+        peak as f64 / need as f64
+    );
+    assert!(s.buffers_released > 0 && s.pool_hits > 0, "{s:?}");
+    // A cap set in the options holds for the pooled bytes at every allocation.
+    let capped = LossContext::with_options(ContextOptions {
+        pool_cap: Some(1 << 20),
+        ..Default::default()
+    })
+    .unwrap();
+    for step in 0..20 {
+        let side = 64 + 20 * step;
+        crop_step(&capped, &loss, side, side, step as u64);
+        // The buffers of the step just ended are back in the pool; the next allocation
+        // brings the pool under the cap.
+        drop(capped.empty(&[1], DType::F32).unwrap());
+        assert!(
+            capped.stats().pooled_bytes <= (1 << 20) + 256,
+            "{:?}",
+            capped.stats()
+        );
+    }
+}

@@ -9,7 +9,7 @@ use naga::valid::{Capabilities, ValidationFlags, Validator};
 fn every_shader_translates_to_every_backend() {
     // Every variant as composed for an adapter without usable subgroups (the barrier tree), and
     // again with the subgroup reductions (an SG of 32 here; only the constant differs).
-    let variants: Vec<_> = deepml::kernel::all_shader_variants()
+    let variants: Vec<_> = deepml::all_shader_variants()
         .into_iter()
         .flat_map(|v| [v.clone(), v.with_subgroup(Some(32))])
         .collect();

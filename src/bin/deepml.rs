@@ -486,7 +486,11 @@ fn run_bench(
         print!("{}", bench::compare(&a, &b));
         return Ok(());
     }
-    let ctx = LossContext::with_options(options(cli)?)?;
+    // The benchmark is what asks for timestamp queries.
+    let ctx = LossContext::with_options(ContextOptions {
+        timestamps: true,
+        ..options(cli)?
+    })?;
     eprintln!("bench on {}", ctx.adapter().summary());
     let opts = bench::BenchOptions {
         size,

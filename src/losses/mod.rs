@@ -100,9 +100,17 @@ pub struct LossOutput {
 }
 
 impl LossOutput {
-    /// The loss as a host scalar (the first element for `none`), blocking (native only).
+    /// The loss as a host scalar, blocking (native only). A loss with `reduction = "none"` has
+    /// one value per element or sample: `value` refuses it (`Error::InvalidInput`); read
+    /// `self.loss` with `ctx.read`.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn value(&self, ctx: &LossContext) -> Result<f32> {
+        if !self.loss.shape().is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "value() of a loss of shape {:?} (reduction none): read the tensor with ctx.read(&out.loss)",
+                self.loss.shape()
+            )));
+        }
         ctx.read_scalar(&self.loss)
     }
     /// Gradient `i`, read back, blocking (native only).
@@ -298,6 +306,7 @@ pub(crate) fn want_dtype(what: &str, name: &str, t: &Tensor, dtype: DType) -> Re
 
 /// The GPU loss of a case's spec; `None` where that loss is not implemented on the GPU yet.
 /// One line per loss: the registry of the conformance checker and the demo.
+#[cfg(feature = "cases")]
 pub fn gpu_loss(spec: &crate::cases::LossSpec) -> Option<Box<dyn Loss>> {
     use crate::cases::LossSpec as S;
     match spec {

@@ -1,5 +1,6 @@
-//! The float64 CPU reference of every loss of ../shared/SPEC.md: the value and the analytic
-//! gradient of the sum of the loss elements (an upstream gradient of ones).
+//! The float64 CPU reference of every loss (the semantics of deepml 3.3.1 and PyTorch that the
+//! README lists): the value and the analytic gradient of the sum of the loss elements (an
+//! upstream gradient of ones).
 //!
 //! It is the oracle of the tests, so it is written for clarity and exactness, not speed: every
 //! function first runs the same shape and config checks as the GPU losses (the `check_shapes`

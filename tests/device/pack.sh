@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 grep -qx '/.devbin' .gitignore || echo '/.devbin' >>.gitignore
 rm -rf .devbin && mkdir -p .devbin
-cargo build --release --bin deepml --example arcface_gflops
+cargo build --release --all-targets
 list=$(cargo test --release --no-run --message-format=json 2>/dev/null | python3 -c '
 import sys, json
 for l in sys.stdin:
