@@ -106,7 +106,7 @@ fn elem(j: u32) -> Pair {
         let rp = select(V(1.0), pos / (pos + eps), pos + eps > V(0.0));
         let rn = select(V(1.0), neg / (neg + eps), neg + eps > V(0.0));
         let d = -(P.w_p * y * neg * rp - P.w_n * (1.0 - y) * pos * rn);
-        return Pair(l, d);
+        return nan_kept(Pair(l, d), xv, y);
     }
     let l1p = log1p_small(e); // ln(1 + exp(-|x|))
     // The broadcast indices only where a weight varies: integer division is slow on some
@@ -125,7 +125,13 @@ fn elem(j: u32) -> Pair {
     // softplus(+-x) = max(+-x, 0) + ln(1 + exp(-|x|))
     let l = w * (pw * y * (max(-xv, V(0.0)) + l1p) + (1.0 - y) * (max(xv, V(0.0)) + l1p));
     let d = w * ((1.0 - y) * pos - pw * y * neg);
-    return Pair(l, d);
+    return nan_kept(Pair(l, d), xv, y);
+}
+
+// The loss and gradient of an element, or NaN where the logit or the target is NaN (the max of
+// softplus and the epsilon of the log would drop it on some implementations).
+fn nan_kept(p: Pair, xv: V, y: V) -> Pair {
+    return Pair(keep_nan(keep_nan(p.l, y), xv), keep_nan(keep_nan(p.d, y), xv));
 }
 
 @compute @workgroup_size(256)

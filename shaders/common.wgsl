@@ -13,6 +13,17 @@ fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 // The activations work on `V` (kernel.rs: f32, or vec4<f32> in a four-lane variant); a scalar
 // in a four-lane variant goes through `lane_of(f(V(x)), 0u)`.
 
+// NaN, told by its bits: WGSL lets an implementation assume that floats are never NaN, so
+// `x != x` may be folded away, and its max, min, clamp and exp may drop a NaN (SwiftShader's
+// do). keep_nan(v, x) is v, or x itself where x is NaN: a loss term carries its input's NaN
+// through selects alone, and the sums after it (additions) keep it.
+fn is_nan_v(x: V) -> VB {
+    return (bitcast<VU>(x) & VU(0x7fffffffu)) > VU(0x7f800000u);
+}
+fn keep_nan(v: V, x: V) -> V {
+    return select(v, x, is_nan_v(x));
+}
+
 // ln(1 + exp(x)) without overflow or cancellation.
 fn softplus(x: V) -> V {
     return max(x, V(0.0)) + log(1.0 + exp(-abs(x)));

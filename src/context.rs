@@ -66,8 +66,9 @@ pub struct ContextOptions {
     /// Do not use subgroup operations even where the adapter has them.
     pub disable_subgroups: bool,
     /// Scan every f32 input of every loss for NaN and infinity on the device; a loss given one
-    /// then fails at the next read with `Error::InvalidInput`. Off by default: what a non-finite
-    /// input gives is then up to the implementation (see the README).
+    /// then fails at the next read with `Error::InvalidInput`. Off by default: a NaN input then
+    /// gives a NaN loss where the README says so, elsewhere what the implementation's built-ins
+    /// make of it.
     pub check_finite: bool,
     /// The most bytes the buffer pool keeps for reuse (default: twice the most bytes ever live
     /// at once, plus 4 MiB). Buffers over it are released, least recently used first; buffers

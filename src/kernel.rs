@@ -37,6 +37,7 @@ alias V = f32;
 alias InV = In;
 alias VU = u32;
 alias VI = i32;
+alias VB = bool;
 fn hsum(v: V) -> f32 { return v; }
 fn hmax(v: V) -> f32 { return v; }
 fn lanes(a: f32, b: f32, c: f32, d: f32) -> V { return a; }
@@ -50,6 +51,7 @@ alias V = vec4<f32>;
 alias InV = vec4<In>;
 alias VU = vec4<u32>;
 alias VI = vec4<i32>;
+alias VB = vec4<bool>;
 fn hsum(v: V) -> f32 { return (v.x + v.y) + (v.z + v.w); }
 fn hmax(v: V) -> f32 { return max(max(v.x, v.y), max(v.z, v.w)); }
 fn lanes(a: f32, b: f32, c: f32, d: f32) -> V { return V(a, b, c, d); }

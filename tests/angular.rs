@@ -591,8 +591,9 @@ fn grad_opts_scale_into_accumulate() {
         2e-4,
     );
 
-    // accumulate without normalize_weight (dW written straight into the gradient), windowed
-    let small = windowed_ctx(4096);
+    // accumulate without normalize_weight (dW written straight into the gradient), windowed:
+    // 4 KiB bindings, or one aligned step of 132-byte logit rows where the adapter needs more.
+    let small = common::windowed_ctx_units(132, 31);
     let cf = AngularPenaltySMConfig {
         normalize_weight: false,
         ..cf

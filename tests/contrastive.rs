@@ -419,11 +419,20 @@ fn finite_differences_on_the_gpu() {
 
 #[test]
 fn windowed_path_matches_the_plain_one() {
-    // Bindings of 1 KiB: [300, 16] takes 64-byte rows 16 to a window, [9, 200] one row each.
-    let small = common::windowed_ctx(1024);
+    // Bindings of 1 KiB: [300, 16] takes 64-byte rows 16 to a window (where the labels' own
+    // alignment asks for more rows per window, SwiftShader's 64, that many); [n, 200] one row
+    // per window, or one aligned step of rows where the adapter's alignment asks for more
+    // (SwiftShader: 8 rows of 800 bytes).
     let plain = common::ctx();
     let mut r = common::rng(5);
-    for (n, d) in [(300usize, 16usize), (9, 200)] {
+    let rows = (2 * common::aligned_units(800) + 1).max(9) as usize;
+    let label_rows = common::aligned_units(4).max(16);
+    for (n, d) in [(300usize, 16usize), (rows, 200)] {
+        let small = if d == 16 {
+            common::windowed_ctx(64 * label_rows)
+        } else {
+            common::windowed_ctx_units(800, 1)
+        };
         let a = common::uniform(&mut r, n * d, -1.0, 1.0);
         let b = common::uniform(&mut r, n * d, -1.0, 1.0);
         let y = labels(&mut r, n);
@@ -528,7 +537,7 @@ fn typed_errors() {
 
 #[test]
 fn shaders_validate() {
-    for s in deepml::kernel::all_shader_variants()
+    for s in deepml::all_shader_variants()
         .iter()
         .filter(|s| s.name == "contrastive")
     {

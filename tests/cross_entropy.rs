@@ -425,16 +425,18 @@ fn finite_differences_on_the_gpu() {
 
 #[test]
 fn windowed_path_matches_the_plain_one() {
-    // Bindings of 4 KiB: [200, 10] takes 10 windows, [20, 3, 8, 8] one sample of 768 bytes each
-    // five per window, and [70, 3000] (labels bound whole) a window per sample.
+    // Bindings of 4 KiB: [200, 10] takes several windows, [20, 3, 8, 8] one sample of 768
+    // bytes each five per window, and [n, 3000] (labels bound whole) a window per sample, or
+    // per aligned step of samples where the adapter's alignment asks for more (SwiftShader).
     let small = common::windowed_ctx(4096);
-    let big = common::windowed_ctx(12_288);
+    let big = common::windowed_ctx_units(12_000, 1);
+    let rows = (2 * common::aligned_units(12_000) + 1).max(7) as usize;
     let plain = common::ctx();
     let mut r = common::rng(6);
     let layouts: [(&[usize], &[usize], &LossContext); 3] = [
         (&[200, 10], &[200], &small),
         (&[20, 3, 8, 8], &[20, 8, 8], &small),
-        (&[7, 3000], &[7], &big),
+        (&[rows, 3000], &[rows], &big),
     ];
     for (xs, ys, wctx) in layouts {
         let c = classes_of(xs);
@@ -449,7 +451,15 @@ fn windowed_path_matches_the_plain_one() {
             };
             let (l1, g1) = gpu(plain, &cfg, &x, xs, &y, ys);
             let (l2, g2) = gpu(wctx, &cfg, &x, xs, &y, ys);
-            assert_eq!(g1, g2, "{xs:?} {reduction:?}: windowed gradient");
+            // Within rounding, not bit for bit: the windows sum the weights and the losses
+            // in another order than one pass does (equal on lavapipe, not on SwiftShader).
+            let scale = g1.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * a.abs() + 1e-6 * scale,
+                    "{xs:?} {reduction:?}: windowed gradient [{i}] {b} against {a}"
+                );
+            }
             let want = reference::cross_entropy(&cfg, &common::to64(&x), xs, &y, ys).unwrap();
             common::assert_close(
                 &format!("windowed {xs:?} {reduction:?}"),
@@ -459,7 +469,13 @@ fn windowed_path_matches_the_plain_one() {
                 2e-5,
             );
             if reduction == Reduction::None {
-                assert_eq!(l1, l2);
+                common::assert_close(
+                    &format!("windowed {xs:?} {reduction:?}"),
+                    &l2,
+                    &common::to64(&l1),
+                    1e-5,
+                    1e-6,
+                );
             }
         }
     }
@@ -609,7 +625,7 @@ fn out_of_range_labels_on_the_device_set_the_flag_and_write_nothing_out_of_bound
 
 #[test]
 fn shaders_validate() {
-    for s in deepml::kernel::all_shader_variants()
+    for s in deepml::all_shader_variants()
         .iter()
         .filter(|s| s.name == "cross_entropy")
     {

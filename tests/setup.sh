@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what deepml's demo and tests need on a fresh Debian machine, skipping what is there:
-# a Rust toolchain, and a software GPU (Mesa's lavapipe for Vulkan, llvmpipe through EGL for GL).
+# a Rust toolchain, a software GPU (Mesa's lavapipe for Vulkan, llvmpipe through EGL for GL), and
+# Debian's Chromium (SwiftShader's Vulkan, the validation layer, the browser test's browser;
+# DEEPML_SETUP_CHROMIUM=0 skips it, as tests/demo.sh does).
 set -euo pipefail
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 apt_updated=
@@ -19,6 +21,11 @@ ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || missing+=(mesa-vulka
 ldconfig -p | grep -q 'libEGL.so.1' || missing+=(libegl1)
 ls /usr/lib/*/libEGL_mesa.so.0 >/dev/null 2>&1 || missing+=(libegl-mesa0)
 ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1 || missing+=(libgl1-mesa-dri)
+# Debian's Chromium: the browser test's browser, and (in chromium-common) SwiftShader's Vulkan
+# driver and the Khronos validation layer that tests/run_all.sh also runs the suite on.
+if [ "${DEEPML_SETUP_CHROMIUM:-1}" = 1 ] && ! dpkg -L chromium-common 2>/dev/null | grep -q '/vk_swiftshader_icd\.json$'; then
+  missing+=(chromium)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   apt_install "${missing[@]}"

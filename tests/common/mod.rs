@@ -12,7 +12,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 /// The context of this test binary. `DEEPML_EXPECT_BACKEND=vulkan|gl` makes the tests assert
-/// the backend they run on (CI sets it, with WGPU_BACKEND).
+/// the backend they run on (CI sets it, with WGPU_BACKEND), and `DEEPML_EXPECT_ADAPTER` a part
+/// of the adapter's name (`llvmpipe`, `swiftshader`).
 pub fn ctx() -> &'static LossContext {
     static CTX: OnceLock<LossContext> = OnceLock::new();
     CTX.get_or_init(|| {
@@ -20,6 +21,13 @@ pub fn ctx() -> &'static LossContext {
             .expect("no GPU adapter: install mesa-vulkan-drivers");
         let a = ctx.adapter();
         eprintln!("deepml tests on: {}", a.summary());
+        if let Ok(want) = std::env::var("DEEPML_EXPECT_ADAPTER") {
+            assert!(
+                a.name.to_lowercase().contains(&want.to_lowercase()),
+                "tests ran on {} but an adapter named {want} was expected",
+                a.summary()
+            );
+        }
         if let Ok(want) = std::env::var("DEEPML_EXPECT_BACKEND") {
             let got = format!("{:?}", a.backend).to_lowercase();
             assert_eq!(
@@ -40,6 +48,29 @@ pub fn windowed_ctx(bytes: u64) -> LossContext {
         ..Default::default()
     })
     .unwrap()
+}
+
+/// How many units of `unit_bytes` one aligned step of a window holds on this adapter: every
+/// window but the last starts at a multiple of the device's storage-offset alignment (16 to 64
+/// bytes on llvmpipe, 256 on SwiftShader and many GPUs), so a window holds whole steps.
+pub fn aligned_units(unit_bytes: u64) -> u64 {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let align = (ctx().adapter().limits.min_storage_buffer_offset_alignment as u64).max(4);
+    align / gcd(unit_bytes, align)
+}
+
+/// A windowed context whose windows hold `units` units of `unit_bytes` where the adapter's
+/// alignment allows, else one aligned step (`aligned_units`): tests size their inputs with
+/// `aligned_units` to get several windows on every adapter.
+pub fn windowed_ctx_units(unit_bytes: u64, units: u64) -> LossContext {
+    let step = aligned_units(unit_bytes);
+    windowed_ctx(unit_bytes * units.max(1).div_ceil(step) * step)
 }
 
 pub fn rng(seed: u64) -> SmallRng {
