@@ -5,8 +5,7 @@
 #
 # Any validation message fails the run, except VUID-StandaloneSpirv-None-10684: naga (wgpu's
 # shader compiler) decorates every array type with ArrayStride, workgroup arrays included, which
-# SPIR-V for Vulkan forbids (wgpu issue 7696, fixed upstream after naga 30). It is counted and
-# reported by shader module.
+# SPIR-V for Vulkan forbids (wgpu issue 7696). It is counted and reported.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
