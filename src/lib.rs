@@ -14,7 +14,7 @@
 // wgpu's types are neither Send nor Sync on the web, where there is one thread.
 #![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(any(not(target_arch = "wasm32"), feature = "web"))]
 pub mod bench;
 pub mod cases;
 pub mod config;
@@ -26,7 +26,7 @@ pub mod kernel;
 pub mod losses;
 pub mod reference;
 pub mod tensor;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "web"))]
 pub mod web;
 
 pub use config::*;

@@ -30,11 +30,12 @@ fi
 
 # --- build
 echo "== cargo build (wasm32, release-wasm)"
-(cd "$ROOT" && cargo build --lib --target wasm32-unknown-unknown --profile release-wasm)
-WASM="$ROOT/target/wasm32-unknown-unknown/release-wasm/deepml.wasm"
+(cd "$ROOT" && cargo rustc --lib --crate-type cdylib --target wasm32-unknown-unknown --profile release-wasm --features web)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+WASM="$TARGET_DIR/wasm32-unknown-unknown/release-wasm/deepml.wasm"
 
 echo "== wasm-bindgen"
-TMP="$ROOT/target/wasm-pkg.tmp"
+TMP="$TARGET_DIR/wasm-pkg.tmp.$$"
 rm -rf "$TMP"
 wasm-bindgen --target web --out-dir "$TMP" --out-name deepml "$WASM"
 
