@@ -599,7 +599,7 @@ pub(crate) fn entries(size: usize) -> Vec<Entry> {
             (vec![c, d], f(-0.044, 0.044)),
         ],
         baseline: None,
-        flops: Some(3.0 * 2.0 * (n * d * c) as f64),
+        flops: Some(3.0 * 2.0 * n as f64 * d as f64 * c as f64),
     });
     v
 }

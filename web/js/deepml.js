@@ -1,7 +1,7 @@
 // deepml for JavaScript: the typed API over the wasm bindings (deepml_core.js, made by
 // wasm-bindgen from src/web.rs). Types: deepml.d.ts. No eval, no `new Function`: the package
 // runs under a CSP of `script-src 'self' 'wasm-unsafe-eval'`.
-import initCore, { RawContext, RawTensor } from "./deepml_core.js";
+import initCore, { RawContext } from "./deepml_core.js";
 
 let ready = null;
 
@@ -479,6 +479,7 @@ export class DeepML {
     this.#losses.clear();
     const r = this.#raw;
     this.#raw = null;
+    r?.trimPool();
     r?.free();
   }
   free() {
@@ -494,5 +495,4 @@ function checkShape(shape) {
     throw fail("invalid_input", `a shape is an array of non-negative integers, got ${JSON.stringify(shape)}`);
 }
 
-export { RawTensor as _RawTensor };
 export default DeepML;
