@@ -32,7 +32,7 @@ export interface JaccardLossOptions {
   isMulticlass?: boolean;
   /** Added to the union. @default 1e-7 */
   eps?: number;
-  /** One loss per class instead of their mean (multiclass). @default false */
+  /** The ratio of each class, then their mean (instead of one ratio over all classes). @default false */
   perClass?: boolean;
 }
 
@@ -192,6 +192,7 @@ export interface GradOpts {
 
 /** A tensor on the GPU. Only a `DeepML` makes one: a plain object is never taken for a tensor. */
 export declare class Tensor implements Disposable {
+  #private;
   private constructor();
   readonly shape: number[];
   readonly dtype: DType;
@@ -217,8 +218,9 @@ export declare class Tensor implements Disposable {
 
 /** Values read back by `Loss.compute`. */
 export declare class LossResult {
+  #private;
   private constructor();
-  /** The loss: one value, or one per element (reduction "none") or per class (perClass). */
+  /** The loss: one value, or one per element (reduction "none"). */
   readonly loss: Float32Array;
   /** The gradients, in the order of `gradNames`. */
   readonly grads: Float32Array[];
@@ -231,6 +233,7 @@ export declare class LossResult {
 
 /** Tensors kept on the device by `Loss.computeOnDevice`. */
 export declare class DeviceLossResult implements Disposable {
+  #private;
   private constructor();
   readonly loss: Tensor;
   readonly grads: Tensor[];
@@ -244,6 +247,7 @@ export declare class DeviceLossResult implements Disposable {
 
 /** A loss with its options, built once by `ml.loss(...)`, computed many times. */
 export declare class Loss<N extends LossName = LossName> implements Disposable {
+  #private;
   private constructor();
   readonly name: N;
   readonly inputNames: string[];
@@ -348,6 +352,7 @@ export interface CaseResult {
 
 /** deepml on the page's WebGPU device. */
 export declare class DeepML implements Disposable {
+  #private;
   private constructor();
   /** A context on the browser's WebGPU adapter; rejects with kind "no_adapter" without one. */
   static create(options?: CreateOptions): Promise<DeepML>;

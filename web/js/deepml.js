@@ -1,6 +1,6 @@
 // deepml for JavaScript: the typed API over the wasm bindings (deepml_core.js, made by
-// wasm-bindgen from src/web.rs). Types: deepml.d.ts. No eval, no `new Function`: the package
-// runs under a CSP of `script-src 'self' 'wasm-unsafe-eval'`.
+// wasm-bindgen from src/web.rs). Types: deepml.d.ts. Nothing here compiles code from strings,
+// so the package runs under a CSP of `script-src 'self' 'wasm-unsafe-eval'`.
 import initCore, { RawContext } from "./deepml_core.js";
 
 let ready = null;
@@ -151,7 +151,7 @@ function describe(v) {
 /** What `Loss.compute` resolves to: values read back to the host. */
 export class LossResult {
   constructor(loss, grads, gradNames) {
-    /** The loss (one value, or one per element / class for reduction "none" / perClass). */
+    /** The loss (one value, or one per element for reduction "none"). */
     this.loss = loss;
     /** The gradients, in the order of `gradNames`. */
     this.grads = grads;
