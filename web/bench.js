@@ -130,14 +130,13 @@ async function main() {
     $("log").textContent = "";
     document.body.dataset.state = "running";
     try {
-      const text = await ml.bench({
+      const report = await ml.bench({
         size: Number($("size").value),
         runs: Number($("runs").value),
         warmup: Number(params.get("warmup") ?? 2),
         only: chosen,
         onProgress: (line) => ($("log").textContent += `${line}\n`),
       });
-      const report = JSON.parse(text);
       // `only` matches by substring (BCEWithLogitsLoss is part of WeightedBCEWithLogitsLoss):
       // keep exactly the losses chosen.
       report.results = report.results.filter((r) => chosen.includes(r.loss));

@@ -302,6 +302,7 @@ async function benchTest(context, url) {
     check(report.timer === (timestamp ? "timestamp" : "wall"), "the timer is timestamp queries where the adapter has them, wall time otherwise",
       `timer ${report.timer}; ${adapter.split("\n").find((l) => l.startsWith("timer"))}`);
     check(report.copy_gbps > 0 && Number.isFinite(report.copy_gbps), "the copy roofline is measured", `${report.copy_gbps.toFixed(3)} GB/s`);
+    check(report.adapter.length > 0, "the report names the adapter (from GPUAdapterInfo)", report.adapter);
     const names = report.results.map((r) => r.loss);
     check(BENCH_LOSSES.every((l) => names.includes(l)) && names.length === BENCH_LOSSES.length, "every chosen loss is in the report", names.join(", "));
     check(report.results.every((r) => r.ms > 0 && r.gbps > 0 && r.of_copy > 0 && Math.abs(r.of_copy - r.gbps / r.copy_gbps) < 1e-9 && r.compulsory_bytes > 0),

@@ -393,8 +393,9 @@ export declare class DeepML implements Disposable {
 
   /** Runs a deepml-cases/1 file (its JSON text) through the GPU. */
   runCases(json: string): Promise<CaseResult[]>;
-  /** The benchmark on this device: the JSON text of a `BenchReport`. */
-  bench(options?: BenchOptions): Promise<string>;
+  /** The benchmark on this device: a report in the format of `deepml bench --json`
+   *  (`JSON.stringify` it for `deepml bench --compare`). */
+  bench(options?: BenchOptions): Promise<BenchReport>;
 
   /** Releases deepml's losses and pooled memory; the GPUDevice stays (others may share it). */
   dispose(): void;

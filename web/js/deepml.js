@@ -314,6 +314,10 @@ export class DeepML {
     this.#raw = raw;
     this.adapter = raw.adapter;
     this.device = raw.device;
+    // wgpu's WebGPU backend reports no adapter name; the browser's GPUAdapterInfo has one.
+    const info = this.device?.adapterInfo;
+    if (!this.adapter.name && info)
+      this.adapter.name = [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(" ");
   }
 
   /** A context on the browser's WebGPU adapter; rejects with kind "no_adapter" without one. */
@@ -466,10 +470,13 @@ export class DeepML {
   }
 
   /** The benchmark (see `BenchOptions`), on this device: a report in the format of
-   *  `deepml bench --json`. */
-  bench(options = {}) {
+   *  `deepml bench --json` (JSON.stringify it for `deepml bench --compare`). */
+  async bench(options = {}) {
     const { size = 1 << 20, runs = 7, warmup = 2, only = [], onProgress } = options;
-    return this.#core.bench(size, runs, warmup, only.join(","), onProgress ?? null);
+    const report = JSON.parse(await this.#core.bench(size, runs, warmup, only.join(","), onProgress ?? null));
+    // wgpu's WebGPU backend does not know the adapter's name: the browser's GPUAdapterInfo does.
+    report.adapter ||= this.adapter.name;
+    return report;
   }
 
   /** Releases deepml's losses and pooled memory. The GPUDevice is not destroyed (other code may

@@ -131,10 +131,15 @@ async function run() {
 
   // --- float16 where the adapter has it
   if (ml.adapter.shaderF16) {
+    // The inputs of one call are all float32 or all float16 (these logits and labels are exact in f16).
     const h = ml.tensor(logits, [2, 3, 4, 4], { dtype: "float16" });
-    const rh = await jac.compute([h, t]);
-    ok("float16 logits give the float32 loss within f16 rounding", h.dtype === "float16" && rh.loss.every((v, i) => Math.abs(v - a.loss[i]) < 2e-3), `${rh.loss} vs ${a.loss}`);
+    const th = ml.tensor(labels, [2, 3, 4, 4], { dtype: "float16" });
+    const rh = await jac.compute([h, th]);
+    ok("float16 inputs give the float32 loss within f16 arithmetic", h.dtype === "float16" && Math.abs(rh.value - a.value) < 2e-3, `${rh.value} vs ${a.value}`);
+    const mixed = await errorOf(() => jac.compute([h, t]));
+    ok("float16 and float32 inputs in one call are an invalid_input error", mixed?.kind === "invalid_input", mixed?.message);
     h.dispose();
+    th.dispose();
   } else {
     const e = await errorOf(() => ml.tensor(logits, [2, 3, 4, 4], { dtype: "float16" }));
     ok("without shader-f16 a float16 tensor is a not_implemented error", e?.kind === "not_implemented", e?.message);
