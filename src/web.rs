@@ -734,9 +734,10 @@ struct WebTimer {
 }
 
 impl WebTimer {
-    fn new(ctx: &LossContext) -> WebTimer {
+    /// Timestamp queries where the device has them (unless `wall`), wall time otherwise.
+    fn new(ctx: &LossContext, wall: bool) -> WebTimer {
         let device = ctx.device();
-        if !device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+        if wall || !device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
             return WebTimer { query: None };
         }
         let qs = device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -875,9 +876,10 @@ async fn copy_gbps(
 async fn web_bench(
     ctx: &LossContext,
     opts: &bench::BenchOptions,
+    wall: bool,
     progress: &dyn Fn(&str),
 ) -> crate::Result<bench::BenchReport> {
-    let timer = WebTimer::new(ctx);
+    let timer = WebTimer::new(ctx, wall);
     progress(&format!(
         "timer: {}; workgroup reductions: {}; copy kernel over {} elements",
         timer.kind(),
@@ -1002,14 +1004,16 @@ async fn web_bench(
 #[wasm_bindgen]
 impl RawContext {
     /// Runs the benchmark: `Promise<string>`, the report as the JSON of `deepml bench --json`.
-    /// `only` is a comma-separated list of loss-name parts (all when empty); `progress` is
-    /// called with a line of text as it goes.
+    /// `only` is a comma-separated list of loss-name parts (all when empty); `wall` times with
+    /// the host clock even where timestamp queries exist; `progress` is called with a line of
+    /// text as it goes.
     pub fn bench(
         &self,
         size: u32,
         runs: u32,
         warmup: u32,
         only: String,
+        wall: bool,
         progress: Option<js_sys::Function>,
     ) -> Promise {
         let ctx = self.ctx.clone();
@@ -1030,7 +1034,7 @@ impl RawContext {
                     let _ = f.call1(&JsValue::NULL, &line.into());
                 }
             };
-            let report = web_bench(&ctx, &opts, &say).await.map_err(to_js)?;
+            let report = web_bench(&ctx, &opts, wall, &say).await.map_err(to_js)?;
             let json = serde_json::to_string_pretty(&report)
                 .map_err(|e| js_error("wgpu", &format!("the report as JSON: {e}")))?;
             Ok(json.into())

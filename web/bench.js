@@ -2,7 +2,7 @@
 // same losses, inputs, copy roofline and per-operation baselines as `deepml bench`), shown as a
 // table and a bar chart of each loss's fraction of the copy speed, and offered as the JSON of
 // `deepml bench --json`. URL parameters: size, runs, warmup, only (comma-separated loss names),
-// autorun=1.
+// timer=wall (the host clock even where timestamp queries exist), autorun=1.
 import { DeepML } from "./pkg/deepml.js";
 
 const $ = (id) => document.getElementById(id);
@@ -134,6 +134,7 @@ async function main() {
         size: Number($("size").value),
         runs: Number($("runs").value),
         warmup: Number(params.get("warmup") ?? 2),
+        timer: params.get("timer") === "wall" ? "wall" : "auto",
         only: chosen,
         onProgress: (line) => ($("log").textContent += `${line}\n`),
       });

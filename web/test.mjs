@@ -333,6 +333,14 @@ async function benchTest(context, url) {
       "deepml bench --compare reads the browser's JSON beside a native run", `cargo ${args.join(" ")}: exit ${cmp.status} ${(cmp.stderr ?? "").trim().slice(-400)}`);
     console.log(out.trim().split("\n").map((l) => `   ${l}`).join("\n"));
     fs.rmSync(file, { force: true });
+
+    // The wall-time path (what an adapter without timestamp-query gets).
+    await page.goto(`${url}bench.html?size=${size}&runs=3&warmup=1&only=MSELoss,L1Loss&timer=wall&autorun=1`);
+    await page.waitForFunction(() => ["done", "error"].includes(document.body.dataset.state), null, { timeout: 300_000 });
+    const wall = await page.evaluate(() => window.benchReport);
+    check(wall?.timer === "wall" && wall.results.length === 2 && wall.results.every((r) => r.ms > 0 && r.of_copy > 0) && wall.copy_gbps > 0,
+      "the benchmark page times with wall time on request (timer=wall)",
+      wall ? `copy ${wall.copy_gbps.toFixed(2)} GB/s; ${wall.results.map((r) => `${r.loss} ${r.ms.toFixed(3)} ms`).join(", ")}` : "no report");
   } finally {
     await page.close();
   }

@@ -310,6 +310,9 @@ export interface BenchOptions {
   warmup?: number;
   /** Only the losses whose name contains one of these. */
   only?: string[];
+  /** "auto": timestamp queries where the adapter has them, else wall time; "wall": the host
+   *  clock around submit and completion. @default "auto" */
+  timer?: "auto" | "wall";
   /** Called with a line of text as the benchmark goes. */
   onProgress?: (line: string) => void;
 }

@@ -472,8 +472,9 @@ export class DeepML {
   /** The benchmark (see `BenchOptions`), on this device: a report in the format of
    *  `deepml bench --json` (JSON.stringify it for `deepml bench --compare`). */
   async bench(options = {}) {
-    const { size = 1 << 20, runs = 7, warmup = 2, only = [], onProgress } = options;
-    const report = JSON.parse(await this.#core.bench(size, runs, warmup, only.join(","), onProgress ?? null));
+    const { size = 1 << 20, runs = 7, warmup = 2, only = [], timer = "auto", onProgress } = options;
+    if (timer !== "auto" && timer !== "wall") throw fail("invalid_input", `timer must be "auto" or "wall", not ${timer}`);
+    const report = JSON.parse(await this.#core.bench(size, runs, warmup, only.join(","), timer === "wall", onProgress ?? null));
     // wgpu's WebGPU backend does not know the adapter's name: the browser's GPUAdapterInfo does.
     report.adapter ||= this.adapter.name;
     return report;
