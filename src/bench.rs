@@ -616,7 +616,12 @@ impl Lcg {
     }
 }
 
-pub(crate) fn make_input(ctx: &LossContext, shape: &[usize], kind: &Input, rng: &mut Lcg) -> Result<Tensor> {
+pub(crate) fn make_input(
+    ctx: &LossContext,
+    shape: &[usize],
+    kind: &Input,
+    rng: &mut Lcg,
+) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     match *kind {
         Input::F32 { lo, hi, binary } => {

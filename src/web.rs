@@ -161,7 +161,10 @@ impl RawTensor {
                 }
                 DType::F16 => {
                     let h: Vec<u16> = bytemuck::pod_collect_to_vec(&b);
-                    let v: Vec<f32> = h.iter().map(|&x| half::f16::from_bits(x).to_f32()).collect();
+                    let v: Vec<f32> = h
+                        .iter()
+                        .map(|&x| half::f16::from_bits(x).to_f32())
+                        .collect();
                     Float32Array::from(&v[..]).into()
                 }
             })
@@ -194,7 +197,9 @@ impl RawTensor {
         while !bytes.len().is_multiple_of(4) {
             bytes.push(0);
         }
-        self.ctx.queue().write_buffer(t.buffer(), t.offset(), &bytes);
+        self.ctx
+            .queue()
+            .write_buffer(t.buffer(), t.offset(), &bytes);
         self.ctx.check().map_err(to_js)
     }
 }
@@ -287,13 +292,21 @@ impl RawLoss {
     /// The input names, in the order `compute` takes them.
     #[wasm_bindgen(getter, js_name = inputNames)]
     pub fn input_names(&self) -> Vec<String> {
-        self.loss.input_names().iter().map(|s| s.to_string()).collect()
+        self.loss
+            .input_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     /// The gradient names, in the order of the outputs' gradients.
     #[wasm_bindgen(getter, js_name = gradNames)]
     pub fn grad_names(&self) -> Vec<String> {
-        self.loss.grad_names().iter().map(|s| s.to_string()).collect()
+        self.loss
+            .grad_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     /// Stages input `i` for the next `run`.
@@ -499,7 +512,10 @@ impl RawContext {
                 "float16 tensors need the adapter's shader-f16 feature, which this one lacks",
             ));
         }
-        let t = self.ctx.upload_f16(data, &shape_of(&shape)).map_err(to_js)?;
+        let t = self
+            .ctx
+            .upload_f16(data, &shape_of(&shape))
+            .map_err(to_js)?;
         Ok(RawTensor::new(&self.ctx, t, None))
     }
 
@@ -523,11 +539,11 @@ impl RawContext {
                 "float16 tensors need the adapter's shader-f16 feature, which this one lacks",
             ));
         }
-        let t = self
+        let t = self.ctx.empty(&shape_of(&shape), dtype).map_err(to_js)?;
+        let mut enc = self
             .ctx
-            .empty(&shape_of(&shape), dtype)
-            .map_err(to_js)?;
-        let mut enc = self.ctx.device().create_command_encoder(&Default::default());
+            .device()
+            .create_command_encoder(&Default::default());
         if t.padded_len() > 0 {
             enc.clear_buffer(t.buffer(), t.offset(), Some(t.padded_len()));
         }
@@ -781,16 +797,17 @@ impl WebTimer {
         let mut enc = device.create_command_encoder(&Default::default());
         match &self.query {
             Some((qs, resolve, read, period)) => {
-                let mark = |enc: &mut wgpu::CommandEncoder, begin: Option<u32>, end: Option<u32>| {
-                    drop(enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some("deepml bench timestamp"),
-                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                            query_set: qs,
-                            beginning_of_pass_write_index: begin,
-                            end_of_pass_write_index: end,
-                        }),
-                    }));
-                };
+                let mark =
+                    |enc: &mut wgpu::CommandEncoder, begin: Option<u32>, end: Option<u32>| {
+                        drop(enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: Some("deepml bench timestamp"),
+                            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                                query_set: qs,
+                                beginning_of_pass_write_index: begin,
+                                end_of_pass_write_index: end,
+                            }),
+                        }));
+                    };
                 mark(&mut enc, Some(0), None);
                 let keep = record(&mut enc)?;
                 mark(&mut enc, None, Some(1));
