@@ -17,6 +17,7 @@
 // Ends with "N passed, M failed"; exits non-zero on any failure.
 //   node web/test.mjs            (after web/build.sh; web/test.sh does both)
 //   DEEPML_WEB_ONLY=package,bench node web/test.mjs   (some sections: demo, package, bench)
+//   DEEPML_WEB_BENCH_SIZE=262144 DEEPML_WEB_BENCH_JSON=browser.json   (the bench's size; keep its JSON)
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -234,7 +235,7 @@ async function packageTest(context) {
     fs.copyFileSync(path.join(ROOT, "tests", "cases", "public.json"), path.join(app, "public.json"));
     const tsc = spawnSync(path.join(WEB, "node_modules", ".bin", "tsc"),
       ["--strict", "--noEmit", "--target", "es2022", "--module", "esnext", "--moduleResolution", "bundler",
-        "--lib", "es2022,dom,esnext.disposable", "--types", "@webgpu/types", "usage.ts"],
+        "--lib", "es2022,dom,esnext.disposable", "usage.ts"],
       { cwd: app, encoding: "utf8" });
     check(tsc.status === 0, "tsc --strict --noEmit type-checks the usage file (and each @ts-expect-error is an error)",
       (tsc.stdout + tsc.stderr).trim().slice(0, 1500) || "no diagnostics");
@@ -243,7 +244,7 @@ async function packageTest(context) {
     fs.writeFileSync(path.join(app, "usage-bad.ts"), bad);
     const tscBad = spawnSync(path.join(WEB, "node_modules", ".bin", "tsc"),
       ["--strict", "--noEmit", "--target", "es2022", "--module", "esnext", "--moduleResolution", "bundler",
-        "--lib", "es2022,dom,esnext.disposable", "--types", "@webgpu/types", "usage-bad.ts"],
+        "--lib", "es2022,dom,esnext.disposable", "usage-bad.ts"],
       { cwd: app, encoding: "utf8" });
     check(tscBad.status !== 0 && /isMultiClass/.test(tscBad.stdout), "tsc refuses a misspelt option", tscBad.stdout.trim().split("\n")[0]);
 
@@ -333,6 +334,7 @@ async function benchTest(context, url) {
       "deepml bench --compare reads the browser's JSON beside a native run", `cargo ${args.join(" ")}: exit ${cmp.status} ${(cmp.stderr ?? "").trim().slice(-400)}`);
     console.log(out.trim().split("\n").map((l) => `   ${l}`).join("\n"));
     fs.rmSync(file, { force: true });
+    if (process.env.DEEPML_WEB_BENCH_JSON) fs.writeFileSync(process.env.DEEPML_WEB_BENCH_JSON, json);
 
     // The wall-time path (what an adapter without timestamp-query gets).
     await page.goto(`${url}bench.html?size=${size}&runs=3&warmup=1&only=MSELoss,L1Loss&timer=wall&autorun=1`);
