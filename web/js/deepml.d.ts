@@ -412,4 +412,5 @@ export declare function init(options?: CreateOptions): Promise<void>;
 /** The snake_case JSON config of an options object (what the core parses). */
 export declare function configJson(options?: object | string | null): string;
 
-export default DeepML;
+/** `init`, as in wasm-bindgen modules: `import init, { DeepML } from "deepml"`. */
+export default init;

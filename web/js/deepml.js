@@ -503,4 +503,6 @@ function checkShape(shape) {
     throw fail("invalid_input", `a shape is an array of non-negative integers, got ${JSON.stringify(shape)}`);
 }
 
-export default DeepML;
+// The default export stays `init`, as wasm-bindgen's modules (and this package's first API) had
+// it: `import init, { DeepML } from "deepml"` keeps working.
+export default init;

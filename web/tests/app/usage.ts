@@ -1,6 +1,6 @@
 // Type-checked by the browser test with `tsc --strict --noEmit` against the installed package:
 // the typed API as a user writes it, and (the @ts-expect-error lines) what the types refuse.
-import DeepMLDefault, {
+import init, {
   DeepML,
   Tensor,
   Loss,
@@ -14,7 +14,8 @@ import DeepMLDefault, {
 } from "deepml";
 
 export async function usage(): Promise<number> {
-  const ml: DeepML = await DeepMLDefault.create();
+  await init();
+  const ml: DeepML = await DeepML.create();
   const device: GPUDevice = ml.device;
   const x: Tensor = ml.tensor(new Float32Array(2 * 3 * 16), [2, 3, 4, 4]);
   const t: Tensor = ml.zeros([2, 3, 4, 4]);
