@@ -374,7 +374,9 @@ export declare class DeepML implements Disposable {
   /**
    * A tensor with the values of a GPUBuffer made on `ml.device` (usage COPY_SRC). It is a
    * GPU-side copy in queue order (wgpu 30 cannot adopt a buffer it did not create): later
-   * writes to `buffer` are not seen by the tensor.
+   * writes to `buffer` are not seen by the tensor. A buffer of another GPUDevice fails WebGPU
+   * validation, which resolves asynchronously: `read()` and `Loss.compute` wait for it and then
+   * reject with `invalid_input`, and the tensor refuses every later use.
    */
   tensorFromGpuBuffer(buffer: GPUBuffer, shape: number[], options?: GpuBufferTensorOptions): Tensor;
 

@@ -56,6 +56,7 @@ export class Tensor {
   #ml;
   #owned;
   #error = null;
+  #pending = null;
 
   /** @internal */
   constructor(token, ml, raw, owned = true) {
@@ -74,9 +75,18 @@ export class Tensor {
     return t.#raw;
   }
 
-  /** @internal */
-  static poison(t, e) {
-    t.#error = e;
+  /** @internal A copy whose validation resolves later (tensorFromGpuBuffer): `read` and
+   *  `Loss.compute` wait for it, and a failed one makes the tensor unusable. */
+  static pending(t, validation) {
+    t.#pending = validation.then((e) => {
+      t.#pending = null;
+      if (e) t.#error = e;
+    });
+  }
+
+  /** @internal Resolves once the tensor's pending validation (if any) is done. */
+  static async settled(t) {
+    if (t instanceof Tensor && #pending in t && t.#pending) await t.#pending;
   }
 
   /** @internal The DeepML this tensor belongs to. */
@@ -117,6 +127,7 @@ export class Tensor {
   }
   /** Reads the values back: a Float32Array (float32, float16) or Int32Array (int32). */
   async read() {
+    if (this.#pending) await this.#pending;
     return this.#core.read();
   }
   /** Overwrites the values in place (float32 or float16 tensors, same element count). */
@@ -271,6 +282,7 @@ export class Loss {
 
   /** The loss and its gradients, read back. */
   async compute(inputs, opts) {
+    if (Array.isArray(inputs)) await Promise.all(inputs.map((t) => Tensor.settled(t)));
     const r = this.computeOnDevice(inputs, opts);
     try {
       const [loss, ...grads] = await Promise.all([r.loss.read(), ...r.grads.map((g) => g.read())]);
@@ -398,10 +410,10 @@ export class DeepML {
       const len = byteOffset + padded <= buffer.size ? padded : bytes;
       enc.copyBufferToBuffer(buffer, byteOffset, t.buffer, t.byteOffset, len);
       device.queue.submit([enc.finish()]);
-      device.popErrorScope().then((e) => {
-        if (e)
-          Tensor.poison(t, fail("invalid_input", `tensorFromGpuBuffer: the copy failed (is the buffer from ml.device?): ${e.message}`));
-      });
+      // A buffer of another GPUDevice (there is no synchronous way to tell) fails validation:
+      // the tensor then refuses every use, and `read`/`compute` wait for the verdict.
+      Tensor.pending(t, device.popErrorScope().then((e) =>
+        e ? fail("invalid_input", `tensorFromGpuBuffer: the copy failed (is the buffer from ml.device?): ${e.message}`) : null));
     }
     return t;
   }

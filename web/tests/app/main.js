@@ -245,6 +245,18 @@ async function shared(ml, x, t, logits, labels, jac) {
   ok("tensorFromGpuBuffer refuses a shape larger than the buffer", e2?.kind === "invalid_input", e2?.message);
   const e3 = await errorOf(() => ml.tensorFromGpuBuffer({ size: 1024, usage: 4 }, [4]));
   ok("tensorFromGpuBuffer refuses what is not a GPUBuffer", e3?.kind === "invalid_input", e3?.message);
+
+  // A buffer of another GPUDevice: WebGPU refuses the copy; the tensor says so when read.
+  const other = await (await navigator.gpu.requestAdapter()).requestDevice();
+  const theirs = other.createBuffer({ size: n * 4, usage: U.STORAGE | U.COPY_SRC });
+  const foreign = ml.tensorFromGpuBuffer(theirs, [2, 3, 4, 4]);
+  const e4 = await errorOf(() => foreign.read());
+  const e5 = await errorOf(() => jac.computeOnDevice([foreign, t]));
+  ok("a GPUBuffer of another device: the tensor's read rejects with invalid_input, and later uses too",
+    e4?.kind === "invalid_input" && /another|ml\.device/.test(e4.message) && e5?.kind === "invalid_input", `${e4?.message} / ${e5?.message}`);
+  const again = await jac.compute([x, t]);
+  ok("deepml keeps working after the refused copy", Number.isFinite(again.value), again.value);
+  other.destroy();
 }
 
 window.results = results;
