@@ -3,6 +3,7 @@
 //! (the adapter's own bandwidth, the roofline of memory-bound kernels) and a per-operation
 //! baseline (one kernel per elementary operation, as an unfused tensor framework runs a loss).
 
+#[cfg(not(target_arch = "wasm32"))]
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -12,12 +13,14 @@ use crate::config::*;
 use crate::context::{LossContext, PoolBuf};
 use crate::error::{Error, Result};
 use crate::kernel::{Bind, Program, Scratch, ShaderSource, WG};
+#[cfg(not(target_arch = "wasm32"))]
 use crate::losses::{gpu_loss, GradOpts};
 use crate::tensor::{DType, Tensor};
 
 const OPS: &str = include_str!("../shaders/ops.wgsl");
 const OPS_TILE: u64 = 4 * WG as u64;
 
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     vec![ops_source(1), ops_source(4)]
 }
@@ -94,13 +97,15 @@ pub struct BenchReport {
 }
 
 /// The least wall time of the untimed runs before a measurement.
-const WARMUP_SECONDS: f64 = 0.25;
-const MAX_WARMUP_RUNS: usize = 5000;
+pub(crate) const WARMUP_SECONDS: f64 = 0.25;
+pub(crate) const MAX_WARMUP_RUNS: usize = 5000;
 
+#[cfg(not(target_arch = "wasm32"))]
 struct Timer {
     query: Option<(wgpu::QuerySet, wgpu::Buffer, wgpu::Buffer, f64)>,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Timer {
     fn new(ctx: &LossContext) -> Timer {
         if !ctx.features.contains(
@@ -224,7 +229,7 @@ struct OpParams {
 }
 
 /// Records the kernels of the per-operation baseline.
-struct Ops<'a> {
+pub(crate) struct Ops<'a> {
     ctx: &'a LossContext,
     prog: Program,
     scratch: Scratch,
@@ -234,7 +239,7 @@ struct Ops<'a> {
 }
 
 impl<'a> Ops<'a> {
-    fn new(ctx: &'a LossContext, n: u64) -> Result<Self> {
+    pub(crate) fn new(ctx: &'a LossContext, n: u64) -> Result<Self> {
         if n * 4 > ctx.max_window_bytes {
             return Err(Error::TooLarge(
                 "the per-operation baseline runs on tensors of one storage binding".into(),
@@ -367,7 +372,7 @@ impl<'a> Ops<'a> {
         Ok(out)
     }
 
-    fn finish(self, enc: &mut wgpu::CommandEncoder) -> Result<(Scratch, Vec<Tensor>)> {
+    pub(crate) fn finish(self, enc: &mut wgpu::CommandEncoder) -> Result<(Scratch, Vec<Tensor>)> {
         let mut scratch = self.scratch;
         self.ctx.encode(self.prog, enc, &mut scratch)?;
         Ok((scratch, self.temps))
@@ -375,7 +380,7 @@ impl<'a> Ops<'a> {
 }
 
 /// The per-operation baseline of a loss: (loss scalar tensor, gradient), recorded into `enc`.
-type Baseline = fn(&mut Ops, &[&Tensor]) -> Result<(Tensor, Tensor)>;
+pub(crate) type Baseline = fn(&mut Ops, &[&Tensor]) -> Result<(Tensor, Tensor)>;
 
 fn baseline_rmse(o: &mut Ops, x: &[&Tensor]) -> Result<(Tensor, Tensor)> {
     let d = o.bin("sub_op", x[0], x[1], 0.0, 0.0)?;
@@ -451,19 +456,19 @@ fn baseline_jaccard(o: &mut Ops, x: &[&Tensor]) -> Result<(Tensor, Tensor)> {
 }
 
 /// A benchmark entry: the loss, its inputs (host data and shapes), and its baseline.
-struct Entry {
-    spec: LossSpec,
-    inputs: Vec<(Vec<usize>, Input)>,
-    baseline: Option<Baseline>,
-    flops: Option<f64>,
+pub(crate) struct Entry {
+    pub(crate) spec: LossSpec,
+    pub(crate) inputs: Vec<(Vec<usize>, Input)>,
+    pub(crate) baseline: Option<Baseline>,
+    pub(crate) flops: Option<f64>,
 }
 
-enum Input {
+pub(crate) enum Input {
     F32 { lo: f32, hi: f32, binary: bool },
     Labels(usize),
 }
 
-fn entries(size: usize) -> Vec<Entry> {
+pub(crate) fn entries(size: usize) -> Vec<Entry> {
     let f = |lo, hi| Input::F32 {
         lo,
         hi,
@@ -594,12 +599,12 @@ fn entries(size: usize) -> Vec<Entry> {
             (vec![c, d], f(-0.044, 0.044)),
         ],
         baseline: None,
-        flops: Some(3.0 * 2.0 * (n * d * c) as f64),
+        flops: Some(3.0 * 2.0 * n as f64 * d as f64 * c as f64),
     });
     v
 }
 
-struct Lcg(u64);
+pub(crate) struct Lcg(pub(crate) u64);
 
 impl Lcg {
     fn next(&mut self) -> f32 {
@@ -611,7 +616,12 @@ impl Lcg {
     }
 }
 
-fn make_input(ctx: &LossContext, shape: &[usize], kind: &Input, rng: &mut Lcg) -> Result<Tensor> {
+pub(crate) fn make_input(
+    ctx: &LossContext,
+    shape: &[usize],
+    kind: &Input,
+    rng: &mut Lcg,
+) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     match *kind {
         Input::F32 { lo, hi, binary } => {
@@ -637,14 +647,14 @@ fn make_input(ctx: &LossContext, shape: &[usize], kind: &Input, rng: &mut Lcg) -
 }
 
 /// The copy kernels over two buffers of the benchmark's size: the adapter's own bandwidth.
-struct Roofline {
+pub(crate) struct Roofline {
     a: Tensor,
     b: Tensor,
-    n: u64,
+    pub(crate) n: u64,
 }
 
 impl Roofline {
-    fn new(ctx: &LossContext, opts: &BenchOptions) -> Result<Self> {
+    pub(crate) fn new(ctx: &LossContext, opts: &BenchOptions) -> Result<Self> {
         let n = (opts.size as u64).min(ctx.max_window_bytes / 4) / 4 * 4;
         Ok(Roofline {
             a: ctx.empty(&[n as usize], DType::F32)?,
@@ -653,7 +663,34 @@ impl Roofline {
         })
     }
 
+    /// Records the copy with `lanes` (1 or 4) floats per element; keep the result until the
+    /// work is done.
+    pub(crate) fn record(
+        &self,
+        ctx: &LossContext,
+        enc: &mut wgpu::CommandEncoder,
+        lanes: u64,
+    ) -> Result<(Scratch, Vec<Tensor>)> {
+        let n = self.n;
+        let mut ops = Ops::new(ctx, n)?;
+        // copy_op in the one-lane variant: 4-byte elements.
+        ops.src = ops_source(1);
+        let p = OpParams {
+            n: (n / lanes) as u32,
+            ..ops.params(0.0, 0.0)
+        };
+        let (entry, ia, ib) = if lanes == 1 {
+            ("copy_op", 1, 3)
+        } else {
+            ("copy4_op", 6, 7)
+        };
+        let binds = vec![Bind::tensor(ia, &self.a), Bind::tensor(ib, &self.b)];
+        ops.launch(entry, p, binds, (n / lanes).div_ceil(OPS_TILE))?;
+        ops.finish(enc)
+    }
+
     /// GB/s (read plus write) of the copy with `lanes` (1 or 4) floats per element.
+    #[cfg(not(target_arch = "wasm32"))]
     fn gbps(
         &self,
         ctx: &LossContext,
@@ -661,29 +698,12 @@ impl Roofline {
         opts: &BenchOptions,
         lanes: u64,
     ) -> Result<f64> {
-        let n = self.n;
-        let ms = timer.median(ctx, opts, |enc| {
-            let mut ops = Ops::new(ctx, n)?;
-            // copy_op in the one-lane variant: 4-byte elements.
-            ops.src = ops_source(1);
-            let p = OpParams {
-                n: (n / lanes) as u32,
-                ..ops.params(0.0, 0.0)
-            };
-            let (entry, ia, ib) = if lanes == 1 {
-                ("copy_op", 1, 3)
-            } else {
-                ("copy4_op", 6, 7)
-            };
-            let binds = vec![Bind::tensor(ia, &self.a), Bind::tensor(ib, &self.b)];
-            ops.launch(entry, p, binds, (n / lanes).div_ceil(OPS_TILE))?;
-            ops.finish(enc)
-        })?;
-        Ok(2.0 * 4.0 * n as f64 / (ms * 1e6))
+        let ms = timer.median(ctx, opts, |enc| self.record(ctx, enc, lanes))?;
+        Ok(2.0 * 4.0 * self.n as f64 / (ms * 1e6))
     }
 }
 
-fn reductions(ctx: &LossContext) -> String {
+pub(crate) fn reductions(ctx: &LossContext) -> String {
     match ctx.subgroup_size() {
         Some(n) => format!("subgroups of {n}"),
         None => "barrier tree".into(),
@@ -691,6 +711,7 @@ fn reductions(ctx: &LossContext) -> String {
 }
 
 /// Runs the benchmark, reporting progress through `progress`.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn run(
     ctx: &LossContext,
     opts: &BenchOptions,

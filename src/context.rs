@@ -265,7 +265,22 @@ static NEXT_HOME: AtomicU64 = AtomicU64::new(1);
 
 /// The devices handed to `LossContext::from_device`, with their `Home`s while a context or
 /// tensor still holds one.
-static WRAPPED: Mutex<Vec<(wgpu::Device, std::sync::Weak<HomeInner>)>> = Mutex::new(Vec::new());
+type Wrapped = Vec<(wgpu::Device, std::sync::Weak<HomeInner>)>;
+#[cfg(not(target_arch = "wasm32"))]
+static WRAPPED: Mutex<Wrapped> = Mutex::new(Vec::new());
+// On the web wgpu's devices are neither Send nor Sync (one thread): a thread-local list.
+#[cfg(target_arch = "wasm32")]
+thread_local! {
+    static WRAPPED: std::cell::RefCell<Wrapped> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on the list of wrapped devices (`None` if its lock is poisoned).
+fn with_wrapped<R>(f: impl FnOnce(&mut Wrapped) -> R) -> Option<R> {
+    #[cfg(not(target_arch = "wasm32"))]
+    return WRAPPED.lock().ok().map(|mut w| f(&mut w));
+    #[cfg(target_arch = "wasm32")]
+    return Some(WRAPPED.with(|w| f(&mut w.borrow_mut())));
+}
 
 impl Home {
     fn fresh(adapter: &str) -> Home {
@@ -279,20 +294,20 @@ impl Home {
     /// device while it lives, else a new one. wgpu compares devices by their id within an
     /// instance, so this is exact for devices of one wgpu instance.
     fn of_wrapped(device: &wgpu::Device, adapter: &str) -> Home {
-        let Ok(mut wrapped) = WRAPPED.lock() else {
-            return Home::fresh(adapter);
-        };
-        wrapped.retain(|(_, w)| w.strong_count() > 0);
-        if let Some(h) = wrapped
-            .iter()
-            .find(|(d, _)| d == device)
-            .and_then(|(_, w)| w.upgrade())
-        {
-            return Home(h);
-        }
-        let h = Home::fresh(adapter);
-        wrapped.push((device.clone(), Arc::downgrade(&h.0)));
-        h
+        with_wrapped(|wrapped| {
+            wrapped.retain(|(_, w)| w.strong_count() > 0);
+            if let Some(h) = wrapped
+                .iter()
+                .find(|(d, _)| d == device)
+                .and_then(|(_, w)| w.upgrade())
+            {
+                return Home(h);
+            }
+            let h = Home::fresh(adapter);
+            wrapped.push((device.clone(), Arc::downgrade(&h.0)));
+            h
+        })
+        .unwrap_or_else(|| Home::fresh(adapter))
     }
 
     pub(crate) fn id(&self) -> u64 {

@@ -17,7 +17,10 @@
 // wgpu's types are neither Send nor Sync on the web, where there is one thread.
 #![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 
-#[cfg(all(not(target_arch = "wasm32"), feature = "cli"))]
+#[cfg(any(
+    all(not(target_arch = "wasm32"), feature = "cli"),
+    all(target_arch = "wasm32", feature = "web")
+))]
 pub mod bench;
 #[cfg(feature = "cases")]
 pub mod cases;
@@ -34,7 +37,7 @@ pub mod losses;
 #[cfg(feature = "cases")]
 pub mod reference;
 pub mod tensor;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "web"))]
 pub mod web;
 
 pub use config::*;

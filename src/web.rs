@@ -1,24 +1,14 @@
-//! The browser API (wasm32 only), exported to JavaScript with wasm-bindgen.
+//! The browser bindings (wasm32 with the `web` feature), exported with wasm-bindgen.
 //!
-//! ```js
-//! import init, { DeepML } from "./pkg/deepml.js";
-//! await init();
-//! const ml = await DeepML.create();           // WebGPU adapter and device
-//! console.log(ml.adapter);                     // { name, backend, deviceType, limits, ... }
-//! const x = ml.tensor(new Float32Array([...]), [1, 1, 64, 64]);  // stays on the device
-//! const t = ml.tensor(mask, [1, 1, 64, 64]);
-//! const r = await ml.compute("JaccardLoss", "{}", [x, t]);  // { loss: Float32Array, grads: [...] }
-//! const o = ml.computeOnDevice("JaccardLoss", "{}", [x, t]); // { loss: GpuTensor, grads: [...] }
-//! ml.axpy(x, -0.1, o.grads[0]);                // a training step, on the device
-//! const v = await o.loss.read();               // Float32Array
-//! o.free();                                    // releases the outputs' buffers
-//! ```
+//! These are the low-level classes (`RawContext`, `RawTensor`, `RawLoss`, `RawOutput`); the
+//! package's typed API (`web/js/deepml.js`, `web/js/deepml.d.ts`) wraps them: camelCase
+//! options, `Loss` objects reused across calls, `dispose()`, and sharing the `GPUDevice`.
 //!
 //! Every error is a JavaScript `Error` whose `kind` property is the `deepml-cases/1` error kind
 //! (`invalid_input`, `invalid_config`, `not_implemented`, ...).
 
-use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use js_sys::{Array, Float32Array, Object, Promise, Reflect};
@@ -26,11 +16,12 @@ use serde_json::{Map, Value};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
+use crate::bench;
 use crate::cases::{self, Case, Evaluated, Expected, LossSpec, TensorData, Tolerance, Verdict};
 use crate::config::check_labels;
 use crate::context::{ContextOptions, LossContext};
 use crate::error::Error;
-use crate::losses::{self, Loss};
+use crate::losses::{self, GradOpts, Loss};
 use crate::tensor::{DType, Tensor};
 
 // ---------------------------------------------------------------------------------------------
@@ -54,156 +45,346 @@ fn set(obj: &Object, key: &str, v: impl Into<JsValue>) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tensors: a registry lets `compute` find the Rust tensor behind a JavaScript object without
-// taking it over (wasm-bindgen would move a struct passed by value).
+// Tensors. No registry and no id: a function that takes a tensor takes `&RawTensor`, which the
+// generated glue checks with `instanceof` (any other object is refused before Rust runs).
 
-thread_local! {
-    static REGISTRY: RefCell<HashMap<u32, Entry>> = RefCell::new(HashMap::new());
-    static NEXT_ID: Cell<u32> = const { Cell::new(1) };
-}
-
-#[derive(Clone)]
-struct Entry {
+/// A tensor on the GPU (the core of the package's `Tensor` class). `free()` releases this
+/// handle; the buffer goes back to the pool when no handle and no output holds it.
+#[wasm_bindgen]
+pub struct RawTensor {
     tensor: Tensor,
     /// Integer labels keep a host copy so that they can be range-checked before a call.
     labels: Option<Rc<Vec<i64>>>,
-}
-
-/// A tensor on the GPU. Its buffer is released by `free()` (or when JavaScript collects it).
-#[wasm_bindgen]
-pub struct GpuTensor {
-    id: u32,
     ctx: Rc<LossContext>,
 }
 
-impl Drop for GpuTensor {
-    fn drop(&mut self) {
-        REGISTRY.with(|r| r.borrow_mut().remove(&self.id));
-    }
-}
-
-impl GpuTensor {
-    fn register(ctx: &Rc<LossContext>, tensor: Tensor, labels: Option<Rc<Vec<i64>>>) -> GpuTensor {
-        let id = NEXT_ID.with(|n| {
-            let id = n.get();
-            n.set(id.wrapping_add(1).max(1));
-            id
-        });
-        REGISTRY.with(|r| r.borrow_mut().insert(id, Entry { tensor, labels }));
-        GpuTensor {
-            id,
+impl RawTensor {
+    fn new(ctx: &Rc<LossContext>, tensor: Tensor, labels: Option<Rc<Vec<i64>>>) -> RawTensor {
+        RawTensor {
+            tensor,
+            labels,
             ctx: ctx.clone(),
         }
     }
-
-    fn entry(&self) -> JsResult<Entry> {
-        lookup(self.id)
-    }
-}
-
-fn lookup(id: u32) -> JsResult<Entry> {
-    REGISTRY
-        .with(|r| r.borrow().get(&id).cloned())
-        .ok_or_else(|| js_error("invalid_input", "this tensor has been freed"))
-}
-
-/// The tensors of a JavaScript array of `GpuTensor`s.
-fn entries(tensors: &Array) -> JsResult<Vec<Entry>> {
-    tensors
-        .iter()
-        .map(|v| {
-            let id = Reflect::get(&v, &"id".into())
-                .ok()
-                .and_then(|i| i.as_f64())
-                .ok_or_else(|| {
-                    js_error("invalid_input", "the tensors must be GpuTensor objects")
-                })?;
-            lookup(id as u32)
-        })
-        .collect()
 }
 
 fn shape_of(shape: &[u32]) -> Vec<usize> {
     shape.iter().map(|&d| d as usize).collect()
 }
 
+fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "float32",
+        DType::I32 => "int32",
+        DType::F16 => "float16",
+    }
+}
+
+fn dtype_of(name: &str) -> JsResult<DType> {
+    match name {
+        "float32" => Ok(DType::F32),
+        "int32" => Ok(DType::I32),
+        "float16" => Ok(DType::F16),
+        _ => Err(js_error(
+            "invalid_input",
+            &format!("dtype must be \"float32\", \"int32\" or \"float16\", not {name:?}"),
+        )),
+    }
+}
+
 #[wasm_bindgen]
-impl GpuTensor {
-    /// The registry id (what `compute` uses to find the tensor).
-    #[wasm_bindgen(getter)]
-    pub fn id(&self) -> u32 {
-        self.id
+impl RawTensor {
+    /// Another handle on the same tensor (the same device memory).
+    pub fn share(&self) -> RawTensor {
+        RawTensor {
+            tensor: self.tensor.clone(),
+            labels: self.labels.clone(),
+            ctx: self.ctx.clone(),
+        }
     }
 
     /// The shape, as an array of numbers.
     #[wasm_bindgen(getter)]
-    pub fn shape(&self) -> JsResult<Vec<u32>> {
-        Ok(self
-            .entry()?
-            .tensor
-            .shape()
-            .iter()
-            .map(|&d| d as u32)
-            .collect())
+    pub fn shape(&self) -> Vec<u32> {
+        self.tensor.shape().iter().map(|&d| d as u32).collect()
     }
 
     /// `"float32"`, `"int32"` or `"float16"`.
     #[wasm_bindgen(getter)]
-    pub fn dtype(&self) -> JsResult<String> {
-        Ok(match self.entry()?.tensor.dtype() {
-            DType::F32 => "float32",
-            DType::I32 => "int32",
-            DType::F16 => "float16",
-        }
-        .into())
+    pub fn dtype(&self) -> String {
+        dtype_name(self.tensor.dtype()).into()
     }
 
     /// The number of elements.
     #[wasm_bindgen(getter)]
-    pub fn numel(&self) -> JsResult<u32> {
-        Ok(self.entry()?.tensor.numel() as u32)
+    pub fn numel(&self) -> f64 {
+        self.tensor.numel() as f64
     }
 
-    /// Reads the values back: `Promise<Float32Array>` (f32 tensors).
+    /// The `GPUBuffer` that holds the values (on the context's `GPUDevice`).
+    #[wasm_bindgen(getter)]
+    pub fn buffer(&self) -> JsValue {
+        self.tensor
+            .buffer()
+            .as_webgpu()
+            .map(|b| JsValue::from(b.clone()))
+            .unwrap_or(JsValue::NULL)
+    }
+
+    /// Where the values start in `buffer`, in bytes.
+    #[wasm_bindgen(getter, js_name = byteOffset)]
+    pub fn byte_offset(&self) -> f64 {
+        self.tensor.offset() as f64
+    }
+
+    /// The bytes of the values (`numel` times the element size).
+    #[wasm_bindgen(getter, js_name = byteLength)]
+    pub fn byte_length(&self) -> f64 {
+        self.tensor.byte_len() as f64
+    }
+
+    /// Reads the values back: `Float32Array` (float32, and float16 widened), `Int32Array`
+    /// (int32).
     pub fn read(&self) -> Promise {
         let ctx = self.ctx.clone();
-        let e = self.entry();
+        let t = self.tensor.clone();
         future_to_promise(async move {
-            let v = ctx.read_async(&e?.tensor).await.map_err(to_js)?;
-            Ok(Float32Array::from(&v[..]).into())
+            let b = ctx.read_bytes_async(&t).await.map_err(to_js)?;
+            Ok(match t.dtype() {
+                DType::F32 => {
+                    let v: Vec<f32> = bytemuck::pod_collect_to_vec(&b);
+                    Float32Array::from(&v[..]).into()
+                }
+                DType::I32 => {
+                    let v: Vec<i32> = bytemuck::pod_collect_to_vec(&b);
+                    js_sys::Int32Array::from(&v[..]).into()
+                }
+                DType::F16 => {
+                    let h: Vec<u16> = bytemuck::pod_collect_to_vec(&b);
+                    let v: Vec<f32> = h
+                        .iter()
+                        .map(|&x| half::f16::from_bits(x).to_f32())
+                        .collect();
+                    Float32Array::from(&v[..]).into()
+                }
+            })
         })
     }
 
-    /// Overwrites the values in place (same element count, f32 tensors).
+    /// Overwrites the values in place (same element count; float32 or float16 tensors).
     pub fn write(&self, data: &[f32]) -> JsResult<()> {
-        let t = self.entry()?.tensor;
-        if t.dtype() != DType::F32 || data.len() != t.numel() {
+        let t = &self.tensor;
+        if data.len() != t.numel() || t.dtype() == DType::I32 {
             return Err(js_error(
                 "invalid_input",
                 &format!(
-                    "write needs {} float32 values, got {}",
+                    "write needs {} numbers for a {} tensor, got {}",
                     t.numel(),
+                    dtype_name(t.dtype()),
                     data.len()
                 ),
             ));
         }
+        let bytes: Vec<u8> = match t.dtype() {
+            DType::F16 => data
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes())
+                .collect(),
+            _ => bytemuck::cast_slice(data).to_vec(),
+        };
+        // write_buffer needs a multiple of 4 bytes: an odd f16 count keeps the padding half.
+        let mut bytes = bytes;
+        while !bytes.len().is_multiple_of(4) {
+            bytes.push(0);
+        }
         self.ctx
             .queue()
-            .write_buffer(t.buffer(), t.offset(), bytemuck::cast_slice(data));
+            .write_buffer(t.buffer(), t.offset(), &bytes);
         self.ctx.check().map_err(to_js)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Losses.
+
+/// A loss built once from its name and config, computed many times (the core of the
+/// package's `Loss` class). Inputs and gradient targets are staged with `stage` and
+/// `stageInto`, then consumed by `run` or `runRead`.
+#[wasm_bindgen]
+pub struct RawLoss {
+    ctx: Rc<LossContext>,
+    spec: LossSpec,
+    loss: Box<dyn Loss>,
+    staged: RefCell<Vec<Option<RawTensor>>>,
+    into: RefCell<Vec<Option<Tensor>>>,
+}
+
+/// The outputs of a computation kept on the device.
+#[wasm_bindgen]
+pub struct RawOutput {
+    ctx: Rc<LossContext>,
+    loss: Tensor,
+    grads: Vec<Tensor>,
+}
+
+#[wasm_bindgen]
+impl RawOutput {
+    /// The loss tensor.
+    pub fn loss(&self) -> RawTensor {
+        RawTensor::new(&self.ctx, self.loss.clone(), None)
+    }
+
+    /// The number of gradients.
+    #[wasm_bindgen(getter, js_name = gradCount)]
+    pub fn grad_count(&self) -> u32 {
+        self.grads.len() as u32
+    }
+
+    /// Gradient `i`.
+    pub fn grad(&self, i: u32) -> JsResult<RawTensor> {
+        let g = self
+            .grads
+            .get(i as usize)
+            .ok_or_else(|| js_error("invalid_input", "no such gradient"))?;
+        Ok(RawTensor::new(&self.ctx, g.clone(), None))
+    }
+}
+
+impl RawLoss {
+    /// Takes the staged inputs and gradient targets, checks them, and records the computation.
+    fn take(&self, scale: f32, accumulate: bool) -> JsResult<(Vec<RawTensor>, GradOpts)> {
+        let staged = std::mem::take(&mut *self.staged.borrow_mut());
+        let into = std::mem::take(&mut *self.into.borrow_mut());
+        let names = self.loss.input_names();
+        if staged.len() != names.len() || staged.iter().any(Option::is_none) {
+            return Err(js_error(
+                "invalid_input",
+                &format!(
+                    "{} takes {} tensors ({}), got {}",
+                    self.loss.name(),
+                    names.len(),
+                    names.join(", "),
+                    staged.iter().flatten().count()
+                ),
+            ));
+        }
+        let inputs: Vec<RawTensor> = staged.into_iter().flatten().collect();
+        check_labels_of(&self.spec, &inputs).map_err(to_js)?;
+        Ok((
+            inputs,
+            GradOpts {
+                scale,
+                into,
+                accumulate,
+            },
+        ))
+    }
+}
+
+#[wasm_bindgen]
+impl RawLoss {
+    /// The class name.
+    #[wasm_bindgen(getter)]
+    pub fn name(&self) -> String {
+        self.loss.name().into()
+    }
+
+    /// The input names, in the order `compute` takes them.
+    #[wasm_bindgen(getter, js_name = inputNames)]
+    pub fn input_names(&self) -> Vec<String> {
+        self.loss
+            .input_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    /// The gradient names, in the order of the outputs' gradients.
+    #[wasm_bindgen(getter, js_name = gradNames)]
+    pub fn grad_names(&self) -> Vec<String> {
+        self.loss
+            .grad_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    /// Stages input `i` for the next `run`.
+    pub fn stage(&self, i: u32, t: &RawTensor) {
+        let mut s = self.staged.borrow_mut();
+        let i = i as usize;
+        if s.len() <= i {
+            s.resize_with(i + 1, || None);
+        }
+        s[i] = Some(t.share());
+    }
+
+    /// Stages the tensor gradient `i` is written into (`GradOpts.into`) for the next `run`.
+    #[wasm_bindgen(js_name = stageInto)]
+    pub fn stage_into(&self, i: u32, t: &RawTensor) {
+        let mut s = self.into.borrow_mut();
+        let i = i as usize;
+        if s.len() <= i {
+            s.resize_with(i + 1, || None);
+        }
+        s[i] = Some(t.tensor.clone());
+    }
+
+    /// Forgets whatever is staged.
+    pub fn unstage(&self) {
+        self.staged.borrow_mut().clear();
+        self.into.borrow_mut().clear();
+    }
+
+    /// Computes the staged inputs' loss and gradients on the device.
+    pub fn run(&self, scale: f32, accumulate: bool) -> JsResult<RawOutput> {
+        let (inputs, opts) = self.take(scale, accumulate)?;
+        let refs: Vec<&Tensor> = inputs.iter().map(|e| &e.tensor).collect();
+        let out = self
+            .loss
+            .compute_with(&self.ctx, &refs, &opts)
+            .map_err(to_js)?;
+        Ok(RawOutput {
+            ctx: self.ctx.clone(),
+            loss: out.loss.clone(),
+            grads: out.grads.clone(),
+        })
+    }
+}
+
+/// Host-side range checks of integer labels that have a host copy (CrossEntropyLoss,
+/// AngularPenaltySMLoss); on the device they cannot be checked before the call.
+fn check_labels_of(spec: &LossSpec, inputs: &[RawTensor]) -> crate::Result<()> {
+    match spec {
+        LossSpec::CrossEntropy(c) if inputs.len() == 2 => {
+            let layout = c.check_shapes(inputs[0].tensor.shape(), inputs[1].tensor.shape())?;
+            if let Some(l) = &inputs[1].labels {
+                check_labels("CrossEntropyLoss", l, layout.channels, Some(c.ignore_index))?;
+            }
+            Ok(())
+        }
+        LossSpec::Angular(c) if inputs.len() == 3 => {
+            c.validate()?;
+            if let Some(l) = &inputs[1].labels {
+                check_labels("AngularPenaltySMLoss", l, c.out_features, None)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // The context.
 
-/// A deepml context on the browser's WebGPU device.
+/// A deepml context on the browser's WebGPU device (the core of the package's `DeepML`).
 #[wasm_bindgen]
-pub struct DeepML {
+pub struct RawContext {
     ctx: Rc<LossContext>,
 }
 
-/// A loss by its class name and a JSON object of constructor arguments, as in a case.
+/// A loss by its class name and a JSON object of constructor arguments (snake_case keys), as
+/// in a case.
 fn spec_of(loss: &str, config_json: &str) -> JsResult<LossSpec> {
     let config: Map<String, Value> = if config_json.trim().is_empty() {
         Map::new()
@@ -229,7 +410,11 @@ fn spec_of(loss: &str, config_json: &str) -> JsResult<LossSpec> {
             atol: 0.0,
         },
     };
-    cases::loss_spec(&case).map_err(to_js)
+    cases::loss_spec(&case).map_err(|e| match e {
+        // An unknown loss name is the caller's config, not a cases-file error.
+        Error::Cases(m) => js_error("invalid_config", &m.replace("case \"js\": ", "")),
+        e => to_js(e),
+    })
 }
 
 fn gpu_loss_of(spec: &LossSpec, loss: &str) -> JsResult<Box<dyn Loss>> {
@@ -241,43 +426,31 @@ fn gpu_loss_of(spec: &LossSpec, loss: &str) -> JsResult<Box<dyn Loss>> {
     })
 }
 
-/// Host-side range checks of integer labels that have a host copy (CrossEntropyLoss,
-/// AngularPenaltySMLoss); on the device they cannot be checked before the call.
-fn check_entry_labels(spec: &LossSpec, inputs: &[Entry]) -> crate::Result<()> {
-    match spec {
-        LossSpec::CrossEntropy(c) if inputs.len() == 2 => {
-            let layout = c.check_shapes(inputs[0].tensor.shape(), inputs[1].tensor.shape())?;
-            if let Some(l) = &inputs[1].labels {
-                check_labels("CrossEntropyLoss", l, layout.channels, Some(c.ignore_index))?;
-            }
-            Ok(())
-        }
-        LossSpec::Angular(c) if inputs.len() == 3 => {
-            c.validate()?;
-            if let Some(l) = &inputs[1].labels {
-                check_labels("AngularPenaltySMLoss", l, c.out_features, None)?;
-            }
-            Ok(())
-        }
-        _ => Ok(()),
-    }
-}
-
 #[wasm_bindgen]
-impl DeepML {
+impl RawContext {
     /// A context on the browser's WebGPU adapter; rejects with a `no_adapter` error where there
     /// is none.
-    pub async fn create() -> JsResult<DeepML> {
+    pub async fn create() -> JsResult<RawContext> {
         console_error_panic_hook::set_once();
         let ctx = LossContext::new_async(ContextOptions::default())
             .await
             .map_err(to_js)?;
-        Ok(DeepML { ctx: Rc::new(ctx) })
+        Ok(RawContext { ctx: Rc::new(ctx) })
+    }
+
+    /// The `GPUDevice` deepml computes on.
+    #[wasm_bindgen(getter)]
+    pub fn device(&self) -> JsValue {
+        self.ctx
+            .device()
+            .as_webgpu()
+            .map(|d| JsValue::from(d.clone()))
+            .unwrap_or(JsValue::NULL)
     }
 
     /// The adapter: `{ name, backend, deviceType, driver, driverInfo, vendor, device, subgroups,
-    /// shaderF16, maxStorageBufferBindingSize, maxBufferSize, maxComputeWorkgroupsPerDimension,
-    /// features: [...] }`.
+    /// shaderF16, timestampQuery, maxStorageBufferBindingSize, maxBufferSize,
+    /// maxComputeWorkgroupsPerDimension, minStorageBufferOffsetAlignment, features: [...] }`.
     #[wasm_bindgen(getter)]
     pub fn adapter(&self) -> Object {
         let r = self.ctx.adapter();
@@ -294,6 +467,14 @@ impl DeepML {
         set(&o, "shaderF16", self.ctx.has_f16());
         set(
             &o,
+            "timestampQuery",
+            self.ctx
+                .device()
+                .features()
+                .contains(wgpu::Features::TIMESTAMP_QUERY),
+        );
+        set(
+            &o,
             "maxStorageBufferBindingSize",
             r.limits.max_storage_buffer_binding_size as f64,
         );
@@ -303,6 +484,11 @@ impl DeepML {
             "maxComputeWorkgroupsPerDimension",
             r.limits.max_compute_workgroups_per_dimension,
         );
+        set(
+            &o,
+            "minStorageBufferOffsetAlignment",
+            r.limits.min_storage_buffer_offset_alignment,
+        );
         let features = Array::new();
         for (name, _) in r.features.iter_names() {
             features.push(&name.into());
@@ -311,35 +497,78 @@ impl DeepML {
         o
     }
 
-    /// An f32 tensor of `shape` on the device, from a Float32Array (or array of numbers).
-    pub fn tensor(&self, data: &[f32], shape: Vec<u32>) -> JsResult<GpuTensor> {
+    /// An f32 tensor of `shape` from a Float32Array (or array of numbers).
+    pub fn upload(&self, data: &[f32], shape: Vec<u32>) -> JsResult<RawTensor> {
         let t = self.ctx.upload(data, &shape_of(&shape)).map_err(to_js)?;
-        Ok(GpuTensor::register(&self.ctx, t, None))
+        Ok(RawTensor::new(&self.ctx, t, None))
+    }
+
+    /// An f16 tensor of `shape` from numbers (rounded to nearest even); needs `shader-f16`.
+    #[wasm_bindgen(js_name = uploadF16)]
+    pub fn upload_f16(&self, data: &[f32], shape: Vec<u32>) -> JsResult<RawTensor> {
+        if !self.ctx.has_f16() {
+            return Err(js_error(
+                "not_implemented",
+                "float16 tensors need the adapter's shader-f16 feature, which this one lacks",
+            ));
+        }
+        let t = self
+            .ctx
+            .upload_f16(data, &shape_of(&shape))
+            .map_err(to_js)?;
+        Ok(RawTensor::new(&self.ctx, t, None))
     }
 
     /// An i32 tensor of class labels from an Int32Array; a host copy is kept for range checks.
-    #[wasm_bindgen(js_name = tensorInt)]
-    pub fn tensor_int(&self, data: &[i32], shape: Vec<u32>) -> JsResult<GpuTensor> {
+    #[wasm_bindgen(js_name = uploadInt)]
+    pub fn upload_int(&self, data: &[i32], shape: Vec<u32>) -> JsResult<RawTensor> {
         let t = self
             .ctx
             .upload_labels(data, &shape_of(&shape))
             .map_err(to_js)?;
         let host = data.iter().map(|&v| v as i64).collect();
-        Ok(GpuTensor::register(&self.ctx, t, Some(Rc::new(host))))
+        Ok(RawTensor::new(&self.ctx, t, Some(Rc::new(host))))
     }
 
-    /// A zero-filled f32 tensor of `shape`.
-    pub fn zeros(&self, shape: Vec<u32>) -> JsResult<GpuTensor> {
-        let shape = shape_of(&shape);
-        let n = crate::tensor::checked_numel(&shape).map_err(to_js)?;
-        self.tensor(&vec![0.0; n], shape.iter().map(|&d| d as u32).collect())
+    /// A zero-filled tensor of `shape` and `dtype`.
+    pub fn zeros(&self, shape: Vec<u32>, dtype: &str) -> JsResult<RawTensor> {
+        let dtype = dtype_of(dtype)?;
+        if dtype == DType::F16 && !self.ctx.has_f16() {
+            return Err(js_error(
+                "not_implemented",
+                "float16 tensors need the adapter's shader-f16 feature, which this one lacks",
+            ));
+        }
+        let t = self.ctx.empty(&shape_of(&shape), dtype).map_err(to_js)?;
+        let mut enc = self
+            .ctx
+            .device()
+            .create_command_encoder(&Default::default());
+        if t.padded_len() > 0 {
+            enc.clear_buffer(t.buffer(), t.offset(), Some(t.padded_len()));
+        }
+        self.ctx.queue().submit(Some(enc.finish()));
+        let labels = (dtype == DType::I32).then(|| Rc::new(vec![0i64; t.numel()]));
+        Ok(RawTensor::new(&self.ctx, t, labels))
     }
 
-    /// The input names of a loss, in the order `compute` takes them.
-    #[wasm_bindgen(js_name = inputNames)]
-    pub fn input_names(&self, loss: &str, config_json: &str) -> JsResult<Vec<String>> {
-        let l = gpu_loss_of(&spec_of(loss, config_json)?, loss)?;
-        Ok(l.input_names().iter().map(|s| s.to_string()).collect())
+    /// A copy of `t` (on the device).
+    pub fn copy(&self, t: &RawTensor) -> JsResult<RawTensor> {
+        let c = self.ctx.copy(&t.tensor).map_err(to_js)?;
+        Ok(RawTensor::new(&self.ctx, c, t.labels.clone()))
+    }
+
+    /// A loss by its class name and a JSON object of its constructor arguments (snake_case).
+    pub fn loss(&self, name: &str, config_json: &str) -> JsResult<RawLoss> {
+        let spec = spec_of(name, config_json)?;
+        let loss = gpu_loss_of(&spec, name)?;
+        Ok(RawLoss {
+            ctx: self.ctx.clone(),
+            spec,
+            loss,
+            staged: RefCell::new(Vec::new()),
+            into: RefCell::new(Vec::new()),
+        })
     }
 
     /// Whether a loss (by class name) runs on the GPU in this build.
@@ -351,73 +580,19 @@ impl DeepML {
             .is_some()
     }
 
-    /// Computes a loss and its gradients and keeps them on the device:
-    /// `{ loss: GpuTensor, grads: [GpuTensor, ...], gradNames: [...], free() }`.
-    #[wasm_bindgen(js_name = computeOnDevice)]
-    pub fn compute_on_device(
-        &self,
-        loss: &str,
-        config_json: &str,
-        tensors: &Array,
-    ) -> JsResult<Object> {
-        let spec = spec_of(loss, config_json)?;
-        let l = gpu_loss_of(&spec, loss)?;
-        let inputs = entries(tensors)?;
-        check_entry_labels(&spec, &inputs).map_err(to_js)?;
-        let refs: Vec<&Tensor> = inputs.iter().map(|e| &e.tensor).collect();
-        let out = l.compute(&self.ctx, &refs).map_err(to_js)?;
-        let o = Object::new();
-        let loss_t = GpuTensor::register(&self.ctx, out.loss.clone(), None);
-        let grads = Array::new();
-        for g in &out.grads {
-            grads.push(&GpuTensor::register(&self.ctx, g.clone(), None).into());
-        }
-        let names: Array = l.grad_names().iter().map(|n| JsValue::from(*n)).collect();
-        set(&o, "loss", loss_t);
-        set(&o, "grads", grads.clone());
-        set(&o, "gradNames", names);
-        // `free()` releases the loss and every gradient.
-        let free = js_sys::Function::new_with_args(
-            "",
-            "this.loss.free(); for (const g of this.grads) g.free();",
-        );
-        set(&o, "free", free);
-        Ok(o)
-    }
-
-    /// Computes a loss and its gradients and reads them back:
-    /// `Promise<{ loss: Float32Array, grads: [Float32Array, ...], gradNames: [...] }>`.
-    pub fn compute(&self, loss: &str, config_json: &str, tensors: &Array) -> Promise {
-        let ctx = self.ctx.clone();
-        let spec = spec_of(loss, config_json);
-        let inputs = entries(tensors);
-        let loss = loss.to_string();
-        future_to_promise(async move {
-            let spec = spec?;
-            let l = gpu_loss_of(&spec, &loss)?;
-            let inputs = inputs?;
-            check_entry_labels(&spec, &inputs).map_err(to_js)?;
-            let refs: Vec<&Tensor> = inputs.iter().map(|e| &e.tensor).collect();
-            let out = l.compute(&ctx, &refs).map_err(to_js)?;
-            let o = Object::new();
-            let v = ctx.read_async(&out.loss).await.map_err(to_js)?;
-            set(&o, "loss", Float32Array::from(&v[..]));
-            let grads = Array::new();
-            for g in &out.grads {
-                let v = ctx.read_async(g).await.map_err(to_js)?;
-                grads.push(&Float32Array::from(&v[..]).into());
-            }
-            let names: Array = l.grad_names().iter().map(|n| JsValue::from(*n)).collect();
-            set(&o, "grads", grads);
-            set(&o, "gradNames", names);
-            Ok(o.into())
-        })
-    }
-
     /// `x += a * y` on the device (a gradient step: `axpy(w, -lr, grad)`).
-    pub fn axpy(&self, x: &GpuTensor, a: f32, y: &GpuTensor) -> JsResult<()> {
-        let (x, y) = (x.entry()?, y.entry()?);
+    pub fn axpy(&self, x: &RawTensor, a: f32, y: &RawTensor) -> JsResult<()> {
         self.ctx.axpy(&x.tensor, a, &y.tensor).map_err(to_js)
+    }
+
+    /// Waits for the work submitted so far, and reports a device error captured since.
+    pub fn flush(&self) -> Promise {
+        let ctx = self.ctx.clone();
+        future_to_promise(async move {
+            wait_done(&ctx).await?;
+            ctx.check().map_err(to_js)?;
+            Ok(JsValue::UNDEFINED)
+        })
     }
 
     /// Runs a `deepml-cases/1` file (its JSON text) on the GPU, case by case:
@@ -453,6 +628,16 @@ impl DeepML {
             Ok(out.into())
         })
     }
+}
+
+/// Resolves when the queue has finished the work submitted so far.
+async fn wait_done(ctx: &LossContext) -> JsResult<()> {
+    let (tx, rx) = futures_channel::oneshot::channel();
+    ctx.queue().on_submitted_work_done(move || {
+        let _ = tx.send(());
+    });
+    rx.await
+        .map_err(|_| js_error("device_lost", "the queue's work-done callback was dropped"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -528,4 +713,354 @@ async fn download(ctx: &LossContext, t: &Tensor) -> crate::Result<TensorData> {
         dtype: cases::DType::F32,
         data: v.iter().map(|&x| x as f64).collect(),
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The benchmark on the browser's adapter (`deepml bench` in src/bench.rs, made asynchronous):
+// the same losses, inputs, copy roofline and per-operation baselines, timed with timestamp
+// queries where the device has `timestamp-query` (written by empty compute passes around the
+// recorded work: WebGPU has no timestamps between passes), wall time otherwise.
+
+/// `performance.now()` in milliseconds.
+fn now_ms() -> f64 {
+    let perf = Reflect::get(&js_sys::global(), &"performance".into()).unwrap_or(JsValue::NULL);
+    Reflect::get(&perf, &"now".into())
+        .ok()
+        .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
+        .and_then(|f| f.call0(&perf).ok())
+        .and_then(|v| v.as_f64())
+        .unwrap_or_else(js_sys::Date::now)
+}
+
+/// Lets the page draw between measurements.
+async fn yield_to_page() {
+    let p = Promise::new(&mut |ok, _| {
+        let _ = js_sys::global()
+            .dyn_into::<Object>()
+            .ok()
+            .and_then(|g| Reflect::get(&g, &"setTimeout".into()).ok())
+            .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
+            .map(|f| f.call2(&JsValue::NULL, &ok, &0.into()));
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(p).await;
+}
+
+struct WebTimer {
+    query: Option<(wgpu::QuerySet, wgpu::Buffer, wgpu::Buffer, f64)>,
+}
+
+impl WebTimer {
+    /// Timestamp queries where the device has them (unless `wall`), wall time otherwise.
+    fn new(ctx: &LossContext, wall: bool) -> WebTimer {
+        let device = ctx.device();
+        if wall || !device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return WebTimer { query: None };
+        }
+        let qs = device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("deepml bench"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let read = device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let period = ctx.queue().get_timestamp_period() as f64;
+        WebTimer {
+            query: Some((qs, resolve, read, period)),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        if self.query.is_some() {
+            "timestamp"
+        } else {
+            "wall"
+        }
+    }
+
+    /// Milliseconds of the work `record` puts in one encoder.
+    async fn once<K>(
+        &self,
+        ctx: &LossContext,
+        record: &mut dyn FnMut(&mut wgpu::CommandEncoder) -> crate::Result<K>,
+    ) -> crate::Result<f64> {
+        let device = ctx.device();
+        let mut enc = device.create_command_encoder(&Default::default());
+        match &self.query {
+            Some((qs, resolve, read, period)) => {
+                let mark =
+                    |enc: &mut wgpu::CommandEncoder, begin: Option<u32>, end: Option<u32>| {
+                        drop(enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: Some("deepml bench timestamp"),
+                            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                                query_set: qs,
+                                beginning_of_pass_write_index: begin,
+                                end_of_pass_write_index: end,
+                            }),
+                        }));
+                    };
+                mark(&mut enc, Some(0), None);
+                let keep = record(&mut enc)?;
+                mark(&mut enc, None, Some(1));
+                enc.resolve_query_set(qs, 0..2, resolve, 0);
+                enc.copy_buffer_to_buffer(resolve, 0, read, 0, 16);
+                ctx.queue().submit(Some(enc.finish()));
+                let (tx, rx) = futures_channel::oneshot::channel();
+                read.map_async(wgpu::MapMode::Read, .., move |r| {
+                    let _ = tx.send(r);
+                });
+                let mapped = rx.await;
+                drop(keep);
+                mapped
+                    .map_err(|_| Error::DeviceLost("timestamp read-back cancelled".into()))?
+                    .map_err(|e| Error::Wgpu(format!("timestamp read-back: {e}")))?;
+                let ticks: Vec<u64> = {
+                    let view = read
+                        .get_mapped_range(..)
+                        .map_err(|e| Error::Wgpu(format!("{e:?}")))?;
+                    bytemuck::pod_collect_to_vec(&view)
+                };
+                read.unmap();
+                Ok(ticks[1].saturating_sub(ticks[0]) as f64 * period / 1e6)
+            }
+            None => {
+                wait_done(ctx).await.map_err(js_message)?;
+                let t0 = now_ms();
+                let keep = record(&mut enc)?;
+                ctx.queue().submit(Some(enc.finish()));
+                wait_done(ctx).await.map_err(js_message)?;
+                drop(keep);
+                Ok(now_ms() - t0)
+            }
+        }
+    }
+
+    async fn median<K>(
+        &self,
+        ctx: &LossContext,
+        opts: &bench::BenchOptions,
+        mut record: impl FnMut(&mut wgpu::CommandEncoder) -> crate::Result<K>,
+    ) -> crate::Result<f64> {
+        let start = now_ms();
+        let mut done = 0;
+        while done < opts.warmup
+            || (now_ms() - start < bench::WARMUP_SECONDS * 1e3 && done < bench::MAX_WARMUP_RUNS)
+        {
+            self.once(ctx, &mut record).await?;
+            done += 1;
+        }
+        let mut t = Vec::new();
+        for _ in 0..opts.runs.max(1) {
+            t.push(self.once(ctx, &mut record).await?);
+        }
+        ctx.check()?;
+        t.sort_by(|a, b| a.total_cmp(b));
+        Ok(t[t.len() / 2])
+    }
+}
+
+fn js_message(e: JsValue) -> Error {
+    Error::DeviceLost(
+        e.dyn_ref::<js_sys::Error>()
+            .map(|e| String::from(e.message()))
+            .unwrap_or_else(|| format!("{e:?}")),
+    )
+}
+
+/// GB/s (read plus write) of the copy kernel with `lanes` floats per element.
+async fn copy_gbps(
+    ctx: &LossContext,
+    roof: &bench::Roofline,
+    timer: &WebTimer,
+    opts: &bench::BenchOptions,
+    lanes: u64,
+) -> crate::Result<f64> {
+    let ms = timer
+        .median(ctx, opts, |enc| roof.record(ctx, enc, lanes))
+        .await?;
+    Ok(2.0 * 4.0 * roof.n as f64 / (ms * 1e6))
+}
+
+async fn web_bench(
+    ctx: &LossContext,
+    opts: &bench::BenchOptions,
+    wall: bool,
+    progress: &dyn Fn(&str),
+) -> crate::Result<bench::BenchReport> {
+    let timer = WebTimer::new(ctx, wall);
+    progress(&format!(
+        "timer: {}; workgroup reductions: {}; copy kernel over {} elements",
+        timer.kind(),
+        bench::reductions(ctx),
+        opts.size
+    ));
+    let roof = bench::Roofline::new(ctx, opts)?;
+    let copy1 = copy_gbps(ctx, &roof, &timer, opts, 1).await?;
+    let copy4 = copy_gbps(ctx, &roof, &timer, opts, 4).await?;
+    let lanes = if copy1 > copy4 { 1 } else { 4 };
+    let copy = copy1.max(copy4);
+    progress(&format!(
+        "copy kernel: {copy1:.2} GB/s with 4-byte elements, {copy4:.2} GB/s with 16-byte elements"
+    ));
+    let mut results = Vec::new();
+    let mut rng = bench::Lcg(7);
+    for e in bench::entries(opts.size) {
+        let Some(loss) = losses::gpu_loss(&e.spec) else {
+            continue;
+        };
+        let name = loss.name();
+        if !opts.only.is_empty()
+            && !opts
+                .only
+                .iter()
+                .any(|o| name.to_lowercase().contains(&o.to_lowercase()))
+        {
+            continue;
+        }
+        yield_to_page().await;
+        let inputs: Vec<Tensor> = e
+            .inputs
+            .iter()
+            .map(|(s, k)| bench::make_input(ctx, s, k, &mut rng))
+            .collect::<crate::Result<_>>()?;
+        let refs: Vec<&Tensor> = inputs.iter().collect();
+        let names = loss.input_names();
+        let mut grads = Vec::new();
+        for g in loss.grad_names() {
+            let i = names
+                .iter()
+                .position(|n| n == g)
+                .ok_or_else(|| Error::InvalidInput(format!("{name}: gradient {g} of no input")))?;
+            grads.push(Some(ctx.empty(inputs[i].shape(), DType::F32)?));
+        }
+        let gopts = GradOpts {
+            into: grads.clone(),
+            ..Default::default()
+        };
+        let before = copy_gbps(ctx, &roof, &timer, opts, lanes).await?;
+        let ms = timer
+            .median(ctx, opts, |enc| loss.record(ctx, enc, &refs, &gopts))
+            .await?;
+        let local_copy = before.max(copy_gbps(ctx, &roof, &timer, opts, lanes).await?);
+        let compulsory: u64 = inputs.iter().map(|t| t.byte_len()).sum::<u64>()
+            + grads.iter().flatten().map(|g| g.byte_len()).sum::<u64>();
+        let gbps = compulsory as f64 / (ms * 1e6);
+        let (baseline_ms, speedup) = match e.baseline {
+            Some(b) => {
+                let n = inputs[0].numel() as u64;
+                // The baseline must compute the same loss, or the comparison means nothing.
+                let fused = ctx.read_async(&loss.compute(ctx, &refs)?.loss).await?[0];
+                let check = {
+                    let mut ops = bench::Ops::new(ctx, n)?;
+                    let (l, _) = b(&mut ops, &refs)?;
+                    let mut enc = ctx.device().create_command_encoder(&Default::default());
+                    let keep = ops.finish(&mut enc)?;
+                    ctx.queue().submit(Some(enc.finish()));
+                    let v = ctx.read_async(&l).await?[0];
+                    drop(keep);
+                    v
+                };
+                if (check - fused).abs() > 1e-3 * fused.abs().max(1e-3) {
+                    return Err(Error::InvalidInput(format!(
+                        "{name}: the per-operation baseline gives {check}, the fused loss {fused}"
+                    )));
+                }
+                let bms = timer
+                    .median(ctx, opts, |enc| {
+                        let mut ops = bench::Ops::new(ctx, n)?;
+                        b(&mut ops, &refs)?;
+                        ops.finish(enc)
+                    })
+                    .await?;
+                (Some(bms), Some(bms / ms))
+            }
+            None => (None, None),
+        };
+        let r = bench::BenchResult {
+            loss: name.to_string(),
+            shape: inputs[0].shape().to_vec(),
+            ms,
+            compulsory_bytes: compulsory,
+            gbps,
+            copy_gbps: local_copy,
+            of_copy: gbps / local_copy,
+            baseline_ms,
+            speedup,
+            gflops: e.flops.map(|f| f / (ms * 1e6)),
+        };
+        progress(&format!(
+            "{name}: {ms:.3} ms, {gbps:.2} GB/s, {:.0}% of the copy",
+            100.0 * r.of_copy
+        ));
+        results.push(r);
+    }
+    let a = ctx.adapter();
+    Ok(bench::BenchReport {
+        adapter: a.name.clone(),
+        backend: format!("{:?}", a.backend),
+        device_type: format!("{:?}", a.device_type),
+        driver: format!("{} {}", a.driver, a.driver_info).trim().to_string(),
+        timer: timer.kind().into(),
+        reductions: bench::reductions(ctx),
+        size: opts.size,
+        runs: opts.runs,
+        copy_gbps: copy,
+        results,
+    })
+}
+
+#[wasm_bindgen]
+impl RawContext {
+    /// Runs the benchmark: `Promise<string>`, the report as the JSON of `deepml bench --json`.
+    /// `only` is a comma-separated list of loss-name parts (all when empty); `wall` times with
+    /// the host clock even where timestamp queries exist; `progress` is called with a line of
+    /// text as it goes.
+    pub fn bench(
+        &self,
+        size: u32,
+        runs: u32,
+        warmup: u32,
+        only: String,
+        wall: bool,
+        progress: Option<js_sys::Function>,
+    ) -> Promise {
+        let ctx = self.ctx.clone();
+        future_to_promise(async move {
+            let opts = bench::BenchOptions {
+                size: size.max(1) as usize,
+                runs: runs.max(1) as usize,
+                warmup: warmup as usize,
+                only: only
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+            };
+            let say = |line: &str| {
+                if let Some(f) = &progress {
+                    let _ = f.call1(&JsValue::NULL, &line.into());
+                }
+            };
+            let report = web_bench(&ctx, &opts, wall, &say).await.map_err(to_js)?;
+            let json = serde_json::to_string_pretty(&report)
+                .map_err(|e| js_error("wgpu", &format!("the report as JSON: {e}")))?;
+            Ok(json.into())
+        })
+    }
+
+    /// Drops the memory deepml keeps pooled for reuse.
+    #[wasm_bindgen(js_name = trimPool)]
+    pub fn trim_pool(&self) {
+        self.ctx.trim_pool();
+    }
 }

@@ -51,4 +51,4 @@ cargo run --release -q --example train_arcface -- --steps 60 --print 20
 cargo run --release -q --example combined_loss -- --steps 60
 
 echo "== browser (wasm build, headless Chromium, WebGPU on SwiftShader)"
-bash web/test.sh
+DEEPML_BIN="$(cd "$(dirname "$DEEPML")" && pwd)/deepml" bash web/test.sh

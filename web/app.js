@@ -1,12 +1,14 @@
 // The segmentation-IoU demo: a painted ground-truth mask, a prediction made of logits, and
 // deepml's JaccardLoss with its gradient computed on the GPU through WebGPU; "Train" runs
 // gradient steps on the device (computeOnDevice + axpy), reading back only what is drawn.
-import init, { DeepML } from "./pkg/deepml.js";
+import { DeepML } from "./pkg/deepml.js";
 
 const W = 64;
 const N = W * W;
 const SHAPE = [1, 1, W, W];
 const LOSS = "JaccardLoss";
+const OPTIONS = { isMulticlass: false };
+// The old string API (a JSON text of snake_case keys), kept as a thin layer over ml.loss.
 const CONFIG = JSON.stringify({ is_multiclass: false });
 const STEPS_PER_FRAME = 4;
 
@@ -79,14 +81,16 @@ async function main() {
 
   let ml;
   try {
-    await init();
     ml = await DeepML.create();
   } catch (e) {
     fail(`<b>Could not start deepml on WebGPU:</b> ${e?.message ?? e}`, "error");
     return;
   }
-  if (!ml.isImplemented(LOSS, CONFIG)) {
-    fail(`<b>${LOSS} is not implemented on the GPU in this build.</b>`, "error");
+  let jaccard;
+  try {
+    jaccard = ml.loss(LOSS, OPTIONS); // built once, computed every step
+  } catch (e) {
+    fail(`<b>${LOSS} is not available:</b> ${e?.message ?? e}`, "error");
     return;
   }
 
@@ -207,13 +211,13 @@ async function main() {
       targetT.write(target);
       targetDirty = false;
     }
-    const out = ml.computeOnDevice(LOSS, CONFIG, [logitsT, targetT]);
+    const out = jaccard.computeOnDevice([logitsT, targetT]);
     try {
       const [l, g, x] = await Promise.all([out.loss.read(), out.grads[0].read(), logitsT.read()]);
       logits = x;
       last = { loss: l[0], grad: g };
     } finally {
-      out.free();
+      out.dispose();
     }
     const lossEl = $("loss");
     lossEl.textContent = last.loss.toFixed(5);
@@ -238,9 +242,9 @@ async function main() {
     }
     const a = -stepSize() / Math.max(gradMax, 1e-12);
     for (let k = 0; k < n; k++) {
-      const out = ml.computeOnDevice(LOSS, CONFIG, [logitsT, targetT]);
+      const out = jaccard.computeOnDevice([logitsT, targetT]);
       ml.axpy(logitsT, a, out.grads[0]);
-      out.free();
+      out.dispose();
       steps++;
     }
   }

@@ -1,5 +1,5 @@
-// A small static server for the demo: web/ at /, and the public conformance cases at
-// /cases/public.json (tests/cases/public.json). Loopback only.
+// A small static server for the demo and the benchmark page: web/ at /, and the public
+// conformance cases at /cases/public.json (tests/cases/public.json). Loopback only.
 //   node web/server.mjs [port]      (default 8080)
 import http from "node:http";
 import fs from "node:fs";
@@ -19,18 +19,22 @@ const TYPES = {
   ".ts": "text/plain; charset=utf-8",
 };
 
-function resolve(urlPath) {
+function resolve(root, urlPath) {
   if (urlPath === "/cases/public.json") return path.join(ROOT, "tests", "cases", "public.json");
-  const p = path.normalize(path.join(WEB, decodeURIComponent(urlPath)));
-  if (p !== WEB && !p.startsWith(WEB + path.sep)) return null;
-  if (p.startsWith(path.join(WEB, "node_modules"))) return null;
-  return p.endsWith(path.sep) || p === WEB ? path.join(p, "index.html") : p;
+  const p = path.normalize(path.join(root, decodeURIComponent(urlPath)));
+  if (p !== root && !p.startsWith(root + path.sep)) return null;
+  // web/'s own node_modules are the build and test tools, not for the page.
+  if (root === WEB && p.startsWith(path.join(WEB, "node_modules"))) return null;
+  return p.endsWith(path.sep) || p === root ? path.join(p, "index.html") : p;
 }
 
-/** Starts the server; resolves to { server, url }. Port 0 picks a free one. */
-export function serve(port = 0, host = "127.0.0.1") {
+/** Starts the server; resolves to { server, url }. Port 0 picks a free one. `options.root`
+ *  serves another folder (default web/); `options.headers` are added to every response. */
+export function serve(port = 0, host = "127.0.0.1", options = {}) {
+  const root = path.resolve(options.root ?? WEB);
+  const extra = options.headers ?? {};
   const server = http.createServer((req, res) => {
-    const file = resolve(new URL(req.url, "http://x").pathname);
+    const file = resolve(root, new URL(req.url, "http://x").pathname);
     if (!file) {
       res.writeHead(403).end("forbidden");
       return;
@@ -43,6 +47,7 @@ export function serve(port = 0, host = "127.0.0.1") {
       res.writeHead(200, {
         "content-type": TYPES[path.extname(file)] ?? "application/octet-stream",
         "cache-control": "no-store",
+        ...extra,
       });
       res.end(data);
     });
