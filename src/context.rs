@@ -1193,7 +1193,7 @@ mod tests {
         let mut last = 0;
         for size in (1..=4096u64).chain((1..2000).map(|k| k * 65_537)) {
             let c = size_class(size, &limits);
-            assert!(c >= size && c % 4 == 0, "{size} -> {c}");
+            assert!(c >= size && c.is_multiple_of(4), "{size} -> {c}");
             assert!(
                 c <= (size.max(64) as f64 * 1.25).ceil() as u64 + 4,
                 "{size} -> {c}"
