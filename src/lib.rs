@@ -23,6 +23,7 @@ pub mod conformance;
 pub mod context;
 pub mod error;
 pub mod kernel;
+pub mod matmul;
 pub mod losses;
 pub mod reference;
 pub mod tensor;
