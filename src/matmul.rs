@@ -47,26 +47,37 @@ pub struct Variant {
     pub a_v4: bool,
     /// B(k, n) = b[off + n * stride + k] (k contiguous), else b[off + k * stride + n].
     pub b_kc: bool,
+    /// With `b_kc` on the loop-free variant: B is read as vec4 (its offset and stride are
+    /// multiples of 4).
+    pub b_v4: bool,
     /// Row scale rs[m], column scale cs[n], reduction scale ks[k].
     pub rs: bool,
     pub cs: bool,
     pub ks: bool,
     /// Add to C instead of overwriting it.
     pub add: bool,
+    /// 0: the K loop. Else the loop-free variant for CPU adapters: one dispatch per block of
+    /// `kb` reductions, unrolled (see [`record`]).
+    pub kb: u32,
+    /// With `kb`: the last, shorter block (`P.k < kb`; indices clamped, values zeroed).
+    pub tail: bool,
 }
 
 impl Variant {
     fn key(&self) -> String {
         format!(
-            "matmul:r{}:a{}{}:b{}:s{}{}{}:add{}",
+            "matmul:r{}:a{}{}:b{}{}:s{}{}{}:add{}:kb{}{}",
             self.rows,
             if self.a_kc { "k" } else { "m" },
             if self.a_v4 { "4" } else { "" },
             if self.b_kc { "k" } else { "n" },
+            if self.b_v4 { "4" } else { "" },
             self.rs as u8,
             self.cs as u8,
             self.ks as u8,
-            self.add as u8
+            self.add as u8,
+            self.kb,
+            if self.tail { "t" } else { "" }
         )
     }
 }
@@ -90,7 +101,11 @@ pub fn generate(v: &Variant) -> String {
     } else {
         s.push_str("@group(0) @binding(1) var<storage, read> a: array<f32>;\n");
     }
-    s.push_str("@group(0) @binding(2) var<storage, read> b: array<f32>;\n");
+    if v.b_v4 {
+        s.push_str("@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;\n");
+    } else {
+        s.push_str("@group(0) @binding(2) var<storage, read> b: array<f32>;\n");
+    }
     s.push_str("@group(0) @binding(3) var<storage, read_write> c: array<f32>;\n");
     if v.rs {
         s.push_str("@group(0) @binding(4) var<storage, read> rs: array<f32>;\n");
@@ -100,6 +115,17 @@ pub fn generate(v: &Variant) -> String {
     }
     if v.ks {
         s.push_str("@group(0) @binding(6) var<storage, read> ks: array<f32>;\n");
+    }
+    if v.kb > 0 && v.a_v4 {
+        s.push_str(&format!(
+            "var<workgroup> As: array<vec4<f32>, {}>;\n",
+            v.rows * v.kb / 4
+        ));
+    } else if v.kb > 0 {
+        s.push_str(&format!(
+            "var<workgroup> As: array<f32, {}>;\n",
+            v.rows * v.kb
+        ));
     }
     s.push_str(&format!(
         "
@@ -119,22 +145,124 @@ fn matmul(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     for i in 0..r {
         s.push_str(&format!("    var c{i} = 0.0;\n"));
     }
-    // The B value of slice position t at reduction index `kx` (an expression).
-    let bload = |kx: &str| -> String {
-        let base = if v.b_kc {
-            format!("b[bn + {kx}]")
-        } else {
-            format!("b[P.b_off + ({kx}) * P.b_s + n]")
-        };
-        if v.ks {
-            format!("{base} * ks[P.ks_off + {kx}]")
-        } else {
-            base
-        }
-    };
-    if v.b_kc {
+    if v.b_v4 {
+        s.push_str("    let bn = (P.b_off + n * P.b_s) / 4u;\n");
+    } else if v.b_kc {
         s.push_str("    let bn = P.b_off + n * P.b_s;\n");
     }
+    if v.kb > 0 {
+        cpu_body(v, &mut s);
+    } else {
+        gpu_body(v, &mut s);
+    }
+    epilogue(v, &mut s);
+    s
+}
+
+/// The B value at reduction index `kx` (an expression), scaled by ks.
+fn bload(v: &Variant, kx: &str) -> String {
+    let base = if v.b_kc {
+        format!("b[bn + {kx}]")
+    } else {
+        format!("b[P.b_off + ({kx}) * P.b_s + n]")
+    };
+    if v.ks {
+        format!("{base} * ks[P.ks_off + {kx}]")
+    } else {
+        base
+    }
+}
+
+/// The loop-free block: no control flow before the last load, so that llvmpipe loads the
+/// values of A (whose addresses do not depend on the invocation) once for its 8 lanes.
+fn cpu_body(v: &Variant, s: &mut String) {
+    let r = v.rows;
+    let kb = v.kb;
+    let kx = |t: u32| {
+        if v.tail {
+            format!("min({t}u, P.k - 1u)")
+        } else {
+            format!("{t}u")
+        }
+    };
+    if v.b_v4 {
+        for q in 0..kb / 4 {
+            s.push_str(&format!("    let bq{q} = b[bn + {q}u];\n"));
+            for (e, comp) in ["x", "y", "z", "w"].iter().enumerate() {
+                let t = q * 4 + e as u32;
+                if v.ks {
+                    s.push_str(&format!("    let b{t} = bq{q}.{comp} * ks[P.ks_off + {t}u];\n"));
+                } else {
+                    s.push_str(&format!("    let b{t} = bq{q}.{comp};\n"));
+                }
+            }
+        }
+    }
+    for t in 0..kb {
+        if v.b_v4 {
+            break;
+        }
+        let b = bload(v, &kx(t));
+        if v.tail {
+            s.push_str(&format!("    let b{t} = select(0.0, {b}, {t}u < P.k);\n"));
+        } else {
+            s.push_str(&format!("    let b{t} = {b};\n"));
+        }
+    }
+    // A's tile, staged in workgroup memory by every invocation (row-major, KB per row), then
+    // read at addresses that depend on nothing but constants.
+    if v.a_v4 {
+        let kq = kb / 4;
+        let per = (r * kq).div_ceil(LANES);
+        for q in 0..per {
+            s.push_str(&format!(
+                "    {{\n        let e = min({q}u * {LANES}u + lid, {}u);\n        As[e] = a[P.a_off + (m0 + e / {kq}u) * P.a_s + e % {kq}u];\n    }}\n",
+                r * kq - 1
+            ));
+        }
+        s.push_str("    workgroupBarrier();\n");
+        let comps = ["x", "y", "z", "w"];
+        for i in 0..r {
+            for t in 0..kb {
+                let e = i * kb + t;
+                s.push_str(&format!(
+                    "    c{i} = fma(As[{}u].{}, b{t}, c{i});\n",
+                    e / 4,
+                    comps[(e % 4) as usize]
+                ));
+            }
+        }
+        return;
+    }
+    let per = (r * kb).div_ceil(LANES);
+    for q in 0..per {
+        s.push_str(&format!(
+            "    {{\n        let e = min({q}u * {LANES}u + lid, {}u);\n        let i = e / {kb}u;\n        let t = e % {kb}u;\n",
+            r * kb - 1
+        ));
+        let tk = if v.tail { "min(t, P.k - 1u)" } else { "t" };
+        let aidx = if v.a_kc {
+            format!("P.a_off + (m0 + i) * P.a_s + {tk}")
+        } else {
+            format!("P.a_off + ({tk}) * P.a_s + m0 + i")
+        };
+        if v.tail {
+            s.push_str(&format!("        As[e] = select(0.0, a[{aidx}], t < P.k);\n    }}\n"));
+        } else {
+            s.push_str(&format!("        As[e] = a[{aidx}];\n    }}\n"));
+        }
+    }
+    s.push_str("    workgroupBarrier();\n");
+    for i in 0..r {
+        for t in 0..kb {
+            s.push_str(&format!("    c{i} = fma(As[{}u], b{t}, c{i});\n", i * kb + t));
+        }
+    }
+}
+
+fn gpu_body(v: &Variant, s: &mut String) {
+    let r = v.rows;
+    let bload = |kx: &str| bload(v, kx);
     s.push_str(&format!(
         "    let kfull = P.k - P.k % {KS}u;
     for (var k0 = 0u; k0 < kfull; k0 = k0 + {KS}u) {{
@@ -187,7 +315,10 @@ fn matmul(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
         }
         s.push_str("    }\n");
     }
-    // Epilogue.
+}
+
+fn epilogue(v: &Variant, s: &mut String) {
+    let r = v.rows;
     s.push_str("    if (nn >= P.n) {\n        return;\n    }\n");
     if v.cs {
         s.push_str("    let sc = cs[P.cs_off + n];\n");
@@ -210,7 +341,6 @@ fn matmul(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
         ));
     }
     s.push_str("}\n");
-    s
 }
 
 /// The name (its pipeline key) and text of a variant, generated once per process.
@@ -251,16 +381,24 @@ pub fn shader_variants() -> Vec<ShaderSource> {
                         (true, false, true),
                         (false, false, true),
                     ] {
-                        out.push(source(&Variant {
-                            rows,
-                            a_kc,
-                            a_v4,
-                            b_kc,
-                            rs,
-                            cs,
-                            ks,
-                            add,
-                        }));
+                        for (kb, tail) in [(0, false), (CPU_KB, false), (CPU_KB, true)] {
+                            if a_v4 && tail {
+                                continue;
+                            }
+                            out.push(source(&Variant {
+                                rows,
+                                a_kc,
+                                a_v4,
+                                b_kc,
+                                b_v4: b_kc && kb > 0 && !tail,
+                                rs,
+                                cs,
+                                ks,
+                                add,
+                                kb,
+                                tail,
+                            }));
+                        }
                     }
                 }
             }
@@ -366,10 +504,10 @@ impl MatmulSpec {
     }
 }
 
-/// Rows per workgroup for `m` rows: the largest of 32, 8, 1 not over `m`.
-fn rows_for(m: u64) -> u32 {
-    if m >= 32 {
-        32
+/// Rows per workgroup for `m` rows: the largest of `max`, 8, 1 not over `m`.
+fn rows_for(m: u64, max: u32) -> u32 {
+    if m >= max as u64 {
+        max
     } else if m >= 8 {
         8
     } else {
@@ -377,35 +515,61 @@ fn rows_for(m: u64) -> u32 {
     }
 }
 
-/// Records `spec` into `prog` (several dispatches when K is longer than `K_MAX`).
+/// The tile shape for an adapter: (rows, loop-free block or 0).
+fn shape_for(ctx: &LossContext) -> (u32, u32) {
+    let env = |n: &str| std::env::var(n).ok().and_then(|v| v.parse::<u32>().ok());
+    let cpu = ctx.adapter().device_type == wgpu::DeviceType::Cpu;
+    let kb = env("DEEPML_MM_KB").unwrap_or(if cpu { CPU_KB } else { 0 });
+    let rows = env("DEEPML_MM_R").unwrap_or(32);
+    (rows, kb)
+}
+
+/// The block of the loop-free variant on CPU adapters.
+pub const CPU_KB: u32 = 128;
+
+/// Records `spec` into `prog` (several dispatches when K is longer than `K_MAX`, or, on a CPU
+/// adapter, one per block of [`CPU_KB`]).
 pub(crate) fn record(ctx: &LossContext, prog: &mut Program, spec: &MatmulSpec) -> Result<()> {
     spec.check()?;
     if spec.m == 0 || spec.n == 0 {
         return Ok(());
     }
-    let rows = rows_for(spec.m);
+    let (max_rows, kb) = shape_for(ctx);
+    let rows = rows_for(spec.m, max_rows);
     let tiles_m = spec.m.div_ceil(rows as u64);
     let tiles_n = spec.n.div_ceil(LANES as u64);
-    let pieces = spec.k.div_ceil(K_MAX).max(1);
+    let piece = if kb > 0 { kb as u64 } else { K_MAX };
+    let pieces = spec.k.div_ceil(piece).max(1);
     for q in 0..pieces {
-        let k0 = q * K_MAX;
-        let kl = (spec.k - k0.min(spec.k)).min(K_MAX);
+        let k0 = q * piece;
+        let kl = (spec.k - k0.min(spec.k)).min(piece);
         let a_adv = if spec.a_kc { k0 } else { k0 * spec.a.stride };
         let b_adv = if spec.b_kc { k0 } else { k0 * spec.b.stride };
         let a_off = spec.a.off + a_adv;
+        let tail = kb > 0 && kl < kb as u64;
         let a_v4 = spec.a_kc
+            && !tail
             && kl.is_multiple_of(KS as u64)
             && a_off.is_multiple_of(4)
             && spec.a.stride.is_multiple_of(4);
+        let b_off = spec.b.off + b_adv;
+        let b_v4 = kb > 0
+            && spec.b_kc
+            && !tail
+            && b_off.is_multiple_of(4)
+            && spec.b.stride.is_multiple_of(4);
         let v = Variant {
             rows,
             a_kc: spec.a_kc,
             a_v4,
             b_kc: spec.b_kc,
+            b_v4,
             rs: spec.rs.is_some(),
             cs: spec.cs.is_some(),
             ks: spec.ks.is_some(),
             add: spec.add || q > 0,
+            kb,
+            tail,
         };
         let d = if a_v4 { 4 } else { 1 };
         let p = MP {
@@ -415,7 +579,7 @@ pub(crate) fn record(ctx: &LossContext, prog: &mut Program, spec: &MatmulSpec) -
             tiles_m: to_u32(tiles_m)?,
             a_off: to_u32(a_off / d)?,
             a_s: to_u32(spec.a.stride / d)?,
-            b_off: to_u32(spec.b.off + b_adv)?,
+            b_off: to_u32(b_off)?,
             b_s: to_u32(spec.b.stride)?,
             c_off: to_u32(spec.c.off)?,
             c_s: to_u32(spec.c.stride)?,
