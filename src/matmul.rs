@@ -627,6 +627,22 @@ pub fn matmul(
     a_t: bool,
     b_t: bool,
 ) -> Result<crate::tensor::Tensor> {
+    let mut prog = Program::default();
+    let out = record_matmul(ctx, &mut prog, a, b, a_t, b_t)?;
+    let mut scratch = crate::kernel::Scratch::default();
+    ctx.submit(prog, &mut scratch)?;
+    Ok(out)
+}
+
+/// Records [`matmul`] into `prog`; the output tensor.
+pub(crate) fn record_matmul(
+    ctx: &LossContext,
+    prog: &mut Program,
+    a: &crate::tensor::Tensor,
+    b: &crate::tensor::Tensor,
+    a_t: bool,
+    b_t: bool,
+) -> Result<crate::tensor::Tensor> {
     use crate::tensor::{DType, Tensor};
     for (what, t) in [("a", a), ("b", b)] {
         if t.dtype() != DType::F32 || t.shape().len() != 2 {
@@ -657,7 +673,6 @@ pub fn matmul(
     let align = (ctx.limits.min_storage_buffer_offset_alignment.max(4) / 4) as u64;
     // Rows of C (and of A without a_t) per window.
     let row_bytes = n.max(if a_t { 1 } else { k }).max(1) * 4;
-    let mut prog = Program::default();
     for w in ctx.windows(m, row_bytes, align)? {
         let a_op = if a_t {
             Operand {
@@ -694,9 +709,7 @@ pub fn matmul(
             ks: None,
             add: false,
         };
-        record(ctx, &mut prog, &spec)?;
+        record(ctx, prog, &spec)?;
     }
-    let mut scratch = crate::kernel::Scratch::default();
-    ctx.submit(prog, &mut scratch)?;
     Ok(out)
 }
