@@ -32,6 +32,8 @@ use crate::kernel::{Bind, Program, ShaderSource, Step};
 pub const LANES: u32 = 64;
 /// Depth of a K slice held in registers.
 pub const KS: u32 = 8;
+/// Rows whose accumulations the loop-free variant interleaves.
+const GROUP: u32 = 8;
 /// The longest reduction of one dispatch.
 pub const K_MAX: u64 = 65536;
 
@@ -222,14 +224,18 @@ fn cpu_body(v: &Variant, s: &mut String) {
         }
         s.push_str("    workgroupBarrier();\n");
         let comps = ["x", "y", "z", "w"];
-        for i in 0..r {
+        // Groups of GROUP rows, interleaved along K: GROUP independent accumulation chains
+        // in flight (one row's chain alone would wait on the latency of every fma).
+        for g0 in (0..r).step_by(GROUP as usize) {
             for t in 0..kb {
-                let e = i * kb + t;
-                s.push_str(&format!(
-                    "    c{i} = fma(As[{}u].{}, b{t}, c{i});\n",
-                    e / 4,
-                    comps[(e % 4) as usize]
-                ));
+                for i in g0..(g0 + GROUP).min(r) {
+                    let e = i * kb + t;
+                    s.push_str(&format!(
+                        "    c{i} = fma(As[{}u].{}, b{t}, c{i});\n",
+                        e / 4,
+                        comps[(e % 4) as usize]
+                    ));
+                }
             }
         }
         return;
@@ -253,9 +259,11 @@ fn cpu_body(v: &Variant, s: &mut String) {
         }
     }
     s.push_str("    workgroupBarrier();\n");
-    for i in 0..r {
+    for g0 in (0..r).step_by(GROUP as usize) {
         for t in 0..kb {
-            s.push_str(&format!("    c{i} = fma(As[{}u], b{t}, c{i});\n", i * kb + t));
+            for i in g0..(g0 + GROUP).min(r) {
+                s.push_str(&format!("    c{i} = fma(As[{}u], b{t}, c{i});\n", i * kb + t));
+            }
         }
     }
 }
