@@ -34,6 +34,10 @@ pub const LANES: u32 = 64;
 pub const KS: u32 = 8;
 /// Rows whose accumulations the loop-free variant interleaves.
 const GROUP: u32 = 8;
+/// ... and its four-column form (two rows of vec4: eight chains).
+const WIDE_GROUP: u32 = 2;
+/// Rows per workgroup of the four-column form.
+pub const WIDE_ROWS: u32 = 16;
 /// The longest reduction of one dispatch.
 pub const K_MAX: u64 = 65536;
 
@@ -61,6 +65,9 @@ pub struct Variant {
     /// 0: the K loop. Else the loop-free variant for CPU adapters: one dispatch per block of
     /// `kb` reductions, unrolled (see [`record`]).
     pub kb: u32,
+    /// With `kb`: four columns per invocation (vec4 loads of B, vec4 accumulators and stores;
+    /// N, B's and C's offsets and strides multiples of 4).
+    pub wide: bool,
     /// With `kb`: the last, shorter block (`P.k < kb`; indices clamped, values zeroed).
     pub tail: bool,
 }
@@ -68,7 +75,7 @@ pub struct Variant {
 impl Variant {
     fn key(&self) -> String {
         format!(
-            "matmul:r{}:a{}{}:b{}{}:s{}{}{}:add{}:kb{}{}",
+            "matmul:r{}:a{}{}:b{}{}:s{}{}{}:add{}:kb{}{}{}",
             self.rows,
             if self.a_kc { "k" } else { "m" },
             if self.a_v4 { "4" } else { "" },
@@ -79,13 +86,17 @@ impl Variant {
             self.ks as u8,
             self.add as u8,
             self.kb,
-            if self.tail { "t" } else { "" }
+            if self.tail { "t" } else { "" },
+            if self.wide { "w" } else { "" }
         )
     }
 }
 
 /// The WGSL of a variant.
 pub fn generate(v: &Variant) -> String {
+    if v.wide {
+        return generate_wide(v);
+    }
     let r = v.rows;
     let mut s = String::new();
     s.push_str(
@@ -158,6 +169,163 @@ fn matmul(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
         gpu_body(v, &mut s);
     }
     epilogue(v, &mut s);
+    s
+}
+
+/// The staging of A's tile in workgroup memory (loop-free variants without a tail), and the
+/// expression of A(i, t) read back from it.
+fn stage(v: &Variant, s: &mut String) {
+    let (r, kb) = (v.rows, v.kb);
+    if v.a_v4 {
+        let kq = kb / 4;
+        for q in 0..(r * kq).div_ceil(LANES) {
+            s.push_str(&format!(
+                "    {{\n        let e = min({q}u * {LANES}u + lid, {}u);\n        As[e] = a[P.a_off + (m0 + e / {kq}u) * P.a_s + e % {kq}u];\n    }}\n",
+                r * kq - 1
+            ));
+        }
+    } else {
+        for q in 0..(r * kb).div_ceil(LANES) {
+            let aidx = if v.a_kc {
+                "P.a_off + (m0 + i) * P.a_s + t"
+            } else {
+                "P.a_off + t * P.a_s + m0 + i"
+            };
+            s.push_str(&format!(
+                "    {{\n        let e = min({q}u * {LANES}u + lid, {}u);\n        let i = e / {kb}u;\n        let t = e % {kb}u;\n        As[e] = a[{aidx}];\n    }}\n",
+                r * kb - 1
+            ));
+        }
+    }
+    s.push_str("    workgroupBarrier();\n");
+}
+
+fn a_staged(v: &Variant, i: u32, t: u32) -> String {
+    let e = i * v.kb + t;
+    if v.a_v4 {
+        format!("As[{}u].{}", e / 4, ["x", "y", "z", "w"][(e % 4) as usize])
+    } else {
+        format!("As[{e}u]")
+    }
+}
+
+/// The loop-free variant with four columns per invocation: a quarter of the loads of B and
+/// stores of C per multiply-add (each a loop over the lanes on llvmpipe).
+fn generate_wide(v: &Variant) -> String {
+    let (r, kb) = (v.rows, v.kb);
+    let mut s = String::from(
+        "struct MP {
+    m: u32, n: u32, k: u32, tiles_m: u32,
+    a_off: u32, a_s: u32, b_off: u32, b_s: u32,
+    c_off: u32, c_s: u32, rs_off: u32, cs_off: u32,
+    ks_off: u32, p0: u32, p1: u32, p2: u32,
+}
+@group(0) @binding(0) var<uniform> P: MP;
+",
+    );
+    let a_ty = if v.a_v4 { "vec4<f32>" } else { "f32" };
+    s.push_str(&format!(
+        "@group(0) @binding(1) var<storage, read> a: array<{a_ty}>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> c: array<vec4<f32>>;
+"
+    ));
+    if v.rs {
+        s.push_str("@group(0) @binding(4) var<storage, read> rs: array<f32>;\n");
+    }
+    if v.cs {
+        s.push_str("@group(0) @binding(5) var<storage, read> cs: array<f32>;\n");
+    }
+    if v.ks {
+        s.push_str("@group(0) @binding(6) var<storage, read> ks: array<f32>;\n");
+    }
+    let slots = if v.a_v4 { r * kb / 4 } else { r * kb };
+    s.push_str(&format!(
+        "var<workgroup> As: array<{a_ty}, {slots}>;
+
+@compute @workgroup_size({LANES})
+fn matmul(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+          @builtin(num_workgroups) nwg: vec3<u32>) {{
+    let g = wid.x + wid.y * nwg.x;
+    let tm = g % P.tiles_m;
+    let tn = g / P.tiles_m;
+    let own = tm * {r}u;
+    let m0 = min(own, P.m - {r}u);
+    // This invocation's four columns: 4 nq .. 4 nq + 3.
+    let nn = tn * {LANES}u + lid;
+    let nq = min(nn, P.n / 4u - 1u);
+"
+    ));
+    for i in 0..r {
+        s.push_str(&format!("    var c{i} = vec4<f32>(0.0);\n"));
+    }
+    let kscale = |t: u32| {
+        if v.ks {
+            format!(" * ks[P.ks_off + {t}u]")
+        } else {
+            String::new()
+        }
+    };
+    if v.b_kc {
+        // Four rows of B's storage (one per column), read along K four at a time.
+        for e in 0..4 {
+            s.push_str(&format!(
+                "    let br{e} = (P.b_off + (4u * nq + {e}u) * P.b_s) / 4u;\n"
+            ));
+        }
+        for q in 0..kb / 4 {
+            for e in 0..4 {
+                s.push_str(&format!("    let w{e}_{q} = b[br{e} + {q}u];\n"));
+            }
+            for (cc, comp) in ["x", "y", "z", "w"].iter().enumerate() {
+                let t = q * 4 + cc as u32;
+                s.push_str(&format!(
+                    "    let b{t} = vec4<f32>(w0_{q}.{comp}, w1_{q}.{comp}, w2_{q}.{comp}, w3_{q}.{comp}){};\n",
+                    kscale(t)
+                ));
+            }
+        }
+    } else {
+        s.push_str("    let bb = P.b_off / 4u + nq;\n    let bs = P.b_s / 4u;\n");
+        for t in 0..kb {
+            s.push_str(&format!("    let b{t} = b[bb + {t}u * bs]{};\n", kscale(t)));
+        }
+    }
+    stage(v, &mut s);
+    for g0 in (0..r).step_by(WIDE_GROUP as usize) {
+        for t in 0..kb {
+            for i in g0..(g0 + WIDE_GROUP).min(r) {
+                s.push_str(&format!(
+                    "    c{i} = fma(vec4<f32>({}), b{t}, c{i});\n",
+                    a_staged(v, i, t)
+                ));
+            }
+        }
+    }
+    s.push_str("    if (nn >= P.n / 4u) {\n        return;\n    }\n");
+    if v.cs {
+        s.push_str(
+            "    let q0 = P.cs_off + 4u * nq;\n    let sc = vec4<f32>(cs[q0], cs[q0 + 1u], cs[q0 + 2u], cs[q0 + 3u]);\n",
+        );
+    }
+    for i in 0..r {
+        let mut val = format!("c{i}");
+        if v.rs {
+            val = format!("{val} * rs[P.rs_off + m0 + {i}u]");
+        }
+        if v.cs {
+            val = format!("{val} * sc");
+        }
+        let store = if v.add {
+            format!("c[o{i}] = c[o{i}] + {val};")
+        } else {
+            format!("c[o{i}] = {val};")
+        };
+        s.push_str(&format!(
+            "    if (m0 + {i}u >= own) {{\n        let o{i} = (P.c_off + (m0 + {i}u) * P.c_s) / 4u + nq;\n        {store}\n    }}\n"
+        ));
+    }
+    s.push_str("}\n");
     s
 }
 
@@ -405,7 +573,24 @@ pub fn shader_variants() -> Vec<ShaderSource> {
                                 add,
                                 kb,
                                 tail,
+                                wide: false,
                             }));
+                            if kb > 0 && !tail {
+                                out.push(source(&Variant {
+                                    rows: if rows == 32 { WIDE_ROWS } else { rows },
+                                    a_kc,
+                                    a_v4,
+                                    b_kc,
+                                    b_v4: false,
+                                    rs,
+                                    cs,
+                                    ks,
+                                    add,
+                                    kb,
+                                    tail,
+                                    wide: true,
+                                }));
+                            }
                         }
                     }
                 }
@@ -543,9 +728,6 @@ pub(crate) fn record(ctx: &LossContext, prog: &mut Program, spec: &MatmulSpec) -
         return Ok(());
     }
     let (max_rows, kb) = shape_for(ctx);
-    let rows = rows_for(spec.m, max_rows);
-    let tiles_m = spec.m.div_ceil(rows as u64);
-    let tiles_n = spec.n.div_ceil(LANES as u64);
     let piece = if kb > 0 { kb as u64 } else { K_MAX };
     let pieces = spec.k.div_ceil(piece).max(1);
     for q in 0..pieces {
@@ -561,12 +743,27 @@ pub(crate) fn record(ctx: &LossContext, prog: &mut Program, spec: &MatmulSpec) -
             && a_off.is_multiple_of(4)
             && spec.a.stride.is_multiple_of(4);
         let b_off = spec.b.off + b_adv;
+        let m4 = |v: u64| v.is_multiple_of(4);
+        let wide = kb > 0
+            && !tail
+            && std::env::var("DEEPML_MM_NARROW").is_err()
+            && m4(spec.n)
+            && m4(spec.c.off)
+            && m4(spec.c.stride)
+            && m4(b_off)
+            && m4(spec.b.stride);
         let b_v4 = kb > 0
+            && !wide
             && spec.b_kc
             && !tail
             && b_off.is_multiple_of(4)
             && spec.b.stride.is_multiple_of(4);
+        let rows = rows_for(spec.m, if wide { WIDE_ROWS } else { max_rows });
+        let tiles_m = spec.m.div_ceil(rows as u64);
+        let cols = if wide { spec.n / 4 } else { spec.n };
+        let tiles_n = cols.div_ceil(LANES as u64);
         let v = Variant {
+            wide,
             rows,
             a_kc: spec.a_kc,
             a_v4,
