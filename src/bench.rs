@@ -801,7 +801,9 @@ pub fn run(
             _ => Vec::new(),
         };
         for (p, pms, g) in &products {
-            progress(&format!("  {name} product {p}: {pms:.3} ms, {g:.1} GFLOP/s"));
+            progress(&format!(
+                "  {name} product {p}: {pms:.3} ms, {g:.1} GFLOP/s"
+            ));
         }
         let r = BenchResult {
             loss: name.to_string(),
@@ -907,7 +909,10 @@ pub fn markdown(r: &BenchReport) -> String {
         s.push('\n');
     }
     for x in r.results.iter().filter(|x| !x.products.is_empty()) {
-        s.push_str(&format!("\n{} {:?}, each product alone:\n\n", x.loss, x.shape));
+        s.push_str(&format!(
+            "\n{} {:?}, each product alone:\n\n",
+            x.loss, x.shape
+        ));
         for (p, ms, g) in &x.products {
             s.push_str(&format!("- `{p}`: {ms:.3} ms, {g:.1} GFLOP/s\n"));
         }

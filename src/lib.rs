@@ -23,8 +23,8 @@ pub mod conformance;
 pub mod context;
 pub mod error;
 pub mod kernel;
-pub mod matmul;
 pub mod losses;
+pub mod matmul;
 pub mod reference;
 pub mod tensor;
 #[cfg(target_arch = "wasm32")]

@@ -361,7 +361,9 @@ fn cpu_body(v: &Variant, s: &mut String) {
             for (e, comp) in ["x", "y", "z", "w"].iter().enumerate() {
                 let t = q * 4 + e as u32;
                 if v.ks {
-                    s.push_str(&format!("    let b{t} = bq{q}.{comp} * ks[P.ks_off + {t}u];\n"));
+                    s.push_str(&format!(
+                        "    let b{t} = bq{q}.{comp} * ks[P.ks_off + {t}u];\n"
+                    ));
                 } else {
                     s.push_str(&format!("    let b{t} = bq{q}.{comp};\n"));
                 }
@@ -421,7 +423,9 @@ fn cpu_body(v: &Variant, s: &mut String) {
             format!("P.a_off + ({tk}) * P.a_s + m0 + i")
         };
         if v.tail {
-            s.push_str(&format!("        As[e] = select(0.0, a[{aidx}], t < P.k);\n    }}\n"));
+            s.push_str(&format!(
+                "        As[e] = select(0.0, a[{aidx}], t < P.k);\n    }}\n"
+            ));
         } else {
             s.push_str(&format!("        As[e] = a[{aidx}];\n    }}\n"));
         }
@@ -430,7 +434,10 @@ fn cpu_body(v: &Variant, s: &mut String) {
     for g0 in (0..r).step_by(GROUP as usize) {
         for t in 0..kb {
             for i in g0..(g0 + GROUP).min(r) {
-                s.push_str(&format!("    c{i} = fma(As[{}u], b{t}, c{i});\n", i * kb + t));
+                s.push_str(&format!(
+                    "    c{i} = fma(As[{}u], b{t}, c{i});\n",
+                    i * kb + t
+                ));
             }
         }
     }
@@ -445,7 +452,10 @@ fn gpu_body(v: &Variant, s: &mut String) {
 "
     ));
     for t in 0..KS {
-        s.push_str(&format!("        let b{t} = {};\n", bload(&format!("k0 + {t}u"))));
+        s.push_str(&format!(
+            "        let b{t} = {};\n",
+            bload(&format!("k0 + {t}u"))
+        ));
     }
     for i in 0..r {
         if v.a_v4 {
@@ -456,7 +466,9 @@ fn gpu_body(v: &Variant, s: &mut String) {
                 s.push_str(&format!("        let a{i}_{q} = a[ra{i} + {q}u];\n"));
                 for (e, comp) in ["x", "y", "z", "w"].iter().enumerate() {
                     let t = q * 4 + e as u32;
-                    s.push_str(&format!("        c{i} = fma(a{i}_{q}.{comp}, b{t}, c{i});\n"));
+                    s.push_str(&format!(
+                        "        c{i} = fma(a{i}_{q}.{comp}, b{t}, c{i});\n"
+                    ));
                 }
             }
         } else if v.a_kc {
@@ -464,7 +476,9 @@ fn gpu_body(v: &Variant, s: &mut String) {
                 "        let ra{i} = P.a_off + (m0 + {i}u) * P.a_s + k0;\n"
             ));
             for t in 0..KS {
-                s.push_str(&format!("        c{i} = fma(a[ra{i} + {t}u], b{t}, c{i});\n"));
+                s.push_str(&format!(
+                    "        c{i} = fma(a[ra{i} + {t}u], b{t}, c{i});\n"
+                ));
             }
         } else {
             for t in 0..KS {
@@ -686,7 +700,11 @@ impl MatmulSpec {
                 need("ks", &o.bind, o.off + k - 1)?;
             }
         }
-        need("C", &self.c.bind, self.c.off + (m - 1) * self.c.stride + n - 1)?;
+        need(
+            "C",
+            &self.c.bind,
+            self.c.off + (m - 1) * self.c.stride + n - 1,
+        )?;
         if let Some(o) = &self.rs {
             need("rs", &o.bind, o.off + m - 1)?;
         }

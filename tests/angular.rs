@@ -910,7 +910,13 @@ fn streamed_reference(
     let wnorm: Vec<f64> = w.chunks(f).map(norm).collect();
     let wscale: Vec<f64> = wnorm
         .iter()
-        .map(|&n| if cfg.normalize_weight { 1.0 / n.max(1e-12) } else { 1.0 })
+        .map(|&n| {
+            if cfg.normalize_weight {
+                1.0 / n.max(1e-12)
+            } else {
+                1.0
+            }
+        })
         .collect();
     let xnorm: Vec<f64> = x.chunks(f).map(norm).collect();
     let xn: Vec<Vec<f64>> = x
@@ -920,7 +926,12 @@ fn streamed_reference(
         .collect();
     let wf = |i: usize, j: usize| -> f64 {
         let wj = &w[j * f..(j + 1) * f];
-        xn[i].iter().zip(wj).map(|(a, &b)| a * b as f64).sum::<f64>() * wscale[j]
+        xn[i]
+            .iter()
+            .zip(wj)
+            .map(|(a, &b)| a * b as f64)
+            .sum::<f64>()
+            * wscale[j]
     };
     // ArcFace's target logit and its derivative (reference::angular's `numerator`).
     let numerator = |cv: f64| -> (f64, f64) {
@@ -977,7 +988,10 @@ fn streamed_reference(
     let back = |u: &[f64], nr: f64, du: &[f64]| -> Vec<f64> {
         if nr >= 1e-12 {
             let along: f64 = u.iter().zip(du).map(|(a, b)| a * b).sum();
-            u.iter().zip(du).map(|(a, g)| (g - a * along) / nr).collect()
+            u.iter()
+                .zip(du)
+                .map(|(a, g)| (g - a * along) / nr)
+                .collect()
         } else {
             du.iter().map(|g| g / 1e-12).collect()
         }
@@ -1084,9 +1098,21 @@ fn a_million_classes_in_bounded_memory() {
         "loss {loss}, float64 {want}"
     );
     for (q, &i) in xr.iter().enumerate() {
-        assert_close(&format!("dx row {i}"), &got_dx[i * f..(i + 1) * f], &dx[q], 2e-3, 2e-3);
+        assert_close(
+            &format!("dx row {i}"),
+            &got_dx[i * f..(i + 1) * f],
+            &dx[q],
+            2e-3,
+            2e-3,
+        );
     }
     for (q, &j) in wr.iter().enumerate() {
-        assert_close(&format!("dW row {j}"), &got_dw[j * f..(j + 1) * f], &dw[q], 2e-3, 2e-3);
+        assert_close(
+            &format!("dW row {j}"),
+            &got_dw[j * f..(j + 1) * f],
+            &dw[q],
+            2e-3,
+            2e-3,
+        );
     }
 }

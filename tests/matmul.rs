@@ -54,7 +54,7 @@ fn awkward_sizes_every_layout() {
             for &k in &sizes {
                 for (a_t, b_t) in [(false, true), (false, false), (true, false), (true, true)] {
                     seed += 1;
-                    one(&ctx, m, n, k, a_t, b_t, seed);
+                    one(ctx, m, n, k, a_t, b_t, seed);
                 }
             }
         }
@@ -69,7 +69,7 @@ fn four_columns_per_invocation() {
     for &(m, n, k) in &[(33, 132, 300), (1, 4, 129), (17, 260, 128), (40, 8, 1)] {
         for (a_t, b_t) in [(false, true), (false, false), (true, false), (true, true)] {
             seed += 1;
-            one(&ctx, m, n, k, a_t, b_t, seed);
+            one(ctx, m, n, k, a_t, b_t, seed);
         }
     }
 }
@@ -78,20 +78,20 @@ fn four_columns_per_invocation() {
 fn large_dimensions() {
     let ctx = ctx();
     // 1000+ in each dimension, one at a time (and K over one dispatch's reduction length).
-    one(&ctx, 1031, 5, 7, false, true, 1);
-    one(&ctx, 5, 1031, 7, false, false, 2);
-    one(&ctx, 7, 5, 1031, true, false, 3);
-    one(&ctx, 3, 9, 70001, false, true, 4);
-    one(&ctx, 64, 64, 70001, true, false, 5);
-    one(&ctx, 1003, 1001, 64, false, true, 6);
+    one(ctx, 1031, 5, 7, false, true, 1);
+    one(ctx, 5, 1031, 7, false, false, 2);
+    one(ctx, 7, 5, 1031, true, false, 3);
+    one(ctx, 3, 9, 70001, false, true, 4);
+    one(ctx, 64, 64, 70001, true, false, 5);
+    one(ctx, 1003, 1001, 64, false, true, 6);
 }
 
 #[test]
 fn windows_over_the_binding_limit() {
     // 4 KiB bindings: C and A in windows of rows.
-    let ctx = windowed_ctx(4096);
-    one(&ctx, 300, 20, 16, false, true, 7);
-    one(&ctx, 129, 17, 3, false, false, 8);
+    let small = windowed_ctx(4096);
+    one(&small, 300, 20, 16, false, true, 7);
+    one(&small, 129, 17, 3, false, false, 8);
 }
 
 #[test]
@@ -99,12 +99,23 @@ fn deterministic() {
     let ctx = ctx();
     let mut r = rng(9);
     let (m, n, k) = (130, 70, 1000);
-    let a = ctx.upload(&uniform(&mut r, m * k, -1.0, 1.0), &[m, k]).unwrap();
-    let b = ctx.upload(&uniform(&mut r, n * k, -1.0, 1.0), &[n, k]).unwrap();
-    let first = ctx.read(&matmul(&ctx, &a, &b, false, true).unwrap()).unwrap();
+    let a = ctx
+        .upload(&uniform(&mut r, m * k, -1.0, 1.0), &[m, k])
+        .unwrap();
+    let b = ctx
+        .upload(&uniform(&mut r, n * k, -1.0, 1.0), &[n, k])
+        .unwrap();
+    let first = ctx
+        .read(&matmul(ctx, &a, &b, false, true).unwrap())
+        .unwrap();
     for _ in 0..3 {
-        let again = ctx.read(&matmul(&ctx, &a, &b, false, true).unwrap()).unwrap();
-        assert!(first.iter().zip(&again).all(|(x, y)| x.to_bits() == y.to_bits()));
+        let again = ctx
+            .read(&matmul(ctx, &a, &b, false, true).unwrap())
+            .unwrap();
+        assert!(first
+            .iter()
+            .zip(&again)
+            .all(|(x, y)| x.to_bits() == y.to_bits()));
     }
 }
 
@@ -114,21 +125,33 @@ fn speed_probe() {
     let ctx = ctx();
     let mut r = rng(10);
     let (m, n, k) = (1024, 2048, 512);
-    let a = ctx.upload(&uniform(&mut r, m * k, -1.0, 1.0), &[m, k]).unwrap();
-    let b = ctx.upload(&uniform(&mut r, n * k, -1.0, 1.0), &[n, k]).unwrap();
-    let bt = ctx.upload(&uniform(&mut r, n * k, -1.0, 1.0), &[k, n]).unwrap();
-    let at = ctx.upload(&uniform(&mut r, m * k, -1.0, 1.0), &[k, m]).unwrap();
-    for (name, a_t, b_t) in [("x W^T", false, true), ("G W", false, false), ("G^T x", true, false)] {
+    let a = ctx
+        .upload(&uniform(&mut r, m * k, -1.0, 1.0), &[m, k])
+        .unwrap();
+    let b = ctx
+        .upload(&uniform(&mut r, n * k, -1.0, 1.0), &[n, k])
+        .unwrap();
+    let bt = ctx
+        .upload(&uniform(&mut r, n * k, -1.0, 1.0), &[k, n])
+        .unwrap();
+    let at = ctx
+        .upload(&uniform(&mut r, m * k, -1.0, 1.0), &[k, m])
+        .unwrap();
+    for (name, a_t, b_t) in [
+        ("x W^T", false, true),
+        ("G W", false, false),
+        ("G^T x", true, false),
+    ] {
         let (aa, bb) = match (a_t, b_t) {
             (false, true) => (&a, &b),
             (false, false) => (&a, &bt),
             _ => (&at, &bt),
         };
-        ctx.read(&matmul(&ctx, aa, bb, a_t, b_t).unwrap()).unwrap();
+        ctx.read(&matmul(ctx, aa, bb, a_t, b_t).unwrap()).unwrap();
         let t = std::time::Instant::now();
         let reps = 3;
         for _ in 0..reps {
-            ctx.read(&matmul(&ctx, aa, bb, a_t, b_t).unwrap()).unwrap();
+            ctx.read(&matmul(ctx, aa, bb, a_t, b_t).unwrap()).unwrap();
         }
         let s = t.elapsed().as_secs_f64() / reps as f64;
         println!("{name}: {:.1} GFLOP/s", 2.0 * (m * n * k) as f64 / s / 1e9);
