@@ -729,7 +729,11 @@ fn rows_for(m: u64, max: u32) -> u32 {
 /// The tile shape for an adapter: (rows, loop-free block or 0).
 fn shape_for(ctx: &LossContext) -> (u32, u32) {
     let env = |n: &str| std::env::var(n).ok().and_then(|v| v.parse::<u32>().ok());
-    let cpu = ctx.adapter().device_type == wgpu::DeviceType::Cpu;
+    // The loop-free variant is for Vulkan's CPU adapters (lavapipe). On GL (llvmpipe through
+    // EGL) its thousands of unrolled statements take Mesa's GLSL compiler minutes, and a
+    // browser's CPU WebGPU (SwiftShader) is not measured: both take the loop.
+    let a = ctx.adapter();
+    let cpu = a.device_type == wgpu::DeviceType::Cpu && a.backend == wgpu::Backend::Vulkan;
     let kb = env("DEEPML_MM_KB").unwrap_or(if cpu { CPU_KB } else { 0 });
     let rows = env("DEEPML_MM_R").unwrap_or(32);
     (rows, kb)
