@@ -7,10 +7,12 @@
 //!   `nn.Linear(bias=False)` from a seed), takes `x`, `labels`, and updates `W` in place with
 //!   [`AngularPenaltySMLoss::sgd_step`].
 //!
-//! Device memory: one `N x out_features` float buffer (the logits, overwritten in place by
-//! `d loss / d wf`), `3 N + out` floats of norms and row statistics, and with
-//! `normalize_weight` one `out x in` scratch for the gradient of the normalised weight.
-//! Tensors larger than one storage binding are processed in windows of rows and of classes.
+//! Device memory beyond x, W and their gradients: one `rows x chunk` buffer of logits (the
+//! classes in chunks of about `CHUNK_ELEMS / rows`, the logits recomputed per chunk for the
+//! gradients unless one chunk holds them all), `9 N + out` floats of norms and row state, and
+//! only with `normalize_weight` and an accumulated gradient one `chunk x in` scratch. The
+//! three products run on the shared `crate::matmul`. Tensors larger than one storage binding
+//! are processed in windows of rows and of classes.
 //!
 //! Labels on the device are never trusted for addressing: an out-of-range label is clamped,
 //! that sample's loss is NaN (so a `mean`/`sum` is NaN), its gradient row is zero, and the
