@@ -70,6 +70,9 @@ struct Params {
 @group(0) @binding(14) var<storage, read> sgd_g: array<f32>;
 @group(0) @binding(15) var<storage, read_write> wmut: array<f32>;
 @group(0) @binding(16) var<storage, read_write> xinv: array<f32>;
+// L as vec4 (its row stride is a multiple of 4; the padding past a chunk's classes is never
+// read by the products).
+@group(0) @binding(17) var<storage, read_write> L4: array<vec4<f32>>;
 
 // rstat slots.
 const RS_VALID: u32 = 0u;
@@ -183,16 +186,21 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     let yc = select(P.classes, yl.x - P.c0, yl.x >= P.c0 && yl.x < P.c0 + P.classes);
     var mx = -3.0e38;
     var sm = 0.0;
-    for (var j = lid; j < P.classes; j = j + WG) {
-        if (j == yc) {
-            continue;
-        }
-        let z = P.s * L[base + j];
-        if (z > mx) {
-            sm = sm * exp(mx - z) + 1.0;
-            mx = z;
-        } else {
-            sm = sm + exp(z - mx);
+    let quads = (P.classes + 3u) / 4u;
+    for (var q = lid; q < quads; q = q + WG) {
+        let v = L4[base / 4u + q];
+        for (var e = 0u; e < 4u; e = e + 1u) {
+            let j = 4u * q + e;
+            if (j == yc || j >= P.classes) {
+                continue;
+            }
+            let z = P.s * v[e];
+            if (z > mx) {
+                sm = sm * exp(mx - z) + 1.0;
+                mx = z;
+            } else {
+                sm = sm + exp(z - mx);
+            }
         }
     }
     let Mc = wg_max(lid, mx);
@@ -205,7 +213,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         rstat[b + RS_M] = M1;
         rstat[b + RS_O] = O0 * exp(M0 - M1) + Oc * exp(Mc - M1);
         if (yc < P.classes) {
-            rstat[b + RS_C] = L[base + yc];
+            rstat[b + RS_C] = L4[(base + yc) / 4u][yc % 4u];
         }
     }
 }
@@ -293,19 +301,15 @@ fn grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let dy = rstat[b + RS_DY];
     let yc = select(P.classes, yl.x - P.c0, yl.x >= P.c0 && yl.x < P.c0 + P.classes);
     var r = 0.0;
-    for (var j = lid; j < P.classes; j = j + WG) {
-        let f = L[base + j];
-        var d = 0.0;
-        if (j == yc) {
-            d = dy;
-        } else {
-            d = P.gscale * P.s * exp(P.s * f - lse);
-        }
-        if (bad) {
-            d = 0.0;
-        }
-        L[base + j] = d;
-        r = r + d * f;
+    let quads = (P.classes + 3u) / 4u;
+    for (var q = lid; q < quads; q = q + WG) {
+        let v = L4[base / 4u + q];
+        let j = vec4<u32>(4u * q) + vec4<u32>(0u, 1u, 2u, 3u);
+        var d = P.gscale * P.s * exp(P.s * v - lse);
+        d = select(d, vec4<f32>(dy), j == vec4<u32>(yc));
+        d = select(d, vec4<f32>(0.0), j >= vec4<u32>(P.classes) | vec4<bool>(bad));
+        L4[base / 4u + q] = d;
+        r = r + dot(d, select(v, vec4<f32>(0.0), j >= vec4<u32>(P.classes)));
     }
     let rt = wg_sum(lid, r);
     if (lid == 0u) {

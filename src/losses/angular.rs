@@ -214,6 +214,7 @@ fn record(
     let x_rows = |b: u32, w: &Window| Bind::window(b, x, w.first * f, w.count * f);
     let w_rows = |b: u32, w: &Window| Bind::window(b, weight, w.first * f, w.count * f);
     let l_rows = |rows: u64| Bind::scratch_window(4, &lbuf, 0, rows * ld);
+    let l4_rows = |rows: u64| Bind::scratch_window(17, &lbuf, 0, rows * ld);
     let rstat_rows = |w: &Window| Bind::scratch_window(5, &rstat, w.first * RS, w.count * RS);
     let xinv_rows = |b: u32, w: &Window| Bind::scratch_window(b, &xinv, w.first, w.count);
     let winv_rows = |b: u32, w: &Window| Bind::scratch_window(b, &winv, w.first, w.count);
@@ -310,7 +311,7 @@ fn record(
     for rw in &rws {
         for cc in &chunks {
             forward(prog, rw, cc)?;
-            let binds = vec![label_rows(rw), l_rows(rw.count), rstat_rows(rw)];
+            let binds = vec![label_rows(rw), l4_rows(rw.count), rstat_rows(rw)];
             prog.steps
                 .push(ctx.step(&src, "stats", &per_row(rw, cc), binds, rw.count)?);
         }
@@ -327,7 +328,7 @@ fn record(
             if !reuse {
                 forward(prog, rw, cc)?;
             }
-            let binds = vec![label_rows(rw), l_rows(rw.count), rstat_rows(rw)];
+            let binds = vec![label_rows(rw), l4_rows(rw.count), rstat_rows(rw)];
             prog.steps
                 .push(ctx.step(&src, "grad", &per_row(rw, cc), binds, rw.count)?);
             // dx_rw (+)= diag(xinv) G diag(winv) W_chunk.
