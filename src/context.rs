@@ -851,12 +851,11 @@ impl LossContext {
             }
         };
         if let Ok(mut free) = self.pool.free.lock() {
-            let live = self.pool.allocated.load(Ordering::Relaxed)
-                - self
-                    .pool
-                    .pooled
-                    .load(Ordering::Relaxed)
-                    .min(self.pool.allocated.load(Ordering::Relaxed));
+            let live = self
+                .pool
+                .allocated
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.pool.pooled.load(Ordering::Relaxed));
             free.live_high = free.live_high.max(live);
         }
         Ok(PoolBuf {
