@@ -326,6 +326,88 @@ pub enum LossSpec {
     CrossEntropy(CrossEntropyLoss),
     Contrastive(ContrastiveLoss),
     Angular(AngularPenaltySMConfig),
+    Focal(crate::FocalLoss),
+    Tversky(crate::TverskyLoss),
+}
+
+impl LossSpec {
+    /// The integer-label input of this loss, if it has one, with its valid range: `(index of
+    /// the input, classes, ignore_index)`, from the shapes of the inputs (in `input_names`
+    /// order). Device-side labels cannot be checked before a call; the callers that hold a
+    /// host copy (the conformance check, the web API) check it with
+    /// [`crate::config::check_labels`].
+    pub fn label_range(&self, shapes: &[&[usize]]) -> Result<Option<(usize, usize, Option<i64>)>> {
+        // Too few inputs: the loss's own arity check says so.
+        let needed = if matches!(self, LossSpec::Angular(_)) { 3 } else { 2 };
+        if shapes.len() < needed {
+            return Ok(None);
+        }
+        let shape = |i: usize| -> Result<&[usize]> { Ok(shapes[i]) };
+        Ok(match self {
+            LossSpec::CrossEntropy(c) => {
+                let layout = c.check_shapes(shape(0)?, shape(1)?)?;
+                Some((1, layout.channels, Some(c.ignore_index)))
+            }
+            LossSpec::Angular(c) => {
+                c.validate()?;
+                Some((1, c.out_features, None))
+            }
+            LossSpec::Focal(c) if c.mode == crate::config::SmpMode::Multiclass => {
+                let layout = c.check_shapes(shape(0)?, shape(1)?)?;
+                Some((1, layout.channels, c.ignore_index))
+            }
+            LossSpec::Tversky(c) if c.mode == crate::config::SmpMode::Multiclass => {
+                let layout = c.check_shapes(shape(0)?, shape(1)?)?;
+                Some((1, layout.channels, None))
+            }
+            _ => None,
+        })
+    }
+
+    /// The loss's name (`JaccardLoss`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            LossSpec::Jaccard(_) => "JaccardLoss",
+            LossSpec::Dice(_) => "DiceLoss",
+            LossSpec::Rmse(_) => "RMSELoss",
+            LossSpec::Mse(_) => "MSELoss",
+            LossSpec::L1(_) => "L1Loss",
+            LossSpec::WeightedBce(_) => "WeightedBCEWithLogitsLoss",
+            LossSpec::Bce(_) => "BCEWithLogitsLoss",
+            LossSpec::CrossEntropy(_) => "CrossEntropyLoss",
+            LossSpec::Contrastive(_) => "ContrastiveLoss",
+            LossSpec::Angular(_) => "AngularPenaltySMLoss",
+            LossSpec::Focal(_) => "FocalLoss",
+            LossSpec::Tversky(_) => "TverskyLoss",
+        }
+    }
+
+    /// Checks a case's integer labels against [`Self::label_range`].
+    pub fn check_case_labels(&self, case: &Case) -> Result<()> {
+        let names = differentiable_and_other_inputs(&case.loss);
+        let shapes: Vec<&[usize]> = names
+            .iter()
+            .map(|n| case.input(n).map(|t| t.shape.as_slice()))
+            .collect::<Result<_>>()?;
+        if let Some((i, classes, ignore)) = self.label_range(&shapes)? {
+            let labels = case.input(names[i])?.to_i64(names[i])?;
+            crate::config::check_labels(self.name(), &labels, classes, ignore)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every input of a loss, in the order of its forward arguments.
+pub fn differentiable_and_other_inputs(loss: &str) -> &'static [&'static str] {
+    match loss {
+        "JaccardLoss" | "DiceLoss" | "RMSELoss" => &["output", "target"],
+        "WeightedBCEWithLogitsLoss" => &["logits", "labels"],
+        "ContrastiveLoss" => &["embeddings1", "embeddings2", "label"],
+        "AngularPenaltySMLoss" => &["x", "labels", "weight"],
+        "BCEWithLogitsLoss" | "MSELoss" | "L1Loss" | "CrossEntropyLoss" => &["input", "target"],
+        "FocalLoss" | "TverskyLoss" => &["y_pred", "y_true"],
+        _ => &[],
+    }
 }
 
 /// The constructor arguments of a case, by their deepml / PyTorch names. A missing key (or a
@@ -443,6 +525,40 @@ pub fn loss_spec(case: &Case) -> Result<LossSpec> {
                 reduction: c.reduction()?,
             })
         }
+        "FocalLoss" => {
+            c.only(&[
+                "mode",
+                "alpha",
+                "gamma",
+                "ignore_index",
+                "reduction",
+                "normalized",
+            ])?;
+            let d = crate::FocalLoss::new(c.smp_mode()?);
+            LossSpec::Focal(crate::FocalLoss {
+                alpha: c.opt_f64("alpha")?,
+                gamma: c.f64_or("gamma", d.gamma)?,
+                ignore_index: match c.get("ignore_index") {
+                    None => None,
+                    Some(_) => Some(c.i64_or("ignore_index", 0)?),
+                },
+                reduction: c.reduction()?,
+                normalized: c.bool_or("normalized", d.normalized)?,
+                ..d
+            })
+        }
+        "TverskyLoss" => {
+            c.only(&["mode", "alpha", "beta", "gamma", "smooth", "eps"])?;
+            let d = crate::TverskyLoss::new(c.smp_mode()?);
+            LossSpec::Tversky(crate::TverskyLoss {
+                alpha: c.f64_or("alpha", d.alpha)?,
+                beta: c.f64_or("beta", d.beta)?,
+                gamma: c.f64_or("gamma", d.gamma)?,
+                smooth: c.f64_or("smooth", d.smooth)?,
+                eps: c.f64_or("eps", d.eps)?,
+                ..d
+            })
+        }
         other => {
             return Err(Error::Cases(format!(
                 "case {:?}: unknown loss {other:?}",
@@ -514,6 +630,17 @@ impl Config<'_> {
             Some(Value::String(s)) => Ok(s.clone()),
             _ => Err(self.bad(key, "a string")),
         }
+    }
+
+    /// The required `mode` of the segmentation_models_pytorch losses.
+    fn smp_mode(&self) -> Result<crate::config::SmpMode> {
+        if self.get("mode").is_none() {
+            return Err(Error::InvalidConfig(format!(
+                "{}: mode is required ('binary', 'multiclass' or 'multilabel')",
+                self.loss
+            )));
+        }
+        crate::config::SmpMode::parse(&self.string("mode")?)
     }
 
     fn reduction(&self) -> Result<Reduction> {
@@ -619,6 +746,7 @@ pub fn differentiable_inputs(loss: &str) -> &'static [&'static str] {
         "ContrastiveLoss" => &["embeddings1", "embeddings2"],
         "AngularPenaltySMLoss" => &["x", "weight"],
         "BCEWithLogitsLoss" | "MSELoss" | "L1Loss" | "CrossEntropyLoss" => &["input"],
+        "FocalLoss" | "TverskyLoss" => &["y_pred"],
         _ => &[],
     }
 }
@@ -695,6 +823,14 @@ fn eval_reference(case: &Case) -> Result<Evaluated> {
             reference::angular(
                 &cfg, &x.data, &x.shape, &labels, &y.shape, &w.data, &w.shape,
             )?
+        }
+        LossSpec::Focal(cfg) => {
+            let (x, y) = (case.input("y_pred")?, case.input("y_true")?);
+            reference::focal(&cfg, &x.data, &x.shape, &y.data, &y.shape)?
+        }
+        LossSpec::Tversky(cfg) => {
+            let (x, y) = (case.input("y_pred")?, case.input("y_true")?);
+            reference::tversky(&cfg, &x.data, &x.shape, &y.data, &y.shape)?
         }
     };
     let mut grads = BTreeMap::new();

@@ -707,6 +707,104 @@ impl CrossEntropyLoss {
     }
 }
 
+/// The `mode` of the segmentation_models_pytorch losses ([`crate::FocalLoss`],
+/// [`crate::TverskyLoss`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SmpMode {
+    /// One class: `y_pred` `[N, 1, ...]` (or any shape), `y_true` floats of the same shape (or
+    /// without the size-1 channel dimension).
+    #[default]
+    Binary,
+    /// `y_pred` `[N, C, ...]`, `y_true` `[N, ...]` class indices.
+    Multiclass,
+    /// `y_pred` `[N, C, ...]`, `y_true` floats of the same shape, one independent class per
+    /// channel.
+    Multilabel,
+}
+
+impl SmpMode {
+    /// `"binary"`, `"multiclass"` or `"multilabel"`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "binary" => Ok(SmpMode::Binary),
+            "multiclass" => Ok(SmpMode::Multiclass),
+            "multilabel" => Ok(SmpMode::Multilabel),
+            _ => Err(Error::InvalidConfig(format!(
+                "mode must be 'binary', 'multiclass' or 'multilabel', not {s:?}"
+            ))),
+        }
+    }
+    /// The name `parse` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            SmpMode::Binary => "binary",
+            SmpMode::Multiclass => "multiclass",
+            SmpMode::Multilabel => "multilabel",
+        }
+    }
+}
+
+impl std::str::FromStr for SmpMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        SmpMode::parse(s)
+    }
+}
+
+/// The shapes of the segmentation_models_pytorch losses: `binary` takes `y_true` of
+/// `y_pred`'s shape, or of `y_pred`'s without its size-1 dimension 1 (`[N, 1, H, W]` against
+/// `[N, H, W]`), and flattens both (layout `[numel, 1, 1]`); `multilabel` takes equal shapes
+/// `[N, C, ...]`; `multiclass` takes `y_pred` `[N, C, ...]` and `y_true` `[N, ...]`.
+pub fn check_smp(
+    what: &str,
+    mode: SmpMode,
+    y_pred: &[usize],
+    y_true: &[usize],
+) -> Result<ChannelLayout> {
+    let without_dim1 = |s: &[usize]| -> Vec<usize> {
+        let mut w = vec![s[0]];
+        w.extend_from_slice(&s[2..]);
+        w
+    };
+    if y_pred.is_empty() || (mode != SmpMode::Binary && y_pred.len() < 2) {
+        return Err(Error::ShapeMismatch(format!(
+            "{what}: y_pred of shape {y_pred:?} must be [N, C, ...] in {} mode",
+            mode.name()
+        )));
+    }
+    let layout = match mode {
+        SmpMode::Binary => {
+            let fits = y_true == y_pred
+                || (y_pred.len() >= 2 && y_pred[1] == 1 && y_true == without_dim1(y_pred));
+            if !fits {
+                return Err(Error::ShapeMismatch(format!(
+                    "{what}: in binary mode y_true {y_true:?} must have y_pred's shape {y_pred:?}"
+                )));
+            }
+            ChannelLayout {
+                outer: numel(y_pred),
+                channels: 1,
+                inner: 1,
+            }
+        }
+        SmpMode::Multilabel => {
+            same_shape(what, "y_pred", y_pred, "y_true", y_true)?;
+            ChannelLayout::of(y_pred)
+        }
+        SmpMode::Multiclass => {
+            let want = without_dim1(y_pred);
+            if y_true != want.as_slice() {
+                return Err(Error::ShapeMismatch(format!(
+                    "{what}: in multiclass mode y_pred {y_pred:?} needs y_true of shape {want:?}, got {y_true:?}"
+                )));
+            }
+            ChannelLayout::of(y_pred)
+        }
+    };
+    non_empty(what, "y_pred", y_pred)?;
+    Ok(layout)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

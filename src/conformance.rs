@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 
 use crate::cases::{self, Case, Evaluated, Evaluator, LossSpec, TensorData};
-use crate::config::check_labels;
 use crate::context::LossContext;
 use crate::error::Result;
 use crate::losses::{self, Loss};
@@ -12,32 +11,6 @@ use crate::tensor::Tensor;
 /// Evaluates cases with the GPU losses of a context.
 pub struct GpuEvaluator<'a> {
     pub ctx: &'a LossContext,
-}
-
-/// Host-side checks of integer labels (on the device they cannot be checked before the call).
-fn check_host_labels(spec: &LossSpec, case: &Case) -> Result<()> {
-    match spec {
-        LossSpec::CrossEntropy(c) => {
-            let input = case.input("input")?;
-            let layout = c.check_shapes(&input.shape, &case.input("target")?.shape)?;
-            check_labels(
-                "CrossEntropyLoss",
-                &case.input("target")?.to_i64("target")?,
-                layout.channels,
-                Some(c.ignore_index),
-            )
-        }
-        LossSpec::Angular(c) => {
-            c.validate()?;
-            check_labels(
-                "AngularPenaltySMLoss",
-                &case.input("labels")?.to_i64("labels")?,
-                c.out_features,
-                None,
-            )
-        }
-        _ => Ok(()),
-    }
 }
 
 fn upload(ctx: &LossContext, t: &TensorData, name: &str) -> Result<Tensor> {
@@ -58,7 +31,7 @@ fn download(ctx: &LossContext, t: &Tensor) -> Result<TensorData> {
 
 impl GpuEvaluator<'_> {
     fn run(&self, case: &Case, spec: &LossSpec, loss: &dyn Loss) -> Result<Evaluated> {
-        check_host_labels(spec, case)?;
+        spec.check_case_labels(case)?;
         let inputs: Vec<Tensor> = loss
             .input_names()
             .iter()

@@ -328,6 +328,18 @@ impl LossContext {
         rows: u64,
         cols: u64,
     ) -> Result<PoolBuf> {
+        self.reduce_rows_of(prog, scratch, &partials.buffer, rows, cols)
+    }
+
+    /// [`Self::reduce_rows`] of a buffer handle (a recorder's [`crate::losses::Slot`]).
+    pub(crate) fn reduce_rows_of(
+        &self,
+        prog: &mut Program,
+        scratch: &mut Scratch,
+        partials: &wgpu::Buffer,
+        rows: u64,
+        cols: u64,
+    ) -> Result<PoolBuf> {
         #[repr(C)]
         #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
         struct P {
@@ -345,7 +357,12 @@ impl LossContext {
             let dst = self.alloc(rows * out_cols * 4, LossContext::storage_usage())?;
             let input = match &cur {
                 Some(b) => Bind::scratch(1, b),
-                None => Bind::scratch(1, partials),
+                None => Bind {
+                    binding: 1,
+                    buffer: partials.clone(),
+                    offset: 0,
+                    size: partials.size(),
+                },
             };
             let pipeline = self.pipeline(&src.key(), || src.compose(), "reduce")?;
             if out_cols > self.limits.max_compute_workgroups_per_dimension as u64

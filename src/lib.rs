@@ -45,6 +45,8 @@ pub use context::{AdapterReport, AllocStats, ContextOptions, LossContext};
 pub use error::{Error, Result};
 pub use losses::angular::AngularPenaltySMLoss;
 pub use losses::combined::{Combined, CombinedOutput, Term};
+pub use losses::focal::FocalLoss;
+pub use losses::tversky::TverskyLoss;
 pub use losses::{GradOpts, Loss, LossOutput, Recorder};
 pub use tensor::{DType, Tensor};
 

@@ -352,26 +352,16 @@ impl RawLoss {
     }
 }
 
-/// Host-side range checks of integer labels that have a host copy (CrossEntropyLoss,
-/// AngularPenaltySMLoss); on the device they cannot be checked before the call.
+/// Host-side range checks of integer labels that have a host copy (the losses whose
+/// `LossSpec::label_range` names one); on the device they cannot be checked before the call.
 fn check_labels_of(spec: &LossSpec, inputs: &[RawTensor]) -> crate::Result<()> {
-    match spec {
-        LossSpec::CrossEntropy(c) if inputs.len() == 2 => {
-            let layout = c.check_shapes(inputs[0].tensor.shape(), inputs[1].tensor.shape())?;
-            if let Some(l) = &inputs[1].labels {
-                check_labels("CrossEntropyLoss", l, layout.channels, Some(c.ignore_index))?;
-            }
-            Ok(())
+    let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.tensor.shape()).collect();
+    if let Some((i, classes, ignore)) = spec.label_range(&shapes)? {
+        if let Some(l) = inputs.get(i).and_then(|t| t.labels.as_ref()) {
+            check_labels(spec.name(), l, classes, ignore)?;
         }
-        LossSpec::Angular(c) if inputs.len() == 3 => {
-            c.validate()?;
-            if let Some(l) = &inputs[1].labels {
-                check_labels("AngularPenaltySMLoss", l, c.out_features, None)?;
-            }
-            Ok(())
-        }
-        _ => Ok(()),
     }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -653,39 +643,13 @@ async fn eval_case(ctx: &LossContext, case: &Case) -> Option<crate::Result<Evalu
     Some(run_case(ctx, case, &spec, loss.as_ref()).await)
 }
 
-fn check_case_labels(spec: &LossSpec, case: &Case) -> crate::Result<()> {
-    match spec {
-        LossSpec::CrossEntropy(c) => {
-            let input = case.input("input")?;
-            let target = case.input("target")?;
-            let layout = c.check_shapes(&input.shape, &target.shape)?;
-            check_labels(
-                "CrossEntropyLoss",
-                &target.to_i64("target")?,
-                layout.channels,
-                Some(c.ignore_index),
-            )
-        }
-        LossSpec::Angular(c) => {
-            c.validate()?;
-            check_labels(
-                "AngularPenaltySMLoss",
-                &case.input("labels")?.to_i64("labels")?,
-                c.out_features,
-                None,
-            )
-        }
-        _ => Ok(()),
-    }
-}
-
 async fn run_case(
     ctx: &LossContext,
     case: &Case,
     spec: &LossSpec,
     loss: &dyn Loss,
 ) -> crate::Result<Evaluated> {
-    check_case_labels(spec, case)?;
+    spec.check_case_labels(case)?;
     let mut inputs = Vec::new();
     for name in loss.input_names() {
         let t = case.input(name)?;

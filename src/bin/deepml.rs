@@ -12,6 +12,8 @@ use deepml::*;
 
 /// The public conformance cases, built in so the tool works anywhere.
 const PUBLIC_CASES: &str = include_str!("../../tests/cases/public.json");
+/// FocalLoss and TverskyLoss, made with segmentation_models_pytorch's own classes.
+const PUBLIC_SMP_CASES: &str = include_str!("../../tests/cases/public-smp.json");
 
 #[derive(Parser)]
 #[command(
@@ -326,6 +328,24 @@ fn demo_cases() -> Vec<Case> {
                 ("weight", g.floats(&[1000, 128], -0.088, 0.088)),
             ],
         ),
+        mk(
+            "focal multiclass [4,19,64,64], ignore 255",
+            "FocalLoss",
+            serde_json::json!({"mode": "multiclass", "ignore_index": 255}),
+            vec![
+                ("y_pred", g.floats(&[4, 19, 64, 64], -4.0, 4.0)),
+                ("y_true", g.labels(&[4, 64, 64], 19)),
+            ],
+        ),
+        mk(
+            "tversky multiclass [4,19,64,64]",
+            "TverskyLoss",
+            serde_json::json!({"mode": "multiclass", "alpha": 0.3, "beta": 0.7}),
+            vec![
+                ("y_pred", g.floats(&[4, 19, 64, 64], -4.0, 4.0)),
+                ("y_true", g.labels(&[4, 64, 64], 19)),
+            ],
+        ),
     ]
 }
 
@@ -391,10 +411,13 @@ fn demo(cli: &Cli) -> Result<()> {
 
 fn load_files(files: &[PathBuf]) -> Result<Vec<(String, cases::CasesFile)>> {
     if files.is_empty() {
-        return Ok(vec![(
-            "built-in public cases".into(),
-            cases::parse(PUBLIC_CASES)?,
-        )]);
+        return Ok(vec![
+            ("built-in public cases".into(), cases::parse(PUBLIC_CASES)?),
+            (
+                "built-in public smp cases".into(),
+                cases::parse(PUBLIC_SMP_CASES)?,
+            ),
+        ]);
     }
     files
         .iter()

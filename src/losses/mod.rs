@@ -4,7 +4,7 @@
 
 use crate::context::LossContext;
 use crate::error::{Error, Result};
-use crate::kernel::{Program, Scratch, ShaderSource};
+use crate::kernel::{Bind, Program, Scratch, ShaderSource};
 use crate::tensor::{DType, Tensor};
 
 pub mod angular;
@@ -12,6 +12,7 @@ pub mod bce;
 pub mod combined;
 pub mod contrastive;
 pub mod cross_entropy;
+pub mod focal;
 pub mod pointwise;
 /// Threads of a row segment (cross-entropy's classes, contrastive's features) for medium rows:
 /// one subgroup where the context's reductions use subgroups of 8 to 128 (the segment's sums are
@@ -23,6 +24,7 @@ pub(crate) fn segment_threads(subgroup: Option<u32>) -> u32 {
     }
 }
 pub mod segmentation;
+pub mod tversky;
 
 /// How the gradients are delivered.
 #[derive(Debug, Clone)]
@@ -157,10 +159,86 @@ impl Recorder {
         })
     }
 
+    /// A zeroed-or-not scratch buffer of `bytes` bytes that lives until the recorded work has
+    /// run: the recorder keeps it, the caller binds its handle.
+    pub(crate) fn buf(&mut self, ctx: &LossContext, bytes: u64) -> Result<Slot> {
+        let b = ctx.alloc(bytes.max(4), LossContext::storage_usage())?;
+        let s = Slot {
+            buffer: b.buffer.clone(),
+        };
+        self.scratch.keep(b);
+        Ok(s)
+    }
+
+    /// The tail shared by the losses that reduce per-tile statistics: the deterministic
+    /// reduction of `rows` rows of `cols` partials (row-major in `partials`), then the
+    /// one-invocation `finalize` entry of `src` with `params`, which reads the totals at binding
+    /// `tail.totals`, writes the scalar loss to `tail.loss` and `tail.coef_len` coefficients to
+    /// `tail.coef`. Returns the coefficients, for the gradient pass.
+    pub(crate) fn reduce_finalize<P: bytemuck::Pod>(
+        &mut self,
+        ctx: &LossContext,
+        src: &ShaderSource,
+        params: &P,
+        partials: &Slot,
+        rows: u64,
+        cols: u64,
+        tail: Tail<'_>,
+    ) -> Result<Slot> {
+        let totals = ctx.reduce_rows_of(
+            &mut self.prog,
+            &mut self.scratch,
+            &partials.buffer,
+            rows,
+            cols,
+        )?;
+        let totals = Slot {
+            buffer: self.scratch.keep(totals).buffer.clone(),
+        };
+        let coef = self.buf(ctx, tail.coef_len * 4)?;
+        let mut binds = vec![
+            totals.bind(tail.totals),
+            Bind::tensor(tail.loss.0, tail.loss.1),
+            coef.bind(tail.coef),
+        ];
+        binds.extend(tail.extra);
+        let step = ctx.step(src, "finalize", params, binds, 1)?;
+        self.prog.steps.push(step);
+        Ok(coef)
+    }
+
     /// Ties the flags (if any) to a result tensor.
     pub(crate) fn flagged(&self, t: Tensor) -> Tensor {
         t.with_flag(self.flag.clone())
     }
+}
+
+/// A scratch buffer kept alive by a [`Recorder`] (see [`Recorder::buf`]).
+#[derive(Clone)]
+pub(crate) struct Slot {
+    pub(crate) buffer: wgpu::Buffer,
+}
+
+impl Slot {
+    /// The whole buffer at `binding`.
+    pub(crate) fn bind(&self, binding: u32) -> Bind {
+        Bind {
+            binding,
+            buffer: self.buffer.clone(),
+            offset: 0,
+            size: self.buffer.size(),
+        }
+    }
+}
+
+/// The bindings of a `finalize` entry (see [`Recorder::reduce_finalize`]).
+pub(crate) struct Tail<'a> {
+    pub totals: u32,
+    pub loss: (u32, &'a Tensor),
+    pub coef: u32,
+    pub coef_len: u64,
+    /// Other bindings the entry reads (class weights, flags).
+    pub extra: Vec<Bind>,
 }
 
 /// A loss that runs on the GPU. `inputs` follow the Python originals' forward arguments
@@ -320,6 +398,8 @@ pub fn gpu_loss(spec: &crate::cases::LossSpec) -> Option<Box<dyn Loss>> {
         S::CrossEntropy(c) => Some(Box::new(c.clone())),
         S::Contrastive(c) => Some(Box::new(c.clone())),
         S::Angular(c) => Some(Box::new(c.clone())),
+        S::Focal(c) => Some(Box::new(c.clone())),
+        S::Tversky(c) => Some(Box::new(c.clone())),
     }
 }
 
@@ -333,5 +413,7 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     v.extend(bce::shader_variants());
     v.extend(cross_entropy::shader_variants());
     v.extend(contrastive::shader_variants());
+    v.extend(focal::shader_variants());
+    v.extend(tversky::shader_variants());
     v
 }

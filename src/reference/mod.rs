@@ -15,6 +15,7 @@ mod cross_entropy;
 mod logits;
 mod regression;
 mod segmentation;
+mod smp;
 
 #[cfg(test)]
 mod tests;
@@ -25,6 +26,7 @@ pub use cross_entropy::cross_entropy;
 pub use logits::{bce_with_logits, weighted_bce};
 pub use regression::{l1, mse, rmse};
 pub use segmentation::{dice, jaccard};
+pub use smp::{focal, tversky};
 
 /// What a reference loss returns.
 #[derive(Debug, Clone, PartialEq)]
