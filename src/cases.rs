@@ -338,7 +338,11 @@ impl LossSpec {
     /// [`crate::config::check_labels`].
     pub fn label_range(&self, shapes: &[&[usize]]) -> Result<Option<(usize, usize, Option<i64>)>> {
         // Too few inputs: the loss's own arity check says so.
-        let needed = if matches!(self, LossSpec::Angular(_)) { 3 } else { 2 };
+        let needed = if matches!(self, LossSpec::Angular(_)) {
+            3
+        } else {
+            2
+        };
         if shapes.len() < needed {
             return Ok(None);
         }

@@ -201,7 +201,7 @@ impl Loss for FocalLoss {
         let per_pixel_whole = pixels * 4 <= ctx.max_window_bytes;
         let align = ctx.limits.min_storage_buffer_offset_alignment.max(4) as u64;
         let windows = if !multi {
-            ctx.windows(pixels, esize, TILE)?
+            ctx.windows(pixels, esize, 1)?
         } else if per_pixel_whole {
             ctx.windows(layout.outer as u64, c * inner * esize, 1)?
         } else {
@@ -313,9 +313,19 @@ impl Loss for FocalLoss {
             let mut b = binds.clone();
             b.push(partials.bind(5));
             b.push(flag.clone());
-            rec.prog.steps.push(ctx.step(&src, "stats", p, b, *n_tiles)?);
+            rec.prog
+                .steps
+                .push(ctx.step(&src, "stats", p, b, *n_tiles)?);
         }
-        let loss = ctx.empty(&[], DType::F32)?;
+        // With `none` the scalar is scratch the recorder keeps until the work has run.
+        let (loss, loss_bind) = match elem {
+            Some(e) => (e, rec.buf(ctx, 4)?.bind(7)),
+            None => {
+                let l = ctx.empty(&[], DType::F32)?;
+                let b = Bind::tensor(7, &l);
+                (l, b)
+            }
+        };
         let coef = rec.reduce_finalize(
             ctx,
             &src,
@@ -325,7 +335,7 @@ impl Loss for FocalLoss {
             tiles,
             Tail {
                 totals: 6,
-                loss: (7, &loss),
+                loss: loss_bind,
                 coef: 8,
                 coef_len: 3 * groups,
                 extra: Vec::new(),
@@ -334,9 +344,11 @@ impl Loss for FocalLoss {
         for (p, binds, grad_bind, elem_bind, n_tiles) in per_window {
             let mut b = binds;
             b.extend([grad_bind, coef.bind(8), flag.clone(), elem_bind]);
-            rec.prog.steps.push(ctx.step(&src, "grad_pass", &p, b, n_tiles)?);
+            rec.prog
+                .steps
+                .push(ctx.step(&src, "grad_pass", &p, b, n_tiles)?);
         }
-        Ok((elem.unwrap_or(loss), vec![grad]))
+        Ok((loss, vec![grad]))
     }
 }
 

@@ -183,7 +183,7 @@ impl Recorder {
         partials: &Slot,
         rows: u64,
         cols: u64,
-        tail: Tail<'_>,
+        tail: Tail,
     ) -> Result<Slot> {
         let totals = ctx.reduce_rows_of(
             &mut self.prog,
@@ -196,11 +196,7 @@ impl Recorder {
             buffer: self.scratch.keep(totals).buffer.clone(),
         };
         let coef = self.buf(ctx, tail.coef_len * 4)?;
-        let mut binds = vec![
-            totals.bind(tail.totals),
-            Bind::tensor(tail.loss.0, tail.loss.1),
-            coef.bind(tail.coef),
-        ];
+        let mut binds = vec![totals.bind(tail.totals), tail.loss, coef.bind(tail.coef)];
         binds.extend(tail.extra);
         let step = ctx.step(src, "finalize", params, binds, 1)?;
         self.prog.steps.push(step);
@@ -232,9 +228,11 @@ impl Slot {
 }
 
 /// The bindings of a `finalize` entry (see [`Recorder::reduce_finalize`]).
-pub(crate) struct Tail<'a> {
+pub(crate) struct Tail {
     pub totals: u32,
-    pub loss: (u32, &'a Tensor),
+    /// The scalar loss (a tensor's binding, or a recorder's scratch where the loss returned is
+    /// another tensor: it must live until the work has run).
+    pub loss: Bind,
     pub coef: u32,
     pub coef_len: u64,
     /// Other bindings the entry reads (class weights, flags).

@@ -171,7 +171,7 @@ impl Loss for TverskyLoss {
         let labels_whole = pixels * 4 <= ctx.max_window_bytes;
         let align = ctx.limits.min_storage_buffer_offset_alignment.max(4) as u64;
         let windows = if flat {
-            ctx.windows(pixels, esize, TILE)?
+            ctx.windows(pixels, esize, 1)?
         } else if !multi || labels_whole {
             ctx.windows(layout.outer as u64, c * inner * esize, 1)?
         } else {
@@ -248,7 +248,9 @@ impl Loss for TverskyLoss {
         for (p, binds, _, n_tiles) in &per_window {
             let mut b = binds.clone();
             b.push(partials.bind(5));
-            rec.prog.steps.push(ctx.step(&src, "stats", p, b, *n_tiles)?);
+            rec.prog
+                .steps
+                .push(ctx.step(&src, "stats", p, b, *n_tiles)?);
         }
         let loss = ctx.empty(&[], DType::F32)?;
         let coef = rec.reduce_finalize(
@@ -260,7 +262,7 @@ impl Loss for TverskyLoss {
             tiles,
             Tail {
                 totals: 6,
-                loss: (7, &loss),
+                loss: Bind::tensor(7, &loss),
                 coef: 8,
                 coef_len: 2 * c,
                 extra: Vec::new(),
@@ -269,7 +271,9 @@ impl Loss for TverskyLoss {
         for (p, binds, grad_bind, n_tiles) in per_window {
             let mut b = binds;
             b.extend([grad_bind, coef.bind(8)]);
-            rec.prog.steps.push(ctx.step(&src, "grad_pass", &p, b, n_tiles)?);
+            rec.prog
+                .steps
+                .push(ctx.step(&src, "grad_pass", &p, b, n_tiles)?);
         }
         Ok((loss, vec![grad]))
     }

@@ -102,11 +102,7 @@ pub fn focal(
         }
         let (s, norm_coef) = if cfg.normalized {
             let s = f_sum.max(1e-6);
-            let nc = if f_sum >= 1e-6 {
-                -a_sum / (s * s)
-            } else {
-                0.0
-            };
+            let nc = if f_sum >= 1e-6 { -a_sum / (s * s) } else { 0.0 };
             (s, nc)
         } else {
             (1.0, 0.0)
