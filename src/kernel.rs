@@ -331,7 +331,7 @@ impl LossContext {
         self.reduce_rows_of(prog, scratch, &partials.buffer, rows, cols)
     }
 
-    /// [`Self::reduce_rows`] of a buffer handle (a recorder's [`crate::losses::Slot`]).
+    /// [`Self::reduce_rows`] of a buffer handle (a recorder's scratch).
     pub(crate) fn reduce_rows_of(
         &self,
         prog: &mut Program,

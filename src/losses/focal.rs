@@ -193,7 +193,7 @@ impl Loss for FocalLoss {
         }
         let groups = if self.normalized { c } else { 1 };
         let none = self.reduction == Reduction::None;
-        let esize = x.dtype().size() as u64;
+        let esize = x.dtype().size();
 
         // Windows of whole samples (binary: of tiles of elements). The per-pixel tensors
         // (labels, the `none` loss) are bound whole when they fit one binding, else windowed
@@ -330,10 +330,10 @@ impl Loss for FocalLoss {
             ctx,
             &src,
             &base,
-            &partials,
-            2 * groups + 1,
-            tiles,
             Tail {
+                partials: partials.clone(),
+                rows: 2 * groups + 1,
+                cols: tiles,
                 totals: 6,
                 loss: loss_bind,
                 coef: 8,

@@ -171,8 +171,8 @@ impl Recorder {
     }
 
     /// The tail shared by the losses that reduce per-tile statistics: the deterministic
-    /// reduction of `rows` rows of `cols` partials (row-major in `partials`), then the
-    /// one-invocation `finalize` entry of `src` with `params`, which reads the totals at binding
+    /// reduction of the partials of `tail`, then the one-invocation `finalize` entry of `src`
+    /// with `params`, which reads the totals at binding
     /// `tail.totals`, writes the scalar loss to `tail.loss` and `tail.coef_len` coefficients to
     /// `tail.coef`. Returns the coefficients, for the gradient pass.
     pub(crate) fn reduce_finalize<P: bytemuck::Pod>(
@@ -180,17 +180,14 @@ impl Recorder {
         ctx: &LossContext,
         src: &ShaderSource,
         params: &P,
-        partials: &Slot,
-        rows: u64,
-        cols: u64,
         tail: Tail,
     ) -> Result<Slot> {
         let totals = ctx.reduce_rows_of(
             &mut self.prog,
             &mut self.scratch,
-            &partials.buffer,
-            rows,
-            cols,
+            &tail.partials.buffer,
+            tail.rows,
+            tail.cols,
         )?;
         let totals = Slot {
             buffer: self.scratch.keep(totals).buffer.clone(),
@@ -229,6 +226,10 @@ impl Slot {
 
 /// The bindings of a `finalize` entry (see [`Recorder::reduce_finalize`]).
 pub(crate) struct Tail {
+    /// The per-tile partials: `rows` rows of `cols`, row-major.
+    pub partials: Slot,
+    pub rows: u64,
+    pub cols: u64,
     pub totals: u32,
     /// The scalar loss (a tensor's binding, or a recorder's scratch where the loss returned is
     /// another tensor: it must live until the work has run).

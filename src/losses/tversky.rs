@@ -166,7 +166,7 @@ impl Loss for TverskyLoss {
         }
         let (c, inner) = (layout.channels as u64, layout.inner as u64);
         let pixels = layout.outer as u64 * inner;
-        let esize = x.dtype().size() as u64;
+        let esize = x.dtype().size();
         let flat = c == 1 && inner == 1;
         let labels_whole = pixels * 4 <= ctx.max_window_bytes;
         let align = ctx.limits.min_storage_buffer_offset_alignment.max(4) as u64;
@@ -257,10 +257,10 @@ impl Loss for TverskyLoss {
             ctx,
             &src,
             &base,
-            &partials,
-            3 * c,
-            tiles,
             Tail {
+                partials: partials.clone(),
+                rows: 3 * c,
+                cols: tiles,
                 totals: 6,
                 loss: Bind::tensor(7, &loss),
                 coef: 8,
