@@ -485,13 +485,13 @@ pub(crate) fn entries(size: usize) -> Vec<Entry> {
     let pair = vec![(size / 128).max(1), 128];
     let mut v = vec![
         Entry {
-            spec: LossSpec::Jaccard(JaccardLoss::new(false)),
+            spec: LossSpec::of(JaccardLoss::new(false)),
             inputs: vec![(seg.clone(), f(-4.0, 4.0)), (seg.clone(), bin)],
             baseline: Some(baseline_jaccard),
             flops: None,
         },
         Entry {
-            spec: LossSpec::Dice(DiceLoss {
+            spec: LossSpec::of(DiceLoss {
                 is_multiclass: true,
                 ..Default::default()
             }),
@@ -510,7 +510,7 @@ pub(crate) fn entries(size: usize) -> Vec<Entry> {
             flops: None,
         },
         Entry {
-            spec: LossSpec::Bce(BCEWithLogitsLoss::default()),
+            spec: LossSpec::of(BCEWithLogitsLoss::default()),
             inputs: vec![
                 (rows.clone(), f(-6.0, 6.0)),
                 (
@@ -526,7 +526,7 @@ pub(crate) fn entries(size: usize) -> Vec<Entry> {
             flops: None,
         },
         Entry {
-            spec: LossSpec::WeightedBce(WeightedBCEWithLogitsLoss {
+            spec: LossSpec::of(WeightedBCEWithLogitsLoss {
                 w_p: 3.0,
                 ..Default::default()
             }),
@@ -545,25 +545,25 @@ pub(crate) fn entries(size: usize) -> Vec<Entry> {
             flops: None,
         },
         Entry {
-            spec: LossSpec::Rmse(RMSELoss::default()),
+            spec: LossSpec::of(RMSELoss::default()),
             inputs: vec![(flat.clone(), f(-1.0, 1.0)), (flat.clone(), f(-1.0, 1.0))],
             baseline: Some(baseline_rmse),
             flops: None,
         },
         Entry {
-            spec: LossSpec::Mse(MSELoss::default()),
+            spec: LossSpec::of(MSELoss::default()),
             inputs: vec![(flat.clone(), f(-1.0, 1.0)), (flat.clone(), f(-1.0, 1.0))],
             baseline: Some(baseline_mse),
             flops: None,
         },
         Entry {
-            spec: LossSpec::L1(L1Loss::default()),
+            spec: LossSpec::of(L1Loss::default()),
             inputs: vec![(flat.clone(), f(-1.0, 1.0)), (flat.clone(), f(-1.0, 1.0))],
             baseline: Some(baseline_l1),
             flops: None,
         },
         Entry {
-            spec: LossSpec::CrossEntropy(CrossEntropyLoss::default()),
+            spec: LossSpec::of(CrossEntropyLoss::default()),
             inputs: vec![
                 (rows.clone(), f(-4.0, 4.0)),
                 (vec![rows[0]], Input::Labels(1024)),
@@ -572,7 +572,7 @@ pub(crate) fn entries(size: usize) -> Vec<Entry> {
             flops: None,
         },
         Entry {
-            spec: LossSpec::Contrastive(ContrastiveLoss::default()),
+            spec: LossSpec::of(ContrastiveLoss::default()),
             inputs: vec![
                 (pair.clone(), f(-1.0, 1.0)),
                 (pair.clone(), f(-1.0, 1.0)),
@@ -592,7 +592,7 @@ pub(crate) fn entries(size: usize) -> Vec<Entry> {
     // ArcFace at a fixed size: its cost is the matrix products, reported in GFLOP/s.
     let (n, d, c) = (1024usize, 512usize, 10000usize);
     v.push(Entry {
-        spec: LossSpec::Angular(AngularPenaltySMConfig::new(d, c, LossType::ArcFace)),
+        spec: LossSpec::of(AngularPenaltySMConfig::new(d, c, LossType::ArcFace)),
         inputs: vec![
             (vec![n, d], f(-1.0, 1.0)),
             (vec![n], Input::Labels(c)),

@@ -13,9 +13,7 @@ use serde::ser::{SerializeSeq, SerializeStruct, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::config::*;
 use crate::error::{Error, Result};
-use crate::reference;
 
 /// The format tag of the files this module reads and writes.
 pub const FORMAT: &str = "deepml-cases/1";
@@ -91,7 +89,7 @@ pub struct Tolerance {
 // Tensors: numbers that may be the strings "NaN", "Infinity", "-Infinity".
 
 /// A JSON number, or one of the three non-finite strings.
-struct Number(f64);
+pub(crate) struct Number(pub(crate) f64);
 
 impl<'de> Deserialize<'de> for Number {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
@@ -120,7 +118,7 @@ impl<'de> Deserialize<'de> for Number {
     }
 }
 
-fn parse_non_finite(s: &str) -> Option<f64> {
+pub(crate) fn parse_non_finite(s: &str) -> Option<f64> {
     match s {
         "NaN" => Some(f64::NAN),
         "Infinity" => Some(f64::INFINITY),
@@ -168,7 +166,7 @@ impl TryFrom<RawTensor> for TensorData {
     }
 }
 
-fn is_int64(v: f64) -> bool {
+pub(crate) fn is_int64(v: f64) -> bool {
     v.is_finite() && v.fract() == 0.0 && (-I64_LIMIT..I64_LIMIT).contains(&v)
 }
 
@@ -313,402 +311,15 @@ fn validate(file: &CasesFile) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Configs.
 
-/// A case's loss with its constructor arguments.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LossSpec {
-    Jaccard(JaccardLoss),
-    Dice(DiceLoss),
-    Rmse(RMSELoss),
-    Mse(MSELoss),
-    L1(L1Loss),
-    WeightedBce(WeightedBCEWithLogitsLoss),
-    Bce(BCEWithLogitsLoss),
-    CrossEntropy(CrossEntropyLoss),
-    Contrastive(ContrastiveLoss),
-    Angular(AngularPenaltySMConfig),
-    Focal(crate::FocalLoss),
-    Tversky(crate::TverskyLoss),
-}
+pub use crate::registry::LossSpec;
 
-impl LossSpec {
-    /// The integer-label input of this loss, if it has one, with its valid range: `(index of
-    /// the input, classes, ignore_index)`, from the shapes of the inputs (in `input_names`
-    /// order). Device-side labels cannot be checked before a call; the callers that hold a
-    /// host copy (the conformance check, the web API) check it with
-    /// [`crate::config::check_labels`].
-    pub fn label_range(&self, shapes: &[&[usize]]) -> Result<Option<(usize, usize, Option<i64>)>> {
-        // Too few inputs: the loss's own arity check says so.
-        let needed = if matches!(self, LossSpec::Angular(_)) {
-            3
-        } else {
-            2
-        };
-        if shapes.len() < needed {
-            return Ok(None);
-        }
-        let shape = |i: usize| -> Result<&[usize]> { Ok(shapes[i]) };
-        Ok(match self {
-            LossSpec::CrossEntropy(c) => {
-                let layout = c.check_shapes(shape(0)?, shape(1)?)?;
-                Some((1, layout.channels, Some(c.ignore_index)))
-            }
-            LossSpec::Angular(c) => {
-                c.validate()?;
-                Some((1, c.out_features, None))
-            }
-            LossSpec::Focal(c) if c.mode == crate::config::SmpMode::Multiclass => {
-                let layout = c.check_shapes(shape(0)?, shape(1)?)?;
-                Some((1, layout.channels, c.ignore_index))
-            }
-            LossSpec::Tversky(c) if c.mode == crate::config::SmpMode::Multiclass => {
-                let layout = c.check_shapes(shape(0)?, shape(1)?)?;
-                Some((1, layout.channels, None))
-            }
-            _ => None,
-        })
-    }
-
-    /// The loss's name (`JaccardLoss`, ...).
-    pub fn name(&self) -> &'static str {
-        match self {
-            LossSpec::Jaccard(_) => "JaccardLoss",
-            LossSpec::Dice(_) => "DiceLoss",
-            LossSpec::Rmse(_) => "RMSELoss",
-            LossSpec::Mse(_) => "MSELoss",
-            LossSpec::L1(_) => "L1Loss",
-            LossSpec::WeightedBce(_) => "WeightedBCEWithLogitsLoss",
-            LossSpec::Bce(_) => "BCEWithLogitsLoss",
-            LossSpec::CrossEntropy(_) => "CrossEntropyLoss",
-            LossSpec::Contrastive(_) => "ContrastiveLoss",
-            LossSpec::Angular(_) => "AngularPenaltySMLoss",
-            LossSpec::Focal(_) => "FocalLoss",
-            LossSpec::Tversky(_) => "TverskyLoss",
-        }
-    }
-
-    /// Checks a case's integer labels against [`Self::label_range`].
-    pub fn check_case_labels(&self, case: &Case) -> Result<()> {
-        let names = differentiable_and_other_inputs(&case.loss);
-        let shapes: Vec<&[usize]> = names
-            .iter()
-            .map(|n| case.input(n).map(|t| t.shape.as_slice()))
-            .collect::<Result<_>>()?;
-        if let Some((i, classes, ignore)) = self.label_range(&shapes)? {
-            let labels = case.input(names[i])?.to_i64(names[i])?;
-            crate::config::check_labels(self.name(), &labels, classes, ignore)?;
-        }
-        Ok(())
-    }
-}
-
-/// Every input of a loss, in the order of its forward arguments.
-pub fn differentiable_and_other_inputs(loss: &str) -> &'static [&'static str] {
-    match loss {
-        "JaccardLoss" | "DiceLoss" | "RMSELoss" => &["output", "target"],
-        "WeightedBCEWithLogitsLoss" => &["logits", "labels"],
-        "ContrastiveLoss" => &["embeddings1", "embeddings2", "label"],
-        "AngularPenaltySMLoss" => &["x", "labels", "weight"],
-        "BCEWithLogitsLoss" | "MSELoss" | "L1Loss" | "CrossEntropyLoss" => &["input", "target"],
-        "FocalLoss" | "TverskyLoss" => &["y_pred", "y_true"],
-        _ => &[],
-    }
-}
-
-/// The constructor arguments of a case, by their deepml / PyTorch names. A missing key (or a
-/// JSON `null`, Python's `None`) takes the SPEC default; an unknown key or a value of the wrong
-/// type is `Error::InvalidConfig`; an unknown loss name is `Error::Cases`. The values are not
+/// The loss of a case with its constructor arguments, by their deepml / PyTorch names (the
+/// registry's parse of the case's config, [`crate::registry`]). A missing key (or a JSON
+/// `null`, Python's `None`) takes the default; an unknown key or a value of the wrong type is
+/// `Error::InvalidConfig`; an unknown loss name is `Error::Cases`. The values are not
 /// range-checked here: the loss's own `validate` does that when it is called.
 pub fn loss_spec(case: &Case) -> Result<LossSpec> {
-    let c = Config {
-        loss: &case.loss,
-        map: &case.config,
-    };
-    let spec = match case.loss.as_str() {
-        "JaccardLoss" => {
-            c.only(&["is_multiclass", "eps", "per_class"])?;
-            let d = JaccardLoss::default();
-            LossSpec::Jaccard(JaccardLoss {
-                is_multiclass: c.bool_or("is_multiclass", d.is_multiclass)?,
-                eps: c.f64_or("eps", d.eps)?,
-                per_class: c.bool_or("per_class", d.per_class)?,
-            })
-        }
-        "DiceLoss" => {
-            c.only(&["is_multiclass", "smooth", "eps", "per_class"])?;
-            let d = DiceLoss::default();
-            LossSpec::Dice(DiceLoss {
-                is_multiclass: c.bool_or("is_multiclass", d.is_multiclass)?,
-                smooth: c.f64_or("smooth", d.smooth)?,
-                eps: c.f64_or("eps", d.eps)?,
-                per_class: c.bool_or("per_class", d.per_class)?,
-            })
-        }
-        "RMSELoss" => {
-            c.only(&["eps"])?;
-            LossSpec::Rmse(RMSELoss {
-                eps: c.f64_or("eps", RMSELoss::default().eps)?,
-            })
-        }
-        "MSELoss" => {
-            c.only(&["reduction"])?;
-            LossSpec::Mse(MSELoss {
-                reduction: c.reduction()?,
-            })
-        }
-        "L1Loss" => {
-            c.only(&["reduction"])?;
-            LossSpec::L1(L1Loss {
-                reduction: c.reduction()?,
-            })
-        }
-        "WeightedBCEWithLogitsLoss" => {
-            c.only(&["w_p", "w_n", "epsilon", "reduction"])?;
-            let d = WeightedBCEWithLogitsLoss::default();
-            LossSpec::WeightedBce(WeightedBCEWithLogitsLoss {
-                w_p: c.f64_or("w_p", d.w_p)?,
-                w_n: c.f64_or("w_n", d.w_n)?,
-                epsilon: c.f64_or("epsilon", d.epsilon)?,
-                reduction: c.reduction()?,
-            })
-        }
-        "BCEWithLogitsLoss" => {
-            c.only(&["weight", "reduction", "pos_weight"])?;
-            LossSpec::Bce(BCEWithLogitsLoss {
-                weight: c.tensor("weight")?,
-                reduction: c.reduction()?,
-                pos_weight: c.tensor("pos_weight")?,
-            })
-        }
-        "CrossEntropyLoss" => {
-            c.only(&["weight", "ignore_index", "reduction", "label_smoothing"])?;
-            let d = CrossEntropyLoss::default();
-            LossSpec::CrossEntropy(CrossEntropyLoss {
-                weight: c.tensor("weight")?,
-                ignore_index: c.i64_or("ignore_index", d.ignore_index)?,
-                reduction: c.reduction()?,
-                label_smoothing: c.f64_or("label_smoothing", d.label_smoothing)?,
-            })
-        }
-        "ContrastiveLoss" => {
-            c.only(&["margin", "distance", "reduction"])?;
-            let d = ContrastiveLoss::default();
-            let distance = match c.get("distance") {
-                None => d.distance,
-                Some(_) => Distance::parse(&c.string("distance")?)?,
-            };
-            LossSpec::Contrastive(ContrastiveLoss {
-                margin: c.f64_or("margin", d.margin)?,
-                distance,
-                reduction: c.reduction()?,
-            })
-        }
-        "AngularPenaltySMLoss" => {
-            c.only(&[
-                "in_features",
-                "out_features",
-                "loss_type",
-                "eps",
-                "s",
-                "m",
-                "normalize_weight",
-                "reduction",
-            ])?;
-            let loss_type = match c.get("loss_type") {
-                None => LossType::default(),
-                Some(_) => LossType::parse(&c.string("loss_type")?)?,
-            };
-            let d = AngularPenaltySMConfig::new(0, 0, loss_type);
-            LossSpec::Angular(AngularPenaltySMConfig {
-                in_features: c.count("in_features")?,
-                out_features: c.count("out_features")?,
-                loss_type,
-                eps: c.f64_or("eps", d.eps)?,
-                s: c.opt_f64("s")?,
-                m: c.opt_f64("m")?,
-                normalize_weight: c.bool_or("normalize_weight", d.normalize_weight)?,
-                reduction: c.reduction()?,
-            })
-        }
-        "FocalLoss" => {
-            c.only(&[
-                "mode",
-                "alpha",
-                "gamma",
-                "ignore_index",
-                "reduction",
-                "normalized",
-            ])?;
-            let d = crate::FocalLoss::new(c.smp_mode()?);
-            LossSpec::Focal(crate::FocalLoss {
-                alpha: c.opt_f64("alpha")?,
-                gamma: c.f64_or("gamma", d.gamma)?,
-                ignore_index: match c.get("ignore_index") {
-                    None => None,
-                    Some(_) => Some(c.i64_or("ignore_index", 0)?),
-                },
-                reduction: c.reduction()?,
-                normalized: c.bool_or("normalized", d.normalized)?,
-                ..d
-            })
-        }
-        "TverskyLoss" => {
-            c.only(&["mode", "alpha", "beta", "gamma", "smooth", "eps"])?;
-            let d = crate::TverskyLoss::new(c.smp_mode()?);
-            LossSpec::Tversky(crate::TverskyLoss {
-                alpha: c.f64_or("alpha", d.alpha)?,
-                beta: c.f64_or("beta", d.beta)?,
-                gamma: c.f64_or("gamma", d.gamma)?,
-                smooth: c.f64_or("smooth", d.smooth)?,
-                eps: c.f64_or("eps", d.eps)?,
-                ..d
-            })
-        }
-        other => {
-            return Err(Error::Cases(format!(
-                "case {:?}: unknown loss {other:?}",
-                case.name
-            )))
-        }
-    };
-    Ok(spec)
-}
-
-/// Typed access to a config map.
-struct Config<'a> {
-    loss: &'a str,
-    map: &'a Map<String, Value>,
-}
-
-impl Config<'_> {
-    fn bad(&self, key: &str, what: &str) -> Error {
-        let v = self.map.get(key).map(Value::to_string).unwrap_or_default();
-        Error::InvalidConfig(format!("{}: {key} must be {what}, got {v}", self.loss))
-    }
-
-    /// Refuses keys the constructor does not take (a `null` one counts as absent).
-    fn only(&self, keys: &[&str]) -> Result<()> {
-        let mut given = self.map.iter().filter(|(_, v)| !v.is_null());
-        match given
-            .find(|(k, _)| !keys.contains(&k.as_str()))
-            .map(|(k, _)| k)
-        {
-            Some(k) => Err(Error::InvalidConfig(format!(
-                "{}: unknown argument {k:?} (it takes {})",
-                self.loss,
-                keys.join(", ")
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    /// The value of `key`; `null` counts as missing.
-    fn get(&self, key: &str) -> Option<&Value> {
-        self.map.get(key).filter(|v| !v.is_null())
-    }
-
-    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
-        let Some(v) = self.get(key) else {
-            return Ok(None);
-        };
-        let number = match v {
-            Value::Number(n) => n.as_f64(),
-            Value::String(s) => parse_non_finite(s),
-            _ => None,
-        };
-        number.map(Some).ok_or_else(|| self.bad(key, "a number"))
-    }
-
-    fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
-        Ok(self.opt_f64(key)?.unwrap_or(default))
-    }
-
-    fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| self.bad(key, "true or false")),
-        }
-    }
-
-    fn string(&self, key: &str) -> Result<String> {
-        match self.get(key) {
-            Some(Value::String(s)) => Ok(s.clone()),
-            _ => Err(self.bad(key, "a string")),
-        }
-    }
-
-    /// The required `mode` of the segmentation_models_pytorch losses.
-    fn smp_mode(&self) -> Result<crate::config::SmpMode> {
-        if self.get("mode").is_none() {
-            return Err(Error::InvalidConfig(format!(
-                "{}: mode is required ('binary', 'multiclass' or 'multilabel')",
-                self.loss
-            )));
-        }
-        crate::config::SmpMode::parse(&self.string("mode")?)
-    }
-
-    fn reduction(&self) -> Result<Reduction> {
-        match self.get("reduction") {
-            None => Ok(Reduction::default()),
-            Some(_) => Reduction::parse(&self.string("reduction")?),
-        }
-    }
-
-    /// An integer, also written as an integral float (`255.0`).
-    fn integer(&self, key: &str) -> Option<i64> {
-        match self.get(key)? {
-            Value::Number(n) => n
-                .as_i64()
-                .or_else(|| n.as_f64().filter(|v| is_int64(*v)).map(|v| v as i64)),
-            _ => None,
-        }
-    }
-
-    fn i64_or(&self, key: &str, default: i64) -> Result<i64> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(_) => self.integer(key).ok_or_else(|| self.bad(key, "an integer")),
-        }
-    }
-
-    /// A required non-negative count (`in_features`, `out_features`).
-    fn count(&self, key: &str) -> Result<usize> {
-        if self.get(key).is_none() {
-            return Err(Error::InvalidConfig(format!(
-                "{}: {key} is required",
-                self.loss
-            )));
-        }
-        self.integer(key)
-            .and_then(|v| usize::try_from(v).ok())
-            .ok_or_else(|| self.bad(key, "a non-negative integer"))
-    }
-
-    /// A tensor-valued argument: a TENSOR object, or a plain array of numbers (a vector).
-    fn tensor(&self, key: &str) -> Result<Option<HostTensor>> {
-        let Some(v) = self.get(key) else {
-            return Ok(None);
-        };
-        let t: TensorData = match v {
-            Value::Array(_) => {
-                let data: Vec<Number> =
-                    Vec::deserialize(v).map_err(|_| self.bad(key, "a tensor"))?;
-                let data: Vec<f64> = data.into_iter().map(|n| n.0).collect();
-                TensorData {
-                    shape: vec![data.len()],
-                    dtype: DType::F32,
-                    data,
-                }
-            }
-            _ => {
-                TensorData::deserialize(v).map_err(|e| self.bad(key, &format!("a tensor ({e})")))?
-            }
-        };
-        Ok(Some(HostTensor {
-            data: t.to_f32(),
-            shape: t.shape,
-        }))
-    }
+    crate::registry::spec_of_case(case)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -742,17 +353,9 @@ impl Case {
 }
 
 /// The differentiable inputs of each loss, in the order of FORMAT.md (and of
-/// [`reference::RefOutput::grads`]).
+/// [`reference::RefOutput::grads`]); none for an unknown loss.
 pub fn differentiable_inputs(loss: &str) -> &'static [&'static str] {
-    match loss {
-        "JaccardLoss" | "DiceLoss" | "RMSELoss" => &["output"],
-        "WeightedBCEWithLogitsLoss" => &["logits"],
-        "ContrastiveLoss" => &["embeddings1", "embeddings2"],
-        "AngularPenaltySMLoss" => &["x", "weight"],
-        "BCEWithLogitsLoss" | "MSELoss" | "L1Loss" | "CrossEntropyLoss" => &["input"],
-        "FocalLoss" | "TverskyLoss" => &["y_pred"],
-        _ => &[],
-    }
+    crate::registry::find(loss).map_or(&[], |e| e.grad_names())
 }
 
 /// The float64 reference of [`crate::reference`].
@@ -769,74 +372,7 @@ impl Evaluator for ReferenceEvaluator {
 }
 
 fn eval_reference(case: &Case) -> Result<Evaluated> {
-    let out = match loss_spec(case)? {
-        LossSpec::Jaccard(cfg) => {
-            let (o, t) = (case.input("output")?, case.input("target")?);
-            cfg.check_shapes(&o.shape, &t.shape)?;
-            reference::jaccard(&cfg, &o.data, &t.data, &o.shape)?
-        }
-        LossSpec::Dice(cfg) => {
-            let (o, t) = (case.input("output")?, case.input("target")?);
-            cfg.check_shapes(&o.shape, &t.shape)?;
-            reference::dice(&cfg, &o.data, &t.data, &o.shape)?
-        }
-        LossSpec::Rmse(cfg) => {
-            let (o, t) = (case.input("output")?, case.input("target")?);
-            cfg.check_shapes(&o.shape, &t.shape)?;
-            reference::rmse(&cfg, &o.data, &t.data, &o.shape)?
-        }
-        LossSpec::Mse(cfg) => {
-            let (i, t) = (case.input("input")?, case.input("target")?);
-            cfg.check_shapes(&i.shape, &t.shape)?;
-            reference::mse(&cfg, &i.data, &t.data, &i.shape)?
-        }
-        LossSpec::L1(cfg) => {
-            let (i, t) = (case.input("input")?, case.input("target")?);
-            cfg.check_shapes(&i.shape, &t.shape)?;
-            reference::l1(&cfg, &i.data, &t.data, &i.shape)?
-        }
-        LossSpec::Bce(cfg) => {
-            let (i, t) = (case.input("input")?, case.input("target")?);
-            cfg.check_shapes(&i.shape, &t.shape)?;
-            reference::bce_with_logits(&cfg, &i.data, &t.data, &i.shape)?
-        }
-        LossSpec::WeightedBce(cfg) => {
-            let (x, y) = (case.input("logits")?, case.input("labels")?);
-            reference::weighted_bce(&cfg, &x.data, &x.shape, &y.data, &y.shape)?
-        }
-        LossSpec::CrossEntropy(cfg) => {
-            let (i, t) = (case.input("input")?, case.input("target")?);
-            cfg.check_shapes(&i.shape, &t.shape)?;
-            let labels = t.to_i64("CrossEntropyLoss target")?;
-            reference::cross_entropy(&cfg, &i.data, &i.shape, &labels, &t.shape)?
-        }
-        LossSpec::Contrastive(cfg) => {
-            let (a, b) = (case.input("embeddings1")?, case.input("embeddings2")?);
-            let y = case.input("label")?;
-            cfg.check_shapes(&a.shape, &b.shape, &y.shape)?;
-            reference::contrastive(&cfg, &a.data, &b.data, &a.shape, &y.data, &y.shape)?
-        }
-        LossSpec::Angular(cfg) => {
-            let (x, y, w) = (
-                case.input("x")?,
-                case.input("labels")?,
-                case.input("weight")?,
-            );
-            cfg.check_shapes(&x.shape, &y.shape, &w.shape)?;
-            let labels = y.to_i64("AngularPenaltySMLoss labels")?;
-            reference::angular(
-                &cfg, &x.data, &x.shape, &labels, &y.shape, &w.data, &w.shape,
-            )?
-        }
-        LossSpec::Focal(cfg) => {
-            let (x, y) = (case.input("y_pred")?, case.input("y_true")?);
-            reference::focal(&cfg, &x.data, &x.shape, &y.data, &y.shape)?
-        }
-        LossSpec::Tversky(cfg) => {
-            let (x, y) = (case.input("y_pred")?, case.input("y_true")?);
-            reference::tversky(&cfg, &x.data, &x.shape, &y.data, &y.shape)?
-        }
-    };
+    let out = loss_spec(case)?.reference(case)?;
     let mut grads = BTreeMap::new();
     for (name, g) in differentiable_inputs(&case.loss).iter().zip(out.grads) {
         let shape = case.input(name)?.shape.clone();
@@ -1019,6 +555,7 @@ pub fn evaluated_case(case: &Case, got: &Result<Evaluated>) -> Case {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{AngularPenaltySMConfig, CrossEntropyLoss};
 
     /// The public cases: `tests/cases/public.json` of this crate, or of /work/main when the file
     /// is compiled from a scratch crate.
@@ -1224,17 +761,15 @@ mod tests {
     #[test]
     fn configs_take_defaults_and_refuse_bad_values() {
         let mut case = public_case("ang_arcface_default");
-        let LossSpec::Angular(cfg) = loss_spec(&case).unwrap() else {
-            panic!()
-        };
+        let spec = loss_spec(&case).unwrap();
+        let cfg = spec.get::<AngularPenaltySMConfig>().unwrap().clone();
         assert_eq!(
             (cfg.scale(), cfg.margin(), cfg.normalize_weight, cfg.eps),
             (64.0, 0.5, true, 1e-7)
         );
         case.config.insert("s".into(), Value::from(0));
-        let LossSpec::Angular(cfg) = loss_spec(&case).unwrap() else {
-            panic!()
-        };
+        let spec = loss_spec(&case).unwrap();
+        let cfg = spec.get::<AngularPenaltySMConfig>().unwrap().clone();
         assert_eq!(cfg.s, Some(0.0));
         let refuse = |key: &str, v: Value, kind: &str| {
             let mut c = case.clone();
@@ -1261,16 +796,14 @@ mod tests {
         );
         // Tensor arguments: TENSOR objects or plain vectors.
         let mut ce = public_case("ce_weight_mean");
-        let LossSpec::CrossEntropy(cfg) = loss_spec(&ce).unwrap() else {
-            panic!()
-        };
+        let spec = loss_spec(&ce).unwrap();
+        let cfg = spec.get::<CrossEntropyLoss>().unwrap().clone();
         assert_eq!(cfg.weight.unwrap().shape, vec![6]);
         ce.config
             .insert("weight".into(), serde_json::json!([1, 2, 3, 4, 5, 6]));
         ce.config.insert("ignore_index".into(), Value::from(255.0));
-        let LossSpec::CrossEntropy(cfg) = loss_spec(&ce).unwrap() else {
-            panic!()
-        };
+        let spec = loss_spec(&ce).unwrap();
+        let cfg = spec.get::<CrossEntropyLoss>().unwrap().clone();
         assert_eq!(cfg.weight.unwrap().data, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         assert_eq!(cfg.ignore_index, 255);
         ce.config.insert(

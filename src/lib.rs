@@ -36,6 +36,8 @@ pub(crate) mod kernel;
 pub mod losses;
 #[cfg(feature = "cases")]
 pub mod reference;
+#[cfg(feature = "cases")]
+pub mod registry;
 pub mod tensor;
 #[cfg(all(target_arch = "wasm32", feature = "web"))]
 pub mod web;
@@ -56,9 +58,15 @@ pub use tensor::{DType, Tensor};
 #[doc(hidden)]
 pub fn all_shader_variants() -> Vec<kernel::ShaderSource> {
     let mut v = vec![kernel::ShaderSource::new("reduce", kernel::REDUCE)];
-    v.extend(losses::shader_variants());
+    for e in registry::LOSSES {
+        v.extend((e.shader_variants)());
+    }
+    v.extend(losses::combined::shader_variants());
     #[cfg(all(not(target_arch = "wasm32"), feature = "cli"))]
     v.extend(bench::shader_variants());
+    // Losses that share a kernel list it once.
+    let mut seen = std::collections::BTreeSet::new();
+    v.retain(|s| seen.insert(s.key()));
     v
 }
 

@@ -1,5 +1,5 @@
 // A small static server for the demo and the benchmark page: web/ at /, and the public
-// conformance cases at /cases/public.json (tests/cases/public.json). Loopback only.
+// conformance cases at /cases/public.json and /cases/public-smp.json (tests/cases/). Loopback only.
 //   node web/server.mjs [port]      (default 8080)
 import http from "node:http";
 import fs from "node:fs";
@@ -21,6 +21,7 @@ const TYPES = {
 
 function resolve(root, urlPath) {
   if (urlPath === "/cases/public.json") return path.join(ROOT, "tests", "cases", "public.json");
+  if (urlPath === "/cases/public-smp.json") return path.join(ROOT, "tests", "cases", "public-smp.json");
   const p = path.normalize(path.join(root, decodeURIComponent(urlPath)));
   if (p !== root && !p.startsWith(root + path.sep)) return null;
   // web/'s own node_modules are the build and test tools, not for the page.

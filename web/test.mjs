@@ -3,7 +3,7 @@
 //   1. the JaccardLoss value and gradient of a fixed mask/logits against the float64 reference
 //      (numbers from `cargo run --release --example web_expected`), and the IoU shown;
 //   2. that clicking "Train" lowers the loss (gradient steps on the device), then a screenshot;
-//   3. every public conformance case (tests/cases/public.json) through the wasm build: each
+//   3. every public conformance case (tests/cases/public.json and public-smp.json) through the wasm build: each
 //      case of a loss implemented on the GPU must pass; the others are counted as skipped;
 //   4. that a browser without WebGPU gets a clear message;
 //   5. the npm package as a user installs it: the tarball of build.sh installed into an empty
@@ -172,7 +172,9 @@ async function demo(context, url) {
 
     // 3. The public conformance cases through the wasm build.
     const t2 = Date.now();
-    const results = await page.evaluate(() => window.deepmlDemo.runCases("/cases/public.json"));
+    const results = [];
+    for (const file of ["/cases/public.json", "/cases/public-smp.json"])
+      results.push(...await page.evaluate((f) => window.deepmlDemo.runCases(f), file));
     const byLoss = {};
     for (const c of results) {
       const s = (byLoss[c.loss] ??= { pass: 0, fail: 0, skip: 0 });

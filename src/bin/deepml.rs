@@ -364,7 +364,20 @@ fn demo(cli: &Cli) -> Result<()> {
         "loss", "value", "|grad|", "ms"
     );
     let mut skipped = Vec::new();
-    for case in demo_cases() {
+    let demos = demo_cases();
+    // Every loss of the registry has its demo.
+    let missing: Vec<&str> = deepml::registry::LOSSES
+        .iter()
+        .map(|e| e.name)
+        .filter(|n| !demos.iter().any(|c| c.loss == *n))
+        .collect();
+    if !missing.is_empty() {
+        return Err(deepml::Error::InvalidInput(format!(
+            "the demo has no case of {}",
+            missing.join(", ")
+        )));
+    }
+    for case in demos {
         let spec: LossSpec = cases::loss_spec(&case)?;
         let Some(loss) = losses::gpu_loss(&spec) else {
             skipped.push(case.name.clone());

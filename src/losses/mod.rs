@@ -381,38 +381,9 @@ pub(crate) fn want_dtype(what: &str, name: &str, t: &Tensor, dtype: DType) -> Re
     Ok(())
 }
 
-/// The GPU loss of a case's spec; `None` where that loss is not implemented on the GPU yet.
-/// One line per loss: the registry of the conformance checker and the demo.
+/// The GPU loss of a case's spec (every registered loss runs on the GPU; `Option` for the
+/// callers that skip what a build does not implement).
 #[cfg(feature = "cases")]
 pub fn gpu_loss(spec: &crate::cases::LossSpec) -> Option<Box<dyn Loss>> {
-    use crate::cases::LossSpec as S;
-    match spec {
-        S::Rmse(c) => Some(Box::new(c.clone())),
-        S::Mse(c) => Some(Box::new(c.clone())),
-        S::L1(c) => Some(Box::new(c.clone())),
-        S::Jaccard(c) => Some(Box::new(c.clone())),
-        S::Dice(c) => Some(Box::new(c.clone())),
-        S::WeightedBce(c) => Some(Box::new(c.clone())),
-        S::Bce(c) => Some(Box::new(c.clone())),
-        S::CrossEntropy(c) => Some(Box::new(c.clone())),
-        S::Contrastive(c) => Some(Box::new(c.clone())),
-        S::Angular(c) => Some(Box::new(c.clone())),
-        S::Focal(c) => Some(Box::new(c.clone())),
-        S::Tversky(c) => Some(Box::new(c.clone())),
-    }
-}
-
-/// Every shader variant of every loss.
-pub(crate) fn shader_variants() -> Vec<ShaderSource> {
-    let mut v = Vec::new();
-    v.extend(angular::shader_variants());
-    v.extend(combined::shader_variants());
-    v.extend(pointwise::shader_variants());
-    v.extend(segmentation::shader_variants());
-    v.extend(bce::shader_variants());
-    v.extend(cross_entropy::shader_variants());
-    v.extend(contrastive::shader_variants());
-    v.extend(focal::shader_variants());
-    v.extend(tversky::shader_variants());
-    v
+    Some(spec.boxed_loss())
 }

@@ -133,6 +133,45 @@ export interface AngularPenaltySMLossOptions {
   reduction?: Reduction;
 }
 
+/** The mode of the segmentation_models_pytorch losses. */
+export type SmpMode = "binary" | "multiclass" | "multilabel";
+
+/** segmentation_models_pytorch's `FocalLoss(mode, alpha=None, gamma=2, ignore_index=None,
+ *  reduction="mean", normalized=False)` on logits; inputs `[yPred, yTrue]` (yTrue: float32
+ *  targets, or int32 class labels in multiclass mode). */
+export interface FocalLossOptions {
+  /** Required. */
+  mode: SmpMode;
+  /** The weight of the positive targets; null for none. @default null */
+  alpha?: number | null;
+  /** @default 2 */
+  gamma?: number;
+  /** Targets equal to it are dropped. @default null */
+  ignoreIndex?: number | null;
+  /** @default "mean" */
+  reduction?: Reduction;
+  /** Divide by the sum of the focal factors. @default false */
+  normalized?: boolean;
+}
+
+/** segmentation_models_pytorch's `TverskyLoss(mode, alpha=0.5, beta=0.5, gamma=1, smooth=0,
+ *  eps=1e-7)` on logits; inputs `[yPred, yTrue]` (yTrue: float32 targets, or int32 class labels
+ *  in multiclass mode). */
+export interface TverskyLossOptions {
+  /** Required. */
+  mode: SmpMode;
+  /** The weight of the false positives. @default 0.5 */
+  alpha?: number;
+  /** The weight of the false negatives. @default 0.5 */
+  beta?: number;
+  /** @default 1 */
+  gamma?: number;
+  /** @default 0 */
+  smooth?: number;
+  /** @default 1e-7 */
+  eps?: number;
+}
+
 /** Each loss's options by its class name. */
 export interface LossOptionsMap {
   JaccardLoss: JaccardLossOptions;
@@ -145,6 +184,8 @@ export interface LossOptionsMap {
   CrossEntropyLoss: CrossEntropyLossOptions;
   ContrastiveLoss: ContrastiveLossOptions;
   AngularPenaltySMLoss: AngularPenaltySMLossOptions;
+  FocalLoss: FocalLossOptions;
+  TverskyLoss: TverskyLossOptions;
 }
 
 /** Each loss's inputs, in the order `compute` takes them. */
@@ -159,6 +200,8 @@ export interface LossInputsMap {
   CrossEntropyLoss: [input: Tensor, target: Tensor];
   ContrastiveLoss: [embeddings1: Tensor, embeddings2: Tensor, label: Tensor];
   AngularPenaltySMLoss: [x: Tensor, labels: Tensor, weight: Tensor];
+  FocalLoss: [yPred: Tensor, yTrue: Tensor];
+  TverskyLoss: [yPred: Tensor, yTrue: Tensor];
 }
 
 export type LossName = keyof LossOptionsMap;
