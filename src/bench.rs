@@ -167,11 +167,11 @@ impl Timer {
                 drop(keep);
                 rx.recv()
                     .map_err(|_| Error::DeviceLost("timestamp read-back cancelled".into()))?
-                    .map_err(|e| Error::Wgpu(format!("timestamp read-back: {e}")))?;
+                    .map_err(|e| Error::wgpu(format!("timestamp read-back: {e}")))?;
                 let ticks: Vec<u64> = {
                     let view = read
                         .get_mapped_range(..)
-                        .map_err(|e| Error::Wgpu(format!("{e:?}")))?;
+                        .map_err(|e| Error::wgpu(format!("{e:?}")))?;
                     bytemuck::pod_collect_to_vec(&view)
                 };
                 read.unmap();

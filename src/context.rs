@@ -322,7 +322,7 @@ impl Home {
 
 struct DeviceState {
     lost: Mutex<Option<String>>,
-    sticky: Mutex<Option<String>>,
+    sticky: Mutex<Option<crate::error::WgpuError>>,
 }
 
 /// Owns the device, the pipelines and the device buffers. `Send + Sync`: one context can serve
@@ -631,7 +631,7 @@ impl LossContext {
         let s = state.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             if let Ok(mut st) = s.sticky.lock() {
-                st.get_or_insert_with(|| e.to_string());
+                st.get_or_insert_with(|| crate::error::WgpuError::capture(&e));
             }
         }));
         let limits = device.limits();
@@ -787,7 +787,7 @@ impl LossContext {
         let state = self.state.clone();
         let record = move |e: Option<wgpu::Error>| {
             if let (Some(e), Ok(mut s)) = (e, state.sticky.lock()) {
-                s.get_or_insert_with(|| e.to_string());
+                s.get_or_insert_with(|| crate::error::WgpuError::capture(&e));
             }
         };
         #[cfg(not(target_arch = "wasm32"))]
@@ -1068,12 +1068,12 @@ impl LossContext {
                     .buffer
                     .get_mapped_range(0..total)
                     .map(|view| view.to_vec())
-                    .map_err(|e| Error::Wgpu(format!("reading the mapped range failed: {e:?}")));
+                    .map_err(|e| Error::wgpu(format!("reading the mapped range failed: {e:?}")));
                 // Unmapped on every path, so the pooled buffer can be mapped again.
                 staging.buffer.unmap();
                 data
             }
-            Ok(Err(e)) => Err(Error::Wgpu(format!(
+            Ok(Err(e)) => Err(Error::wgpu(format!(
                 "mapping the read-back buffer failed: {e}"
             ))),
             Err(e) => Err(e),

@@ -44,7 +44,7 @@ pub mod web;
 
 pub use config::*;
 pub use context::{AdapterReport, AllocStats, ContextOptions, LossContext};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result, WgpuError};
 pub use losses::angular::AngularPenaltySMLoss;
 pub use losses::combined::{Combined, CombinedOutput, Term};
 pub use losses::focal::FocalLoss;

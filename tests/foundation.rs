@@ -171,6 +171,8 @@ fn every_kind_of_bad_input_is_a_typed_error() {
 
     let err = MSELoss::default().compute(ctx, &[&a]).err().unwrap();
     assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+    assert_eq!(err.error_kind(), deepml::ErrorKind::InvalidInput);
+    assert!(std::error::Error::source(&err).is_none());
 
     // A buffer without COPY_SRC cannot be read back: wgpu's validation error comes back typed.
     let raw = ctx.device().create_buffer(&wgpu::BufferDescriptor {
@@ -182,6 +184,18 @@ fn every_kind_of_bad_input_is_a_typed_error() {
     let t = Tensor::from_buffer(ctx, raw, 0, &[4], DType::F32).unwrap();
     let err = ctx.read(&t).unwrap_err();
     assert!(matches!(err, Error::Wgpu(_)), "{err}");
+    // Its category, and wgpu's error (with its own chain) as the source.
+    assert_eq!(err.error_kind(), deepml::ErrorKind::Wgpu);
+    assert_eq!(err.kind(), "wgpu");
+    let source = std::error::Error::source(&err).expect("the wgpu error is the source");
+    assert!(!source.to_string().is_empty());
+    let mut depth = 0;
+    let mut at: Option<&dyn std::error::Error> = Some(source);
+    while let Some(e) = at {
+        depth += 1;
+        at = e.source();
+    }
+    assert!(depth >= 2, "wgpu's validation error carries its cause: {depth}");
 
     // None of that poisoned the context.
     let o = MSELoss::default().compute(ctx, &[&a, &a]).unwrap();
