@@ -47,7 +47,7 @@ fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     println!(
         "total {:.6} = 0.5 * BCE {:.6} + 0.5 * Jaccard {:.6} + 0.5 * CE {:.6}",
-        ctx.read_scalar(&out.total)?,
+        ctx.read_scalar(&out.loss)?,
         terms[0],
         terms[1],
         terms[2]
@@ -60,7 +60,7 @@ fn main() -> Result<()> {
     let jac = JaccardLoss::new(false)
         .compute(&ctx, &[&x_seg, &t_seg])?
         .grad(&ctx, 0)?;
-    let combined = ctx.read(out.grads[0].as_ref().expect("mask logits have a gradient"))?;
+    let combined = ctx.read(out.input_grad(0).expect("mask logits have a gradient"))?;
     let worst = combined
         .iter()
         .zip(bce.iter().zip(&jac))
@@ -72,7 +72,7 @@ fn main() -> Result<()> {
         "the combined gradient is the weighted sum of the separate ones"
     );
     assert!(
-        out.grads[1].is_none() && out.grads[3].is_none(),
+        out.input_grad(1).is_none() && out.input_grad(3).is_none(),
         "targets get no gradient"
     );
     drop(out);
@@ -83,7 +83,7 @@ fn main() -> Result<()> {
     for step in 0..=steps {
         let out = loss.compute(&ctx, &inputs)?;
         if step % 20 == 0 || step == steps {
-            last = ctx.read_scalar(&out.total)?;
+            last = ctx.read_scalar(&out.loss)?;
             first.get_or_insert(last);
             println!("step {step:3}  total {last:.5}");
         }
@@ -91,9 +91,9 @@ fn main() -> Result<()> {
             ctx.axpy(
                 &x_seg,
                 -(n_seg as f32) * 0.25,
-                out.grads[0].as_ref().expect("seg gradient"),
+                out.input_grad(0).expect("seg gradient"),
             )?;
-            ctx.axpy(&x_cls, -2.0, out.grads[2].as_ref().expect("cls gradient"))?;
+            ctx.axpy(&x_cls, -2.0, out.input_grad(2).expect("cls gradient"))?;
         }
     }
     let first = first.unwrap_or(last);

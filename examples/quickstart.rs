@@ -189,7 +189,7 @@ fn main() -> Result<()> {
     println!(
         "{:<58} loss {:.6}",
         "0.5 * BCEWithLogitsLoss + 0.5 * JaccardLoss",
-        ctx.read_scalar(&out.total)?
+        ctx.read_scalar(&out.loss)?
     );
     // A multi-task loss: seg + 0.5 * cls over two heads.
     let multi = Combined::new()
@@ -200,7 +200,7 @@ fn main() -> Result<()> {
     println!(
         "{:<58} loss {:.6}",
         "seg + 0.5 * CrossEntropyLoss",
-        ctx.read_scalar(&out.total)?
+        ctx.read_scalar(&out.loss)?
     );
     Ok(())
 }

@@ -52,12 +52,12 @@ fn main() -> Result<()> {
     for step in 0..=steps {
         let out = loss.compute(&ctx, &[&logits, &target])?;
         if step % print == 0 || step == steps {
-            let total = ctx.read_scalar(&out.total)?;
+            let total = ctx.read_scalar(&out.loss)?;
             iou = 1.0 - ctx.read_scalar(&out.terms[1])?;
             println!("step {step:4}  loss {total:.5}  soft IoU {iou:.4}");
         }
         if step < steps {
-            let grad = out.grads[0].as_ref().expect("the logits get a gradient");
+            let grad = out.input_grad(0).expect("the logits get a gradient");
             ctx.axpy(&logits, -lr, grad)?;
         }
     }

@@ -46,7 +46,7 @@ pub use config::*;
 pub use context::{AdapterReport, AllocStats, ContextOptions, LossContext};
 pub use error::{Error, ErrorKind, Result, WgpuError};
 pub use losses::angular::AngularPenaltySMLoss;
-pub use losses::combined::{Combined, CombinedOutput, Term};
+pub use losses::combined::{Combined, Term};
 pub use losses::focal::FocalLoss;
 pub use losses::tversky::TverskyLoss;
 pub use losses::{GradOpts, Loss, LossOutput, Recorder};

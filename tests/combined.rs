@@ -37,7 +37,7 @@ fn combined_gradient_is_the_weighted_sum_of_the_separate_ones() {
         l1.value(ctx).unwrap(),
         rmse.value(ctx).unwrap(),
     );
-    let total = ctx.read_scalar(&out.total).unwrap();
+    let total = ctx.read_scalar(&out.loss).unwrap();
     assert!(
         (total - (vm + 0.5 * vl + 0.25 * vr)).abs() <= 1e-6 * total.abs(),
         "total {total}"
@@ -45,7 +45,7 @@ fn combined_gradient_is_the_weighted_sum_of_the_separate_ones() {
     assert_eq!(ctx.read_scalar(&out.terms[0]).unwrap(), vm);
     assert_eq!(ctx.read_scalar(&out.terms[2]).unwrap(), vr);
 
-    let gx = ctx.read(out.grads[0].as_ref().unwrap()).unwrap();
+    let gx = ctx.read(out.input_grad(0).unwrap()).unwrap();
     let (gm, gl) = (mse.grad(ctx, 0).unwrap(), l1.grad(ctx, 0).unwrap());
     let want: Vec<f64> = gm
         .iter()
@@ -54,10 +54,10 @@ fn combined_gradient_is_the_weighted_sum_of_the_separate_ones() {
         .collect();
     common::assert_close("d total / d x", &gx, &want, 1e-6, 1e-7);
     assert!(
-        out.grads[1].is_none() && out.grads[3].is_none(),
+        out.input_grad(1).is_none() && out.input_grad(3).is_none(),
         "targets get no gradient"
     );
-    let gy = ctx.read(out.grads[2].as_ref().unwrap()).unwrap();
+    let gy = ctx.read(out.input_grad(2).unwrap()).unwrap();
     let want: Vec<f64> = rmse
         .grad(ctx, 0)
         .unwrap()
@@ -150,9 +150,9 @@ fn two_thousand_steps_allocate_nothing_after_the_first() {
     let mut values = Vec::new();
     for step in 0..2000 {
         let out = loss.compute(&ctx, &[&x, &t]).unwrap();
-        ctx.axpy(&x, -0.1, out.grads[0].as_ref().unwrap()).unwrap();
+        ctx.axpy(&x, -0.1, out.input_grad(0).unwrap()).unwrap();
         if step % 500 == 0 {
-            values.push(ctx.read_scalar(&out.total).unwrap());
+            values.push(ctx.read_scalar(&out.loss).unwrap());
         }
         drop(out);
         let bytes = ctx.stats().allocated_bytes;
@@ -165,4 +165,84 @@ fn two_thousand_steps_allocate_nothing_after_the_first() {
         values.windows(2).all(|w| w[1] < w[0]),
         "the loss falls: {values:?}"
     );
+}
+
+/// A combined loss takes `GradOpts` like any loss: the upstream scale, the caller's gradient
+/// tensors (in the order of `grad_inputs`), and accumulation into them; its output is the one
+/// `LossOutput` of every loss.
+#[test]
+fn combined_takes_grad_opts_and_returns_a_loss_output() {
+    let ctx = common::ctx();
+    let mut r = common::rng(33);
+    let n = 257;
+    let x = common::uniform(&mut r, n, -3.0, 3.0);
+    let t: Vec<f32> = (0..n).map(|i| (i % 3 == 0) as u8 as f32).collect();
+    let y = common::uniform(&mut r, n, -1.0, 1.0);
+    let u = common::uniform(&mut r, n, -1.0, 1.0);
+    let up = |v: &[f32]| ctx.upload(v, &[n]).unwrap();
+    let (tx, tt, ty, tu) = (up(&x), up(&t), up(&y), up(&u));
+    let loss = Combined::new()
+        .term(0.5, deepml::BCEWithLogitsLoss::default(), &[0, 1])
+        .term(0.5, deepml::JaccardLoss::new(false), &[0, 1])
+        .term(2.0, MSELoss::default(), &[2, 3]);
+    assert_eq!(loss.grad_inputs(), vec![0, 2]);
+    let inputs = [&tx, &tt, &ty, &tu];
+    let plain = loss.compute(ctx, &inputs).unwrap();
+    assert_eq!(plain.grad_inputs, vec![Some(0), Some(2)]);
+    assert_eq!(plain.terms.len(), 3);
+    assert!(plain.input_grad(1).is_none() && plain.input_grad(3).is_none());
+    let g0 = ctx.read(plain.input_grad(0).unwrap()).unwrap();
+    let g2 = plain.grad(ctx, 1).unwrap();
+    let total = plain.value(ctx).unwrap();
+
+    // Scaled, into the caller's tensors, accumulated onto what they hold.
+    let p0 = common::uniform(&mut r, n, -1.0, 1.0);
+    let p2 = common::uniform(&mut r, n, -1.0, 1.0);
+    let (i0, i2) = (up(&p0), up(&p2));
+    let opts = GradOpts {
+        scale: -0.25,
+        into: vec![Some(i0.clone()), Some(i2.clone())],
+        accumulate: true,
+    };
+    let out = loss.compute_with(ctx, &inputs, &opts).unwrap();
+    assert_eq!(
+        out.value(ctx).unwrap(),
+        total,
+        "the value does not depend on the scale"
+    );
+    for (got, prior, g) in [(&i0, &p0, &g0), (&i2, &p2, &g2)] {
+        let want: Vec<f64> = prior
+            .iter()
+            .zip(g)
+            .map(|(&p, &g)| p as f64 - 0.25 * g as f64)
+            .collect();
+        common::assert_close("accumulated", &ctx.read(got).unwrap(), &want, 1e-5, 1e-6);
+    }
+    // Overwriting (no accumulate) writes the scaled gradient.
+    let opts = GradOpts {
+        scale: 2.0,
+        into: vec![Some(i0.clone())],
+        accumulate: false,
+    };
+    loss.compute_with(ctx, &inputs, &opts).unwrap();
+    let want: Vec<f64> = g0.iter().map(|&g| 2.0 * g as f64).collect();
+    common::assert_close("written", &ctx.read(&i0).unwrap(), &want, 1e-5, 1e-7);
+    // A gradient tensor of the wrong shape, and a non-finite scale, are typed errors.
+    let bad = ctx.upload(&[0.0; 3], &[3]).unwrap();
+    let opts = GradOpts {
+        into: vec![Some(bad)],
+        ..Default::default()
+    };
+    assert!(matches!(
+        loss.compute_with(ctx, &inputs, &opts),
+        Err(deepml::Error::ShapeMismatch(_))
+    ));
+    assert!(matches!(
+        loss.compute_with(ctx, &inputs, &GradOpts::scaled(f32::NAN)),
+        Err(deepml::Error::InvalidConfig(_))
+    ));
+    // A single loss's output maps its gradients to its inputs too.
+    let single = MSELoss::default().compute(ctx, &[&ty, &tu]).unwrap();
+    assert_eq!(single.grad_inputs, vec![Some(0)]);
+    assert!(single.input_grad(1).is_none() && single.terms.is_empty());
 }

@@ -299,8 +299,8 @@ fn crop_step(ctx: &LossContext, loss: &Combined, h: usize, w: usize, seed: u64) 
     let x = ctx.upload(&x, &[2, 1, h, w]).unwrap();
     let t = ctx.upload(&t, &[2, 1, h, w]).unwrap();
     let out = loss.compute(ctx, &[&x, &t]).unwrap();
-    ctx.axpy(&x, -0.1, out.grads[0].as_ref().unwrap()).unwrap();
-    ctx.read_scalar(&out.total).unwrap()
+    ctx.axpy(&x, -0.1, out.input_grad(0).unwrap()).unwrap();
+    ctx.read_scalar(&out.loss).unwrap()
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! `Combined`: a weighted sum of losses in one submission (deepml's `0.5 * BCE + 0.5 * Jaccard`,
 //! or a multi-task `seg + 0.5 * cls`), and the in-place `axpy` of training loops.
 
-use super::{GradOpts, Loss, Recorder};
+use super::{GradOpts, Loss, LossOutput, Recorder};
 use crate::context::LossContext;
 use crate::error::{Error, Result};
 use crate::kernel::{Bind, Scratch, ShaderSource, WG};
@@ -38,19 +38,8 @@ pub struct Combined {
     pub terms: Vec<Term>,
 }
 
-/// What a [`Combined`] loss returns, all on the device.
-pub struct CombinedOutput {
-    /// `sum_k weight_k * loss_k`, a scalar.
-    pub total: Tensor,
-    /// Each term's own (unweighted) value.
-    pub terms: Vec<Tensor>,
-    /// The gradient of the total with respect to each combined input (`None` where no term
-    /// differentiates that input).
-    pub grads: Vec<Option<Tensor>>,
-    _scratch: Scratch,
-}
-
 impl Combined {
+    /// A combined loss without terms (add them with [`Self::term`]).
     pub fn new() -> Self {
         Combined::default()
     }
@@ -70,41 +59,75 @@ impl Combined {
         self
     }
 
+    /// The combined inputs that some term differentiates, in order: the inputs of the
+    /// gradients of [`LossOutput::grads`] (and of `GradOpts::into`).
+    pub fn grad_inputs(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self
+            .terms
+            .iter()
+            .flat_map(|t| {
+                let names = t.loss.input_names();
+                t.loss
+                    .grad_names()
+                    .iter()
+                    .filter_map(move |g| names.iter().position(|n| n == g))
+                    .filter_map(|p| t.inputs.get(p).copied())
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// Value, per-term values and gradients in one submission.
-    pub fn compute(&self, ctx: &LossContext, inputs: &[&Tensor]) -> Result<CombinedOutput> {
+    pub fn compute(&self, ctx: &LossContext, inputs: &[&Tensor]) -> Result<LossOutput> {
+        self.compute_with(ctx, inputs, &GradOpts::default())
+    }
+
+    /// As `compute`, with an upstream scale and caller-owned gradient buffers (`opts.into[k]`
+    /// for the k-th of [`Self::grad_inputs`]), written or accumulated into.
+    pub fn compute_with(
+        &self,
+        ctx: &LossContext,
+        inputs: &[&Tensor],
+        opts: &GradOpts,
+    ) -> Result<LossOutput> {
         let mut rec = Recorder::default();
-        let out = ctx.scoped(|| self.build(ctx, inputs, 1.0, &mut rec))?;
-        ctx.submit(rec.prog, &mut rec.scratch)?;
-        Ok(Self::output(out, rec.flag, rec.scratch))
+        let out = ctx.scoped(|| self.build(ctx, inputs, opts, &mut rec))?;
+        ctx.submit(std::mem::take(&mut rec.prog), &mut rec.scratch)?;
+        Ok(Self::output(out, rec))
     }
 
-    /// The result tensors, each holding the computation's error flags (if it has any).
-    #[allow(clippy::type_complexity)]
-    fn output(
-        (total, terms, grads): (Tensor, Vec<Tensor>, Vec<Option<Tensor>>),
-        flag: Option<std::sync::Arc<crate::context::Flag>>,
-        scratch: Scratch,
-    ) -> CombinedOutput {
-        let f = |t: Tensor| t.with_flag(flag.clone());
-        CombinedOutput {
-            total: f(total),
-            terms: terms.into_iter().map(f).collect(),
-            grads: grads.into_iter().map(|g| g.map(f)).collect(),
-            _scratch: scratch,
-        }
-    }
-
-    /// Records the same work into the caller's encoder.
+    /// Records the same work into the caller's encoder; the work runs when the caller submits
+    /// it. Keep the returned output alive until then.
     pub fn record(
         &self,
         ctx: &LossContext,
         encoder: &mut wgpu::CommandEncoder,
         inputs: &[&Tensor],
-    ) -> Result<CombinedOutput> {
+        opts: &GradOpts,
+    ) -> Result<LossOutput> {
         let mut rec = Recorder::default();
-        let out = ctx.scoped(|| self.build(ctx, inputs, 1.0, &mut rec))?;
-        ctx.encode(rec.prog, encoder, &mut rec.scratch)?;
-        Ok(Self::output(out, rec.flag, rec.scratch))
+        let out = ctx.scoped(|| self.build(ctx, inputs, opts, &mut rec))?;
+        ctx.encode(std::mem::take(&mut rec.prog), encoder, &mut rec.scratch)?;
+        Ok(Self::output(out, rec))
+    }
+
+    /// The result tensors, each holding the computation's error flags (if it has any).
+    #[allow(clippy::type_complexity)]
+    fn output(
+        (total, terms, grads): (Tensor, Vec<Tensor>, Vec<(usize, Tensor)>),
+        rec: Recorder,
+    ) -> LossOutput {
+        let flag = rec.flag;
+        let f = |t: Tensor| t.with_flag(flag.clone());
+        LossOutput {
+            loss: f(total),
+            terms: terms.into_iter().map(f).collect(),
+            grad_inputs: grads.iter().map(|(i, _)| Some(*i)).collect(),
+            grads: grads.into_iter().map(|(_, g)| f(g)).collect(),
+            _scratch: rec.scratch,
+        }
     }
 
     #[allow(clippy::type_complexity)]
@@ -112,9 +135,9 @@ impl Combined {
         &self,
         ctx: &LossContext,
         inputs: &[&Tensor],
-        scale: f32,
+        opts: &GradOpts,
         rec: &mut Recorder,
-    ) -> Result<(Tensor, Vec<Tensor>, Vec<Option<Tensor>>)> {
+    ) -> Result<(Tensor, Vec<Tensor>, Vec<(usize, Tensor)>)> {
         if self.terms.is_empty() {
             return Err(Error::InvalidConfig(
                 "a Combined loss needs at least one term".into(),
@@ -122,6 +145,11 @@ impl Combined {
         }
         for (i, t) in inputs.iter().enumerate() {
             ctx.owns("Combined", &format!("input {i}"), t)?;
+        }
+        for (i, t) in opts.into.iter().enumerate() {
+            if let Some(t) = t {
+                ctx.owns("Combined", &format!("GradOpts.into[{i}]"), t)?;
+            }
         }
         if ctx.check_finite {
             let mut used: Vec<usize> = self
@@ -137,8 +165,17 @@ impl Combined {
                 .collect();
             ctx.finite_steps(rec, "Combined", &scanned)?;
         }
+        // One gradient per differentiated input: the caller's (`opts.into`, in the order of
+        // `grad_inputs`) or new; with `opts.accumulate` the first term adds to it too.
+        let grad_inputs = self.grad_inputs();
         let mut grads: Vec<Option<Tensor>> = vec![None; inputs.len()];
         let mut written = vec![false; inputs.len()];
+        for (k, &ci) in grad_inputs.iter().enumerate() {
+            if let Some(x) = inputs.get(ci) {
+                grads[ci] = Some(opts.grad_for(ctx, k, x)?);
+                written[ci] = opts.accumulate;
+            }
+        }
         let total = ctx.empty(&[], DType::F32)?;
         let src = ShaderSource::new("util", UTIL);
         let mut term_values = Vec::new();
@@ -187,9 +224,6 @@ impl Combined {
                         term.loss.name()
                     )));
                 };
-                if grads[ci].is_none() {
-                    grads[ci] = Some(ctx.empty(inputs[ci].shape(), DType::F32)?);
-                }
                 let acc = written[ci];
                 if accumulate.is_some_and(|a| a != acc) {
                     return Err(Error::InvalidInput(format!(
@@ -200,12 +234,12 @@ impl Combined {
                 accumulate = Some(acc);
                 into.push(grads[ci].clone());
             }
-            let opts = GradOpts {
-                scale: scale * term.weight,
+            let term_opts = GradOpts {
+                scale: opts.scale * term.weight,
                 into,
                 accumulate: accumulate.unwrap_or(false),
             };
-            let (value, _) = term.loss.build(ctx, &mine, &opts, rec)?;
+            let (value, _) = term.loss.build(ctx, &mine, &term_opts, rec)?;
             if value.numel() != 1 {
                 return Err(Error::InvalidConfig(format!(
                     "term {k} ({}) must reduce to a scalar (reduction mean or sum), its loss has shape {:?}",
@@ -232,6 +266,10 @@ impl Combined {
             rec.prog.steps.push(step);
             term_values.push(value);
         }
+        let grads = grad_inputs
+            .into_iter()
+            .filter_map(|ci| grads[ci].take().map(|g| (ci, g)))
+            .collect();
         Ok((total, term_values, grads))
     }
 }

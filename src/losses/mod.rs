@@ -93,15 +93,34 @@ impl GradOpts {
     }
 }
 
-/// The result of a loss: its value (a scalar for `mean`/`sum`, per element or per sample for
-/// `none`) and one gradient per differentiable input, all still on the device.
+/// The result of a loss or of a [`combined::Combined`] loss: its value (a scalar for
+/// `mean`/`sum`, per element or per sample for `none`) and one gradient per differentiable input,
+/// all still on the device.
 pub struct LossOutput {
+    /// The loss (for a combined loss, the weighted total).
     pub loss: Tensor,
+    /// The gradients, in the order of the loss's `grad_names` (for a combined loss, of the
+    /// combined inputs that some term differentiates, in input order). [`Self::input_grad`]
+    /// finds one by its input's position.
     pub grads: Vec<Tensor>,
+    /// For each gradient, the position of the input it differentiates (`None` for a parameter
+    /// the loss owns, such as [`crate::AngularPenaltySMLoss`]'s weight).
+    pub grad_inputs: Vec<Option<usize>>,
+    /// A combined loss's terms, each one's own (unweighted) value; empty for a single loss.
+    pub terms: Vec<Tensor>,
     pub(crate) _scratch: Scratch,
 }
 
 impl LossOutput {
+    /// The gradient with respect to input `i` (by its position among the inputs), if the loss
+    /// differentiates it.
+    pub fn input_grad(&self, i: usize) -> Option<&Tensor> {
+        self.grad_inputs
+            .iter()
+            .position(|&g| g == Some(i))
+            .map(|k| &self.grads[k])
+    }
+
     /// The loss as a host scalar, blocking (native only). A loss with `reduction = "none"` has
     /// one value per element or sample: `value` refuses it (`Error::InvalidInput`); read
     /// `self.loss` with `ctx.read`.
@@ -321,9 +340,16 @@ pub trait Loss {
             }
             self.build(ctx, inputs, opts, &mut rec)
         })?;
+        let names = self.input_names();
         let out = LossOutput {
             loss: rec.flagged(loss),
             grads: grads.into_iter().map(|g| rec.flagged(g)).collect(),
+            grad_inputs: self
+                .grad_names()
+                .iter()
+                .map(|g| names.iter().position(|n| n == g))
+                .collect(),
+            terms: Vec::new(),
             _scratch: Scratch::default(),
         };
         Ok((rec, out))
