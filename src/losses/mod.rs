@@ -25,6 +25,7 @@ pub(crate) fn segment_threads(subgroup: Option<u32>) -> u32 {
 }
 pub mod segmentation;
 pub mod tversky;
+mod typed;
 
 /// How the gradients are delivered.
 #[derive(Debug, Clone)]
