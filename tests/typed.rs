@@ -32,7 +32,7 @@ fn typed_forward_equals_the_dynamic_loss() {
     let t = ctx
         .upload(&common::uniform(&mut r, n, 0.0, 1.0), &shape)
         .unwrap();
-    let labels: Vec<i32> = (0..40).map(|i| (i * 7 % 3) as i32).collect();
+    let labels: Vec<i32> = (0..40).map(|i| i * 7 % 3).collect();
     let y = ctx.upload_labels(&labels, &[2, 4, 5]).unwrap();
 
     let j = JaccardLoss::multiclass().per_class(true).eps(1e-6);
