@@ -100,6 +100,7 @@ impl Combined {
 
     /// Records the same work into the caller's encoder; the work runs when the caller submits
     /// it. Keep the returned output alive until then.
+    #[must_use = "it holds the recorded work's buffers: keep it until the encoder is submitted"]
     pub fn record(
         &self,
         ctx: &LossContext,
@@ -284,6 +285,7 @@ impl LossContext {
 
     /// Records `x += a * y` into the caller's encoder; keep the returned scratch until the
     /// encoder is submitted.
+    #[must_use = "it holds the recorded work's buffers: keep it until the encoder is submitted"]
     pub fn record_axpy(
         &self,
         encoder: &mut wgpu::CommandEncoder,

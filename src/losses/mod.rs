@@ -301,6 +301,7 @@ pub trait Loss {
 
     /// Records value and gradients into the caller's encoder; the work runs when the caller
     /// submits it. Keep the returned output alive until then.
+    #[must_use = "it holds the recorded work's buffers: keep it until the encoder is submitted"]
     fn record(
         &self,
         ctx: &LossContext,
