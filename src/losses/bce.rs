@@ -1,7 +1,7 @@
 //! `WeightedBCEWithLogitsLoss` (deepml) and `BCEWithLogitsLoss` (PyTorch) (shaders/bce.wgsl):
 //! one pass computing the loss partials and the gradient, the tree reduction, a finalize step.
 
-use super::{want_dtype, GradOpts, Loss, Recorder};
+use super::{want_dtype, GradOpts, Loss, Recorder, Tail};
 use crate::config::{
     BCEWithLogitsLoss, Broadcast, HostTensor, Reduction, WeightedBCEWithLogitsLoss,
 };
@@ -182,10 +182,10 @@ fn build(
         }
         elem
     } else {
-        let partials = ctx.alloc(tiles * 4, LossContext::storage_usage())?;
+        let partials = rec.buf(ctx, tiles * 4)?;
         for w in &windows {
             let mut binds = io(w);
-            binds.push(Bind::scratch(4, &partials));
+            binds.push(partials.bind(4));
             let step = ctx.step(
                 &src,
                 "stats_grad",
@@ -195,18 +195,21 @@ fn build(
             )?;
             rec.prog.steps.push(step);
         }
-        let totals = ctx.reduce_rows(&mut rec.prog, &mut rec.scratch, &partials, 1, tiles)?;
-        rec.scratch.keep(partials);
         let loss = ctx.empty(&[], DType::F32)?;
-        let step = ctx.step(
+        rec.reduce_finalize(
+            ctx,
             &src,
-            "finalize",
             &base,
-            vec![Bind::scratch(5, &totals), Bind::tensor(6, &loss)],
-            1,
+            Tail {
+                partials,
+                rows: 1,
+                cols: tiles,
+                totals: 5,
+                loss: Bind::tensor(6, &loss),
+                coef: None,
+                extra: Vec::new(),
+            },
         )?;
-        rec.prog.steps.push(step);
-        rec.scratch.keep(totals);
         loss
     };
     rec.scratch.keep(weight.buf);

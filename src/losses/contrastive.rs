@@ -1,7 +1,7 @@
 //! `ContrastiveLoss` (shaders/contrastive.wgsl): Euclidean (PyTorch `pairwise_distance`) or
 //! cosine (`1 - cosine_similarity`) distance of pairs of embeddings, soft labels in [0, 1].
 
-use super::{want_dtype, GradOpts, Loss, Recorder};
+use super::{want_dtype, GradOpts, Loss, Recorder, Tail};
 use crate::config::{ContrastiveLoss, Distance, Reduction};
 use crate::context::LossContext;
 use crate::error::{Error, Result};
@@ -162,7 +162,7 @@ impl Loss for ContrastiveLoss {
         }
 
         let groups: u64 = windows.iter().map(|w| w.count.div_ceil(rpw)).sum();
-        let partials = ctx.alloc(groups * 4, LossContext::storage_usage())?;
+        let partials = rec.buf(ctx, groups * 4)?;
         let mut part_base = 0u64;
         for w in &windows {
             let p = Params {
@@ -170,24 +170,27 @@ impl Loss for ContrastiveLoss {
                 ..window_params(w)
             };
             let mut binds = io(w);
-            binds.push(Bind::scratch(6, &partials));
+            binds.push(partials.bind(6));
             rec.prog
                 .steps
                 .push(ctx.step(&src, "rows_reduce", &p, binds, w.count.div_ceil(rpw))?);
             part_base += w.count.div_ceil(rpw);
         }
-        let ltot = ctx.reduce_rows(&mut rec.prog, &mut rec.scratch, &partials, 1, groups)?;
-        rec.scratch.keep(partials);
         let loss = ctx.empty(&[], DType::F32)?;
-        let step = ctx.step(
+        rec.reduce_finalize(
+            ctx,
             &src,
-            "finalize",
             &base,
-            vec![Bind::scratch(8, &ltot), Bind::tensor(9, &loss)],
-            1,
+            Tail {
+                partials,
+                rows: 1,
+                cols: groups,
+                totals: 8,
+                loss: Bind::tensor(9, &loss),
+                coef: None,
+                extra: Vec::new(),
+            },
         )?;
-        rec.prog.steps.push(step);
-        rec.scratch.keep(ltot);
         Ok((loss, vec![g1, g2]))
     }
 }

@@ -326,7 +326,7 @@ impl Loss for FocalLoss {
                 (l, b)
             }
         };
-        let coef = rec.reduce_finalize(
+        let fin = rec.reduce_finalize(
             ctx,
             &src,
             &base,
@@ -336,11 +336,13 @@ impl Loss for FocalLoss {
                 cols: tiles,
                 totals: 6,
                 loss: loss_bind,
-                coef: 8,
-                coef_len: 3 * groups,
+                coef: Some((8, 3 * groups)),
                 extra: Vec::new(),
             },
         )?;
+        let coef = fin.coef.ok_or_else(|| {
+            Error::InvalidInput(format!("{NAME}: the finalize step made no coefficients"))
+        })?;
         for (p, binds, grad_bind, elem_bind, n_tiles) in per_window {
             let mut b = binds;
             b.extend([grad_bind, coef.bind(8), flag.clone(), elem_bind]);

@@ -194,14 +194,14 @@ impl Recorder {
     /// reduction of the partials of `tail`, then the one-invocation `finalize` entry of `src`
     /// with `params`, which reads the totals at binding
     /// `tail.totals`, writes the scalar loss to `tail.loss` and `tail.coef_len` coefficients to
-    /// `tail.coef`. Returns the coefficients, for the gradient pass.
+    /// `tail.coef` (if any). Returns both, for the gradient pass.
     pub(crate) fn reduce_finalize<P: bytemuck::Pod>(
         &mut self,
         ctx: &LossContext,
         src: &ShaderSource,
         params: &P,
         tail: Tail,
-    ) -> Result<Slot> {
+    ) -> Result<Finalized> {
         let totals = ctx.reduce_rows_of(
             &mut self.prog,
             &mut self.scratch,
@@ -212,12 +212,19 @@ impl Recorder {
         let totals = Slot {
             buffer: self.scratch.keep(totals).buffer.clone(),
         };
-        let coef = self.buf(ctx, tail.coef_len * 4)?;
-        let mut binds = vec![totals.bind(tail.totals), tail.loss, coef.bind(tail.coef)];
+        let mut binds = vec![totals.bind(tail.totals), tail.loss];
+        let coef = match tail.coef {
+            Some((binding, len)) => {
+                let c = self.buf(ctx, len * 4)?;
+                binds.push(c.bind(binding));
+                Some(c)
+            }
+            None => None,
+        };
         binds.extend(tail.extra);
         let step = ctx.step(src, "finalize", params, binds, 1)?;
         self.prog.steps.push(step);
-        Ok(coef)
+        Ok(Finalized { totals, coef })
     }
 
     /// Ties the flags (if any) to a result tensor.
@@ -244,6 +251,13 @@ impl Slot {
     }
 }
 
+/// What [`Recorder::reduce_finalize`] made: the reduced totals (which some gradient passes read)
+/// and the finalize step's coefficients.
+pub(crate) struct Finalized {
+    pub totals: Slot,
+    pub coef: Option<Slot>,
+}
+
 /// The bindings of a `finalize` entry (see [`Recorder::reduce_finalize`]).
 pub(crate) struct Tail {
     /// The per-tile partials: `rows` rows of `cols`, row-major.
@@ -254,8 +268,9 @@ pub(crate) struct Tail {
     /// The scalar loss (a tensor's binding, or a recorder's scratch where the loss returned is
     /// another tensor: it must live until the work has run).
     pub loss: Bind,
-    pub coef: u32,
-    pub coef_len: u64,
+    /// The binding and length (in f32) of the coefficients the finalize step writes for the
+    /// gradient pass, if it writes any.
+    pub coef: Option<(u32, u64)>,
     /// Other bindings the entry reads (class weights, flags).
     pub extra: Vec<Bind>,
 }

@@ -1,6 +1,6 @@
 //! `MSELoss`, `L1Loss` and `RMSELoss` (shaders/pointwise.wgsl).
 
-use super::{float_inputs, GradOpts, Loss, Recorder};
+use super::{float_inputs, GradOpts, Loss, Recorder, Tail};
 use crate::config::{L1Loss, MSELoss, RMSELoss, Reduction};
 use crate::context::LossContext;
 use crate::error::Result;
@@ -108,32 +108,36 @@ fn build(
         return Ok((elem, vec![grad]));
     }
 
-    let partials = ctx.alloc(tiles * 4, LossContext::storage_usage())?;
+    let partials = rec.buf(ctx, tiles * 4)?;
     for w in &windows {
         let (entry, mut binds) = if kind == Kind::Rmse {
             ("stats", io(w)[..2].to_vec())
         } else {
             ("stats_grad", io(w))
         };
-        binds.push(Bind::scratch(4, &partials));
+        binds.push(partials.bind(4));
         let step = ctx.step(&src, entry, &per_window(w), binds, w.count.div_ceil(TILE))?;
         rec.prog.steps.push(step);
     }
-    let totals = ctx.reduce_rows(&mut rec.prog, &mut rec.scratch, &partials, 1, tiles)?;
-    rec.scratch.keep(partials);
     let loss = ctx.empty(&[], DType::F32)?;
-    let step = ctx.step(
+    let fin = rec.reduce_finalize(
+        ctx,
         &src,
-        "finalize",
         &base,
-        vec![Bind::scratch(5, &totals), Bind::tensor(6, &loss)],
-        1,
+        Tail {
+            partials,
+            rows: 1,
+            cols: tiles,
+            totals: 5,
+            loss: Bind::tensor(6, &loss),
+            coef: None,
+            extra: Vec::new(),
+        },
     )?;
-    rec.prog.steps.push(step);
     if kind == Kind::Rmse {
         for w in &windows {
             let mut binds = io(w);
-            binds.push(Bind::scratch(5, &totals));
+            binds.push(fin.totals.bind(5));
             let step = ctx.step(
                 &src,
                 "rmse_grad",
@@ -144,7 +148,6 @@ fn build(
             rec.prog.steps.push(step);
         }
     }
-    rec.scratch.keep(totals);
     Ok((loss, vec![grad]))
 }
 

@@ -253,7 +253,7 @@ impl Loss for TverskyLoss {
                 .push(ctx.step(&src, "stats", p, b, *n_tiles)?);
         }
         let loss = ctx.empty(&[], DType::F32)?;
-        let coef = rec.reduce_finalize(
+        let fin = rec.reduce_finalize(
             ctx,
             &src,
             &base,
@@ -263,11 +263,13 @@ impl Loss for TverskyLoss {
                 cols: tiles,
                 totals: 6,
                 loss: Bind::tensor(7, &loss),
-                coef: 8,
-                coef_len: 2 * c,
+                coef: Some((8, 2 * c)),
                 extra: Vec::new(),
             },
         )?;
+        let coef = fin.coef.ok_or_else(|| {
+            Error::InvalidInput(format!("{NAME}: the finalize step made no coefficients"))
+        })?;
         for (p, binds, grad_bind, n_tiles) in per_window {
             let mut b = binds;
             b.extend([grad_bind, coef.bind(8)]);
