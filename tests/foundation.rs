@@ -195,7 +195,10 @@ fn every_kind_of_bad_input_is_a_typed_error() {
         depth += 1;
         at = e.source();
     }
-    assert!(depth >= 2, "wgpu's validation error carries its cause: {depth}");
+    assert!(
+        depth >= 2,
+        "wgpu's validation error carries its cause: {depth}"
+    );
 
     // None of that poisoned the context.
     let o = MSELoss::default().compute(ctx, &[&a, &a]).unwrap();
