@@ -96,9 +96,21 @@ impl GradOpts {
 /// The result of a loss: its value (a scalar for `mean`/`sum`, per element or per sample for
 /// `none`) and one gradient per differentiable input, all still on the device.
 pub struct LossOutput {
+    /// The loss: a scalar, or one value per element or sample for reduction `none`.
     pub loss: Tensor,
+    /// The gradients, in the order of [`Loss::grad_names`], each shaped like its input.
     pub grads: Vec<Tensor>,
     pub(crate) _scratch: Scratch,
+}
+
+impl std::fmt::Debug for LossOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let grads: Vec<&[usize]> = self.grads.iter().map(Tensor::shape).collect();
+        f.debug_struct("LossOutput")
+            .field("loss", &self.loss)
+            .field("grads", &grads)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LossOutput {
@@ -136,6 +148,16 @@ pub struct Recorder {
     pub(crate) prog: Program,
     pub(crate) scratch: Scratch,
     pub(crate) flag: Option<std::sync::Arc<crate::context::Flag>>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("steps", &self.prog.steps.len())
+            .field("scratch", &self.scratch)
+            .field("flag", &self.flag.as_ref().map(|fl| fl.what.as_str()))
+            .finish()
+    }
 }
 
 impl Recorder {
