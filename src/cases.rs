@@ -24,31 +24,44 @@ pub const FORMAT: &str = "deepml-cases/1";
 /// A whole cases file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CasesFile {
+    /// The format tag, [`FORMAT`].
     pub format: String,
+    /// Free-form information (generator, versions, date); `null` when absent.
     #[serde(default)]
     pub meta: Value,
+    /// The cases, each with a unique name.
     pub cases: Vec<Case>,
 }
 
 /// One conformance case.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Case {
+    /// The case's name, unique in its file.
     pub name: String,
+    /// The loss's name, e.g. `"JaccardLoss"` or `"CrossEntropyLoss"`.
     pub loss: String,
+    /// The constructor's arguments by their deepml / PyTorch names; a missing key takes the
+    /// default.
     #[serde(default)]
     pub config: Map<String, Value>,
+    /// The forward arguments, by the names of the Python originals (`output`, `target`, ...).
     pub inputs: BTreeMap<String, TensorData>,
+    /// The inputs whose gradient is checked.
     #[serde(default)]
     pub grad_wrt: Vec<String>,
+    /// The values, or the error, the call must give.
     pub expected: Expected,
+    /// How close a computed value must be to the expected one.
     pub tolerance: Tolerance,
 }
 
 /// The element type a tensor declares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DType {
+    /// `"float32"`: real values (expected values are float64 all the same).
     #[serde(rename = "float32")]
     F32,
+    /// `"int64"`: integers, such as class labels.
     #[serde(rename = "int64")]
     I64,
 }
@@ -59,8 +72,11 @@ pub enum DType {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "RawTensor")]
 pub struct TensorData {
+    /// The dimensions (`[]` for a scalar).
     pub shape: Vec<usize>,
+    /// The declared element type.
     pub dtype: DType,
+    /// The values, row-major.
     pub data: Vec<f64>,
 }
 
@@ -68,12 +84,18 @@ pub struct TensorData {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "lowercase")]
 pub enum Expected {
+    /// `"status": "ok"`: the call gives these values.
     Ok {
+        /// The loss: a scalar for `mean` and `sum`, a tensor for `none`.
         loss: TensorData,
+        /// The gradient of the sum of the loss's elements with respect to each input of
+        /// `grad_wrt`, by input name.
         #[serde(default)]
         grads: BTreeMap<String, TensorData>,
     },
+    /// `"status": "error"`: the call must be refused with an error.
     Error {
+        /// The error's kind, as [`Error::kind`] names it (`"invalid_input"`, `"invalid_config"`).
         kind: String,
     },
 }
@@ -81,7 +103,9 @@ pub enum Expected {
 /// An element passes when `|got - exp| <= rtol |exp| + atol max_abs(exp tensor)`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Tolerance {
+    /// The relative tolerance, a fraction of the expected element.
     pub rtol: f64,
+    /// The absolute tolerance, a fraction of the expected tensor's largest finite magnitude.
     pub atol: f64,
 }
 
@@ -329,12 +353,15 @@ pub fn loss_spec(case: &Case) -> Result<LossSpec> {
 /// input, by input name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evaluated {
+    /// The loss: a scalar, or a tensor for reduction `none`.
     pub loss: TensorData,
+    /// The gradient of the sum of the loss's elements, by input name.
     pub grads: BTreeMap<String, TensorData>,
 }
 
 /// Something that computes cases: the float64 reference, or a GPU back end.
 pub trait Evaluator {
+    /// The evaluator's name, for reports.
     fn name(&self) -> String;
     /// `None` where this evaluator does not implement the case's loss (the case is skipped).
     fn eval(&self, case: &Case) -> Option<Result<Evaluated>>;
@@ -399,15 +426,22 @@ fn eval_reference(case: &Case) -> Result<Evaluated> {
 /// The outcome of one case.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
-    /// `worst` is the largest error ratio (at most 1).
+    /// Every element is within the tolerance, or the expected error came.
     Pass {
+        /// The largest error ratio (at most 1; 0 for an error case).
         worst: f64,
     },
+    /// An element is out of the tolerance, a value or shape is missing or wrong, or the error
+    /// is not the expected one.
     Fail {
+        /// The largest error ratio (above 1; infinity where no ratio applies).
         worst: f64,
+        /// What failed, for a human.
         detail: String,
     },
+    /// The evaluator does not implement the case's loss.
     Skip {
+        /// Why the case was skipped.
         reason: String,
     },
 }

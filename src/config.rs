@@ -7,13 +7,17 @@ use crate::error::{Error, Result};
 /// How the per-element (or per-sample) losses are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Reduction {
+    /// The mean of the losses (a scalar); the default.
     #[default]
     Mean,
+    /// The sum of the losses (a scalar).
     Sum,
+    /// No reduction: one loss per element (or per sample).
     None,
 }
 
 impl Reduction {
+    /// `"mean"`, `"sum"` or `"none"`; anything else is `Error::InvalidConfig`.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "mean" => Ok(Reduction::Mean),
@@ -24,6 +28,7 @@ impl Reduction {
             ))),
         }
     }
+    /// The name `parse` takes.
     pub fn name(self) -> &'static str {
         match self {
             Reduction::Mean => "mean",
@@ -33,14 +38,24 @@ impl Reduction {
     }
 }
 
+impl std::str::FromStr for Reduction {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Reduction::parse(s)
+    }
+}
+
 /// A small host-side tensor, used for tensor-valued constructor arguments (`weight`, `pos_weight`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct HostTensor {
+    /// The dimensions (`[]` for a scalar).
     pub shape: Vec<usize>,
+    /// The values, row-major; as many as the shape's product.
     pub data: Vec<f32>,
 }
 
 impl HostTensor {
+    /// `data` of shape `shape`; `Error::InvalidInput` unless `data` has the shape's product of values.
     pub fn new(data: Vec<f32>, shape: Vec<usize>) -> Result<Self> {
         let n = numel(&shape);
         if n != data.len() {
@@ -107,12 +122,16 @@ pub fn check_pointwise(what: &str, a_name: &str, a: &[usize], b: &[usize]) -> Re
 /// `[N, C, d1, ...]` split into the batch, the channels, and the product of the spatial sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelLayout {
+    /// The batch size `N` (1 for a scalar).
     pub outer: usize,
+    /// The channel count `C` (1 below rank 2).
     pub channels: usize,
+    /// The product of the spatial sizes `d1, ...` (1 below rank 3).
     pub inner: usize,
 }
 
 impl ChannelLayout {
+    /// The element count, `outer * channels * inner`.
     pub fn numel(&self) -> usize {
         self.outer * self.channels * self.inner
     }
@@ -165,8 +184,12 @@ pub fn check_segmentation(
 /// `JaccardLoss(is_multiclass, eps = 1e-7, per_class = false)`: `1 - I / (S - I + eps)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JaccardLoss {
+    /// `false` (the default): `p = sigmoid(output)`; `true`: `p = softmax(output)` over dimension 1.
     pub is_multiclass: bool,
+    /// Added to the denominator (`1e-7` by default); finite and `>= 0`.
     pub eps: f64,
+    /// `false` (the default): one ratio over the whole batch; `true`: one ratio per channel,
+    /// `loss = 1 - mean_c I_c / (S_c - I_c + eps)` (an extension of deepml).
     pub per_class: bool,
 }
 
@@ -181,15 +204,19 @@ impl Default for JaccardLoss {
 }
 
 impl JaccardLoss {
+    /// The loss with the given `is_multiclass` and the defaults of the other arguments.
     pub fn new(is_multiclass: bool) -> Self {
         JaccardLoss {
             is_multiclass,
             ..Default::default()
         }
     }
+    /// Checks the arguments' domains (`Error::InvalidConfig`).
     pub fn validate(&self) -> Result<()> {
         finite_nonneg("JaccardLoss eps", self.eps)
     }
+    /// Checks the arguments, then `output` and `target` (equal shapes, `[N, C, ...]` when
+    /// `is_multiclass` or `per_class`, not empty); returns their layout.
     pub fn check_shapes(&self, output: &[usize], target: &[usize]) -> Result<ChannelLayout> {
         self.validate()?;
         check_segmentation(
@@ -206,9 +233,14 @@ impl JaccardLoss {
 /// `1 - (2 I + smooth) / max(S + smooth, eps)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiceLoss {
+    /// `false` (the default): `p = sigmoid(output)`; `true`: `p = softmax(output)` over dimension 1.
     pub is_multiclass: bool,
+    /// Added to the numerator and the denominator (`0` by default); finite and `>= 0`.
     pub smooth: f64,
+    /// The floor of the denominator (`1e-7` by default); finite and `>= 0`.
     pub eps: f64,
+    /// `false` (the default): one ratio over the whole batch; `true`: one ratio per channel,
+    /// averaged over the channels.
     pub per_class: bool,
 }
 
@@ -224,16 +256,20 @@ impl Default for DiceLoss {
 }
 
 impl DiceLoss {
+    /// The loss with the given `is_multiclass` and the defaults of the other arguments.
     pub fn new(is_multiclass: bool) -> Self {
         DiceLoss {
             is_multiclass,
             ..Default::default()
         }
     }
+    /// Checks the arguments' domains (`Error::InvalidConfig`).
     pub fn validate(&self) -> Result<()> {
         finite_nonneg("DiceLoss smooth", self.smooth)?;
         finite_nonneg("DiceLoss eps", self.eps)
     }
+    /// Checks the arguments, then `output` and `target` (equal shapes, `[N, C, ...]` when
+    /// `is_multiclass` or `per_class`, not empty); returns their layout.
     pub fn check_shapes(&self, output: &[usize], target: &[usize]) -> Result<ChannelLayout> {
         self.validate()?;
         check_segmentation(
@@ -249,6 +285,8 @@ impl DiceLoss {
 /// `RMSELoss(eps = 1e-6)`: `sqrt(mean((output - target)^2) + eps)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RMSELoss {
+    /// Added to the mean squared error under the square root (`1e-6` by default); finite and
+    /// `>= 0`. With `eps = 0` and `output == target` the gradient is 0.
     pub eps: f64,
 }
 
@@ -259,9 +297,12 @@ impl Default for RMSELoss {
 }
 
 impl RMSELoss {
+    /// Checks the arguments' domains (`Error::InvalidConfig`).
     pub fn validate(&self) -> Result<()> {
         finite_nonneg("RMSELoss eps", self.eps)
     }
+    /// Checks the arguments, then `output` and `target` (equal shapes, not empty); returns the
+    /// element count.
     pub fn check_shapes(&self, output: &[usize], target: &[usize]) -> Result<usize> {
         self.validate()?;
         check_pointwise("RMSELoss", "output", output, target)
@@ -271,10 +312,12 @@ impl RMSELoss {
 /// `MSELoss(reduction = "mean")`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct MSELoss {
+    /// How the squared errors are combined (`mean` by default).
     pub reduction: Reduction,
 }
 
 impl MSELoss {
+    /// Checks `input` and `target` (equal shapes, not empty); returns the element count.
     pub fn check_shapes(&self, input: &[usize], target: &[usize]) -> Result<usize> {
         check_pointwise("MSELoss", "input", input, target)
     }
@@ -283,10 +326,12 @@ impl MSELoss {
 /// `L1Loss(reduction = "mean")`; the gradient of |0| is 0.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct L1Loss {
+    /// How the absolute errors are combined (`mean` by default).
     pub reduction: Reduction,
 }
 
 impl L1Loss {
+    /// Checks `input` and `target` (equal shapes, not empty); returns the element count.
     pub fn check_shapes(&self, input: &[usize], target: &[usize]) -> Result<usize> {
         check_pointwise("L1Loss", "input", input, target)
     }
@@ -295,9 +340,15 @@ impl L1Loss {
 /// `WeightedBCEWithLogitsLoss(w_p = 1, w_n = 1, epsilon = 1e-7, reduction = "mean")`, deepml's formula.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightedBCEWithLogitsLoss {
+    /// The weight of the positive term, `y ln(sigmoid(x) + epsilon)` (`1` by default); finite
+    /// and `>= 0`.
     pub w_p: f64,
+    /// The weight of the negative term, `(1 - y) ln(sigmoid(-x) + epsilon)` (`1` by default);
+    /// finite and `>= 0`.
     pub w_n: f64,
+    /// Added to each probability inside the logarithms (`1e-7` by default); finite and `>= 0`.
     pub epsilon: f64,
+    /// How the per-sample losses are combined (`mean` by default: `sum(l) / N`).
     pub reduction: Reduction,
 }
 
@@ -318,6 +369,7 @@ pub fn squeeze(shape: &[usize]) -> Vec<usize> {
 }
 
 impl WeightedBCEWithLogitsLoss {
+    /// Checks the arguments' domains (`Error::InvalidConfig`).
     pub fn validate(&self) -> Result<()> {
         finite_nonneg("WeightedBCEWithLogitsLoss w_p", self.w_p)?;
         finite_nonneg("WeightedBCEWithLogitsLoss w_n", self.w_n)?;
@@ -340,12 +392,16 @@ impl WeightedBCEWithLogitsLoss {
 /// The distance of `ContrastiveLoss`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Distance {
+    /// `d = ||e1 - e2 + 1e-6||_2`, as PyTorch's `pairwise_distance`; the default.
     #[default]
     Euclidean,
+    /// `d = 1 - cos_sim(e1, e2)`, as PyTorch's `cosine_similarity` (eps `1e-8`); an extension
+    /// of deepml.
     Cosine,
 }
 
 impl Distance {
+    /// `"euclidean"` or `"cosine"`; anything else is `Error::InvalidConfig`.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "euclidean" => Ok(Distance::Euclidean),
@@ -357,11 +413,22 @@ impl Distance {
     }
 }
 
+impl std::str::FromStr for Distance {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Distance::parse(s)
+    }
+}
+
 /// `ContrastiveLoss(margin = 2, distance = "euclidean", reduction = "mean")`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContrastiveLoss {
+    /// The distance below which a dissimilar pair (label 0) is penalised, by
+    /// `max(0, margin - d)^2` (`2` by default); finite and `>= 0`.
     pub margin: f64,
+    /// The distance `d` between the two embeddings of a pair (`euclidean` by default).
     pub distance: Distance,
+    /// How the per-pair losses are combined (`mean` by default).
     pub reduction: Reduction,
 }
 
@@ -376,6 +443,7 @@ impl Default for ContrastiveLoss {
 }
 
 impl ContrastiveLoss {
+    /// Checks the arguments' domains (`Error::InvalidConfig`).
     pub fn validate(&self) -> Result<()> {
         finite_nonneg("ContrastiveLoss margin", self.margin)
     }
@@ -407,13 +475,18 @@ impl ContrastiveLoss {
 /// The margin of `AngularPenaltySMLoss`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LossType {
+    /// An additive angular margin, numerator `s cos(a + m)`; defaults `s = 64`, `m = 0.5`; the
+    /// default.
     #[default]
     ArcFace,
+    /// A multiplicative angular margin, numerator `s cos(m a)`; defaults `s = 64`, `m = 1.35`.
     SphereFace,
+    /// An additive cosine margin, numerator `s (cos(a) - m)`; defaults `s = 30`, `m = 0.4`.
     CosFace,
 }
 
 impl LossType {
+    /// `"arcface"`, `"sphereface"` or `"cosface"`; anything else is `Error::InvalidConfig`.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "arcface" => Ok(LossType::ArcFace),
@@ -424,6 +497,7 @@ impl LossType {
             ))),
         }
     }
+    /// The name `parse` takes.
     pub fn name(self) -> &'static str {
         match self {
             LossType::ArcFace => "arcface",
@@ -441,21 +515,41 @@ impl LossType {
     }
 }
 
+impl std::str::FromStr for LossType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        LossType::parse(s)
+    }
+}
+
 /// The arguments of `AngularPenaltySMLoss(in_features, out_features, loss_type = "arcface",
 /// eps = 1e-7, s = None, m = None, normalize_weight = true, reduction = "mean")`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AngularPenaltySMConfig {
+    /// The embedding size `D` of `x` `[N, D]`; positive.
     pub in_features: usize,
+    /// The class count, the rows of the weight `[out_features, in_features]`; positive.
     pub out_features: usize,
+    /// The kind of margin (`arcface` by default).
     pub loss_type: LossType,
+    /// The target cosine is clamped to `[-1 + eps, 1 - eps]` before its `acos` (`1e-7` by
+    /// default); finite and `>= 0`.
     pub eps: f64,
+    /// The scale of the logits; `None` (the default) takes the loss type's default. An explicit
+    /// 0 stays 0 (every logit is 0); finite and `>= 0`.
     pub s: Option<f64>,
+    /// The margin; `None` (the default) takes the loss type's default. An explicit 0 stays 0;
+    /// finite and `>= 0`.
     pub m: Option<f64>,
+    /// `true` (the default): each class row of the weight is normalised to unit length; `false`
+    /// uses the raw weight, as deepml 3.3.1 does.
     pub normalize_weight: bool,
+    /// How the per-sample losses are combined (`mean` by default).
     pub reduction: Reduction,
 }
 
 impl AngularPenaltySMConfig {
+    /// The arguments with the given sizes and loss type and the defaults of the others.
     pub fn new(in_features: usize, out_features: usize, loss_type: LossType) -> Self {
         AngularPenaltySMConfig {
             in_features,
@@ -476,6 +570,7 @@ impl AngularPenaltySMConfig {
     pub fn margin(&self) -> f64 {
         self.m.unwrap_or(self.loss_type.defaults().1)
     }
+    /// Checks the arguments' domains (`Error::InvalidConfig`).
     pub fn validate(&self) -> Result<()> {
         if self.in_features == 0 || self.out_features == 0 {
             return Err(Error::InvalidConfig(format!(
@@ -532,7 +627,9 @@ pub fn check_labels(what: &str, labels: &[i64], classes: usize, ignore: Option<i
 /// values repeat with period `period` over the flat input (`value[(i / stride) % period]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Broadcast {
+    /// How many consecutive input elements share one value.
     pub stride: usize,
+    /// How many values the argument has along its varying dimensions.
     pub period: usize,
 }
 
@@ -583,12 +680,18 @@ pub fn check_broadcast(
 /// `BCEWithLogitsLoss(weight = None, reduction = "mean", pos_weight = None)`, PyTorch's semantics.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct BCEWithLogitsLoss {
+    /// A rescaling of each element's loss, broadcast against the input (`None` by default: 1).
     pub weight: Option<HostTensor>,
+    /// How the per-element losses are combined (`mean` by default).
     pub reduction: Reduction,
+    /// The weight of the positive term, broadcast against the input, typically one value per
+    /// class along the last dimension (`None` by default: 1).
     pub pos_weight: Option<HostTensor>,
 }
 
 impl BCEWithLogitsLoss {
+    /// Checks that `weight` and `pos_weight` hold as many values as their shapes say
+    /// (`Error::InvalidInput`).
     pub fn validate(&self) -> Result<()> {
         for (name, t) in [("weight", &self.weight), ("pos_weight", &self.pos_weight)] {
             if let Some(t) = t {
@@ -629,9 +732,16 @@ impl BCEWithLogitsLoss {
 /// with class-index targets.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CrossEntropyLoss {
+    /// One weight per class, a vector of length `C` (`None` by default: 1).
     pub weight: Option<HostTensor>,
+    /// Targets equal to it contribute neither to the loss nor to the gradient (`-100` by
+    /// default).
     pub ignore_index: i64,
+    /// How the per-target losses are combined (`mean` by default: divided by the summed weight
+    /// of the targets that are not ignored).
     pub reduction: Reduction,
+    /// The share of the target's probability spread uniformly over the `C` classes (`0` by
+    /// default); in `[0, 1]`.
     pub label_smoothing: f64,
 }
 
@@ -647,6 +757,7 @@ impl Default for CrossEntropyLoss {
 }
 
 impl CrossEntropyLoss {
+    /// Checks the arguments' domains (`Error::InvalidConfig`).
     pub fn validate(&self) -> Result<()> {
         let ls = self.label_smoothing;
         if !ls.is_finite() || !(0.0..=1.0).contains(&ls) {
@@ -846,5 +957,34 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(ce.validate().unwrap_err().kind(), "invalid_config");
+    }
+
+    #[test]
+    fn reduction_from_str() {
+        for r in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+            assert_eq!(r.name().parse::<Reduction>().unwrap(), r);
+        }
+        let e = "average".parse::<Reduction>().unwrap_err();
+        assert_eq!(e.kind(), "invalid_config");
+    }
+
+    #[test]
+    fn distance_from_str() {
+        assert_eq!(
+            "euclidean".parse::<Distance>().unwrap(),
+            Distance::Euclidean
+        );
+        assert_eq!("cosine".parse::<Distance>().unwrap(), Distance::Cosine);
+        let e = "manhattan".parse::<Distance>().unwrap_err();
+        assert_eq!(e.kind(), "invalid_config");
+    }
+
+    #[test]
+    fn loss_type_from_str() {
+        for t in [LossType::ArcFace, LossType::SphereFace, LossType::CosFace] {
+            assert_eq!(t.name().parse::<LossType>().unwrap(), t);
+        }
+        let e = "ArcFace".parse::<LossType>().unwrap_err();
+        assert_eq!(e.kind(), "invalid_config");
     }
 }

@@ -9,7 +9,9 @@ use crate::losses::{self, Loss};
 use crate::tensor::Tensor;
 
 /// Evaluates cases with the GPU losses of a context.
+#[derive(Debug)]
 pub struct GpuEvaluator<'a> {
+    /// The context whose device runs the cases.
     pub ctx: &'a LossContext,
 }
 

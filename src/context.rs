@@ -12,20 +12,32 @@ use crate::tensor::{DType, Tensor};
 /// What the context knows of its adapter: the facts `deepml info` prints.
 #[derive(Debug, Clone)]
 pub struct AdapterReport {
+    /// The adapter's name, as the driver gives it.
     pub name: String,
+    /// The graphics API wgpu drives it through (Vulkan, Metal, DX12, GL, WebGPU).
     pub backend: wgpu::Backend,
+    /// Discrete, integrated, virtual, CPU or other.
     pub device_type: wgpu::DeviceType,
+    /// The driver's name (may be empty).
     pub driver: String,
+    /// The driver's version and other details (may be empty).
     pub driver_info: String,
+    /// The PCI vendor id (0 where the backend does not say).
     pub vendor: u32,
+    /// The PCI device id (0 where the backend does not say).
     pub device: u32,
+    /// The limits of the adapter (of the device, for a context made by
+    /// [`LossContext::from_device`]).
     pub limits: wgpu::Limits,
+    /// The features of the adapter (of the device, for a context made by
+    /// [`LossContext::from_device`]).
     pub features: wgpu::Features,
     /// The smallest and largest subgroup the adapter may run (wgpu's AdapterInfo).
     pub subgroup_sizes: (u32, u32),
 }
 
 impl AdapterReport {
+    /// The report of `adapter`.
     pub fn of(adapter: &wgpu::Adapter) -> Self {
         Self::from_parts(adapter.get_info(), adapter.limits(), adapter.features())
     }
@@ -342,6 +354,17 @@ pub struct LossContext {
     state: Arc<DeviceState>,
     gl_serial: Option<parking_lot::ReentrantMutex<()>>,
     pub(crate) home: Home,
+}
+
+impl std::fmt::Debug for LossContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LossContext")
+            .field("adapter", &self.report.summary())
+            .field("subgroup_size", &self.subgroup_size)
+            .field("check_finite", &self.check_finite)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Bytes of the device error flags (4 words).

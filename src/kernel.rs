@@ -16,7 +16,9 @@ const WG_SUBGROUP: &str = include_str!("../shaders/wg_subgroup.wgsl");
 /// A WGSL file of the crate with the constants it is composed with.
 #[derive(Debug, Clone)]
 pub struct ShaderSource {
+    /// The file's name without `.wgsl`, the first part of the pipeline key.
     pub name: &'static str,
+    /// The WGSL text of the file.
     pub body: &'static str,
     /// `const NAME: u32 = VALUE;` lines prepended to the body: a variant per value.
     pub consts: Vec<(&'static str, u32)>,
@@ -60,6 +62,8 @@ fn unit_lane(i: u32) -> V { return select(V(0.0), V(1.0), vec4<u32>(0u, 1u, 2u, 
 ";
 
 impl ShaderSource {
+    /// The file `name` with text `body`, in its plain variant: no constants, f32 inputs, one
+    /// lane, the barrier-tree reductions.
     pub fn new(name: &'static str, body: &'static str) -> Self {
         ShaderSource {
             name,
@@ -87,6 +91,7 @@ impl ShaderSource {
         self.lanes = lanes;
         self
     }
+    /// The variant with the constant `const NAME: u32 = value;`.
     pub fn with(mut self, name: &'static str, value: u32) -> Self {
         self.consts.push((name, value));
         self
@@ -222,6 +227,18 @@ pub struct Scratch {
     pub(crate) bufs: Vec<PoolBuf>,
 }
 
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scratch")
+            .field("buffers", &self.bufs.len())
+            .field(
+                "bytes",
+                &self.bufs.iter().map(|b| b.buffer.size()).sum::<u64>(),
+            )
+            .finish()
+    }
+}
+
 impl Scratch {
     pub(crate) fn keep(&mut self, b: PoolBuf) -> &PoolBuf {
         self.bufs.push(b);
@@ -238,7 +255,9 @@ pub(crate) struct Program {
 /// A contiguous range of units (elements, rows, samples) processed by one dispatch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
+    /// The first unit of the range.
     pub first: u64,
+    /// The number of units in the range.
     pub count: u64,
 }
 

@@ -262,6 +262,7 @@ pub fn spec_of_case(case: &Case) -> Result<LossSpec> {
 /// JSON `null` (Python's `None`), takes the default; an unknown key or a value of the wrong
 /// type is `Error::InvalidConfig`. Values are not range-checked here: the loss's `validate` does
 /// that when it is called.
+#[derive(Debug)]
 pub struct Args<'a> {
     loss: &'a str,
     map: &'a Map<String, Value>,

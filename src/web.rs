@@ -58,6 +58,15 @@ pub struct RawTensor {
     ctx: Rc<LossContext>,
 }
 
+impl std::fmt::Debug for RawTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawTensor")
+            .field("tensor", &self.tensor)
+            .field("labels", &self.labels.as_ref().map(|l| l.len()))
+            .finish_non_exhaustive()
+    }
+}
+
 impl RawTensor {
     fn new(ctx: &Rc<LossContext>, tensor: Tensor, labels: Option<Rc<Vec<i64>>>) -> RawTensor {
         RawTensor {
@@ -219,12 +228,30 @@ pub struct RawLoss {
     into: RefCell<Vec<Option<Tensor>>>,
 }
 
+impl std::fmt::Debug for RawLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawLoss")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The outputs of a computation kept on the device.
 #[wasm_bindgen]
 pub struct RawOutput {
     ctx: Rc<LossContext>,
     loss: Tensor,
     grads: Vec<Tensor>,
+}
+
+impl std::fmt::Debug for RawOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let grads: Vec<&[usize]> = self.grads.iter().map(Tensor::shape).collect();
+        f.debug_struct("RawOutput")
+            .field("loss", &self.loss)
+            .field("grads", &grads)
+            .finish_non_exhaustive()
+    }
 }
 
 #[wasm_bindgen]
@@ -369,6 +396,7 @@ fn check_labels_of(spec: &LossSpec, inputs: &[RawTensor]) -> crate::Result<()> {
 
 /// A deepml context on the browser's WebGPU device (the core of the package's `DeepML`).
 #[wasm_bindgen]
+#[derive(Debug)]
 pub struct RawContext {
     ctx: Rc<LossContext>,
 }

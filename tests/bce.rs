@@ -411,7 +411,7 @@ fn typed_errors() {
     let v8 = ctx.upload(&[0.0; 8], &[8]).unwrap();
     let m8x2 = ctx.upload(&[0.0; 16], &[8, 2]).unwrap();
     let kind =
-        |l: &dyn Loss, i: &[&deepml::Tensor]| l.compute(ctx, i).err().expect("must fail").kind();
+        |l: &dyn Loss, i: &[&deepml::Tensor]| l.compute(ctx, i).expect_err("must fail").kind();
     // Target shape not matching.
     assert_eq!(
         kind(&BCEWithLogitsLoss::default(), &[&a, &b]),

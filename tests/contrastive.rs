@@ -494,7 +494,7 @@ fn typed_errors() {
     let b = ctx.upload(&[0.1; 12], &[3, 4]).unwrap();
     let y = ctx.upload(&[1.0, 0.0, 1.0], &[3]).unwrap();
     let d = ContrastiveLoss::default();
-    let kind = |r: Result<LossOutput>| r.err().expect("an error").kind();
+    let kind = |r: Result<LossOutput>| r.expect_err("an error").kind();
     assert!(d.compute(ctx, &[&a, &b, &y]).is_ok());
     // Config domains.
     for margin in [-1.0, f64::NAN, f64::INFINITY] {

@@ -505,7 +505,7 @@ fn typed_errors() {
     let ctx = common::ctx();
     let x = ctx.upload(&[0.5; 12], &[4, 3]).unwrap();
     let y = ctx.upload_labels(&[0, 1, 2, 1], &[4]).unwrap();
-    let kind = |r: Result<LossOutput>| r.err().expect("an error").kind();
+    let kind = |r: Result<LossOutput>| r.expect_err("an error").kind();
     let d = CrossEntropyLoss::default();
 
     // Labels out of range, checked on the host.

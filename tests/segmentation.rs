@@ -457,7 +457,7 @@ fn typed_errors() {
     let b = ctx.upload(&[0.0; 24], &[2, 4, 3]).unwrap();
     let flat = ctx.upload(&[0.0; 6], &[6]).unwrap();
     let kind =
-        |l: &dyn Loss, i: &[&deepml::Tensor]| l.compute(ctx, i).err().expect("must fail").kind();
+        |l: &dyn Loss, i: &[&deepml::Tensor]| l.compute(ctx, i).expect_err("must fail").kind();
     // Target shape not matching.
     assert_eq!(kind(&JaccardLoss::default(), &[&a, &b]), "invalid_input");
     assert_eq!(kind(&DiceLoss::new(true), &[&a, &b]), "invalid_input");

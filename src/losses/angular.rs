@@ -393,6 +393,7 @@ impl Loss for AngularPenaltySMConfig {
 
 /// `AngularPenaltySMLoss(in_features, out_features, loss_type, eps, s, m, normalize_weight,
 /// reduction)` with its class weight `W [out_features, in_features]` on the device.
+#[derive(Debug)]
 pub struct AngularPenaltySMLoss {
     config: AngularPenaltySMConfig,
     weight: Tensor,

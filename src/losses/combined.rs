@@ -24,17 +24,30 @@ struct Params {
 
 /// One term of a [`Combined`] loss: `weight * loss(inputs[i] for i in inputs)`.
 pub struct Term {
+    /// The factor of the term's value and gradients in the sum.
     pub weight: f32,
+    /// The loss.
     pub loss: Box<dyn Loss + Send + Sync>,
     /// For each of the loss's inputs, its index in the combined input list.
     pub inputs: Vec<usize>,
 }
 
+impl std::fmt::Debug for Term {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Term")
+            .field("weight", &self.weight)
+            .field("loss", &self.loss.name())
+            .field("inputs", &self.inputs)
+            .finish()
+    }
+}
+
 /// A weighted sum of losses. Terms may share inputs (BCE and Jaccard on the same logits) or
 /// not (a segmentation term and a classification term); every term's scaled gradient is
 /// accumulated into one gradient per combined input.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Combined {
+    /// The terms, summed in order.
     pub terms: Vec<Term>,
 }
 

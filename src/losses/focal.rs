@@ -1,5 +1,5 @@
 //! `FocalLoss`, exactly as segmentation_models_pytorch 0.6 defines it (shaders/focal.wgsl): a
-//! statistics pass, the deterministic reduction and finalize ([`Recorder::reduce_finalize`]),
+//! statistics pass, the deterministic reduction and finalize (`Recorder::reduce_finalize`),
 //! and a gradient pass.
 
 use super::{float_inputs, want_dtype, GradOpts, Loss, Recorder, Tail};

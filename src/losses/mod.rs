@@ -112,6 +112,18 @@ pub struct LossOutput {
     pub(crate) _scratch: Scratch,
 }
 
+impl std::fmt::Debug for LossOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let grads: Vec<&[usize]> = self.grads.iter().map(Tensor::shape).collect();
+        f.debug_struct("LossOutput")
+            .field("loss", &self.loss)
+            .field("grads", &grads)
+            .field("grad_inputs", &self.grad_inputs)
+            .field("terms", &self.terms.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl LossOutput {
     /// The gradient with respect to input `i` (by its position among the inputs), if the loss
     /// differentiates it.
@@ -156,6 +168,16 @@ pub struct Recorder {
     pub(crate) prog: Program,
     pub(crate) scratch: Scratch,
     pub(crate) flag: Option<std::sync::Arc<crate::context::Flag>>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("steps", &self.prog.steps.len())
+            .field("scratch", &self.scratch)
+            .field("flag", &self.flag.as_ref().map(|fl| fl.what.as_str()))
+            .finish()
+    }
 }
 
 impl Recorder {

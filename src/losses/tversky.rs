@@ -1,6 +1,6 @@
 //! `TverskyLoss`, exactly as segmentation_models_pytorch 0.6 defines it
 //! (shaders/tversky.wgsl): a statistics pass (per class `I`, `sum p`, `sum t`), the
-//! deterministic reduction and finalize ([`Recorder::reduce_finalize`]), and a gradient pass
+//! deterministic reduction and finalize (`Recorder::reduce_finalize`), and a gradient pass
 //! through the sigmoid or the channel softmax.
 
 use super::focal::gcd;
