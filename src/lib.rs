@@ -18,6 +18,7 @@
 // wgpu's types are neither Send nor Sync on the web, where there is one thread.
 #![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 
+mod adapter;
 #[cfg(any(
     all(not(target_arch = "wasm32"), feature = "cli"),
     all(target_arch = "wasm32", feature = "web")
@@ -37,6 +38,7 @@ pub mod kernel;
 #[cfg(not(feature = "cases"))]
 pub(crate) mod kernel;
 pub mod losses;
+mod pool;
 #[cfg(feature = "cases")]
 pub mod reference;
 #[cfg(feature = "cases")]
