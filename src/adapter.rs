@@ -23,10 +23,10 @@ pub struct AdapterReport {
     /// The PCI device id (0 where the backend does not say).
     pub device: u32,
     /// The limits of the adapter (of the device, for a context made by
-    /// [`LossContext::from_device`]).
+    /// [`crate::LossContext::from_device`]).
     pub limits: wgpu::Limits,
     /// The features of the adapter (of the device, for a context made by
-    /// [`LossContext::from_device`]).
+    /// [`crate::LossContext::from_device`]).
     pub features: wgpu::Features,
     /// The smallest and largest subgroup the adapter may run (wgpu's AdapterInfo).
     pub subgroup_sizes: (u32, u32),
