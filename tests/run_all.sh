@@ -19,6 +19,24 @@ cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps -q
 
+echo "== a dependent with the default features: what it pulls, and that it builds"
+# Only wgpu, bytemuck, half, parking_lot, futures-channel and pollster: no clap, serde or naga
+# back ends (those are the tests' and the tool's). Checked, not built: no second wgpu codegen.
+dep=$(mktemp -d)
+mkdir -p "$dep/src"
+printf '[package]\nname = "dependent"\nversion = "0.1.0"\nedition = "2021"\n\n[dependencies]\ndeepml = { path = "%s" }\n' "$PWD" > "$dep/Cargo.toml"
+echo 'fn main() { let _ = deepml::JaccardLoss::binary(); }' > "$dep/src/main.rs"
+cp Cargo.lock "$dep/"
+tree=$(cd "$dep" && cargo tree -e normal -p deepml --depth 1)
+echo "$tree"
+direct=$(echo "$tree" | sed -n 's/^.*── \([a-z0-9_-]*\) v.*$/\1/p' | sort | tr '\n' ' ')
+if [ "$direct" != "bytemuck futures-channel half parking_lot pollster wgpu " ]; then
+  echo "a dependent with the default features pulls: $direct"
+  exit 1
+fi
+(cd "$dep" && CARGO_TARGET_DIR="$dep/target" cargo check -q)
+rm -rf "$dep"
+
 echo "== build"
 # One build for everything: the tests' dev-dependencies (naga's extra back ends, the `cli`
 # feature) shape the features, so the tool is run from this build, not through `cargo run`
