@@ -365,6 +365,63 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    // segmentation_models_pytorch's FocalLoss and TverskyLoss: every mode, random arguments
+    // within their domains, ignored elements, extreme logits.
+    fn smp_losses(s in seg_shape(), seed in any::<u64>(), tversky in any::<bool>(),
+                  mode in prop_oneof![Just("binary"), Just("multiclass"), Just("multilabel")],
+                  red in prop_oneof![Just("mean"), Just("sum"), Just("none")], normalized in any::<bool>(),
+                  alpha in prop_oneof![Just(None), (0.0f64..1.0).prop_map(Some)], beta in 0.0f64..1.0,
+                  gamma in prop_oneof![Just(0.0), Just(1.0), Just(2.0), 0.0f64..4.0],
+                  smooth in prop_oneof![Just(0.0), 0.0f64..2.0], ignore in any::<bool>()) {
+        let mut r = runner(seed);
+        let numel: usize = s.iter().product();
+        let x = values(numel, true).new_tree(&mut r).unwrap().current();
+        let c = s[1];
+        let mut ts = vec![s[0]];
+        ts.extend(&s[2..]);
+        let y = if mode == "multiclass" {
+            let tn: usize = ts.iter().product();
+            let y = prop::collection::vec(prop_oneof![6 => 0i64..c as i64, 1 => Just(255i64)], tn).new_tree(&mut r).unwrap().current();
+            let y: Vec<i64> = if ignore && !tversky { y } else { y.into_iter().map(|v| v % c as i64).collect() };
+            labels(&ts, &y)
+        } else {
+            let mut t = target_values(numel).new_tree(&mut r).unwrap().current();
+            if ignore && !tversky {
+                for v in t.iter_mut().step_by(7) { *v = 255.0; }
+            }
+            common::tensor_data(&s, &t)
+        };
+        let cfg = if tversky {
+            let mut cfg = json!({"mode": mode, "alpha": alpha.unwrap_or(0.5), "beta": beta, "gamma": gamma, "smooth": smooth});
+            if mode == "binary" && c != 1 { cfg["mode"] = json!("multilabel"); }
+            cfg
+        } else {
+            let ignore_on = ignore && red != "none";
+            let mut cfg = json!({"mode": mode, "gamma": gamma, "reduction": red, "normalized": normalized});
+            if let Some(a) = alpha { cfg["alpha"] = json!(a); }
+            if ignore_on { cfg["ignore_index"] = json!(255); }
+            cfg
+        };
+        // Targets of 255 without ignore_index are out of [0, 1] for the binary losses: keep
+        // them only where they are ignored.
+        let y = if !tversky && ignore && red == "none" && mode != "multiclass" {
+            let t: Vec<f32> = y.data.iter().map(|&v| if v == 255.0 { 1.0 } else { v as f32 }).collect();
+            common::tensor_data(&s, &t)
+        } else if !tversky && ignore && red == "none" {
+            let l: Vec<i64> = y.data.iter().map(|&v| (v as i64) % c as i64).collect();
+            labels(&ts, &l)
+        } else {
+            y
+        };
+        let loss = if tversky { "TverskyLoss" } else { "FocalLoss" };
+        check(common::case(loss, cfg, vec![("y_pred", common::tensor_data(&s, &x)), ("y_true", y)]))?;
+    }
+}
+
 #[test]
 fn property_inputs_cover_the_named_kinds() {
     // The value strategy really produces ±1e30, ±200, subnormals and zeros.
