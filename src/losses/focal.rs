@@ -2,7 +2,8 @@
 //! statistics pass, the deterministic reduction and finalize (`Recorder::reduce_finalize`),
 //! and a gradient pass.
 
-use super::{float_inputs, want_dtype, GradOpts, Loss, Recorder, Tail};
+use super::pixels::{pixel_windows, smp_inputs};
+use super::{GradOpts, Loss, Recorder, Tail};
 use crate::config::{check_smp, ChannelLayout, Reduction, SmpMode};
 use crate::context::LossContext;
 use crate::error::{Error, Result};
@@ -176,41 +177,12 @@ impl Loss for FocalLoss {
         let (x, t) = (inputs[0], inputs[1]);
         let layout = self.check_shapes(x.shape(), t.shape())?;
         let multi = self.mode == SmpMode::Multiclass;
-        let f16 = if multi {
-            want_dtype(NAME, "y_true", t, DType::I32)?;
-            float_inputs(ctx, NAME, &[("y_pred", x)])?
-        } else {
-            float_inputs(ctx, NAME, &[("y_pred", x), ("y_true", t)])?
-        };
+        let f16 = smp_inputs(ctx, NAME, self.mode, x, t)?;
         let grad = opts.grad_for(ctx, 0, x)?;
         let (c, inner) = (layout.channels as u64, layout.inner as u64);
-        let pixels = layout.outer as u64 * inner;
-        if layout.numel() as u64 > u32::MAX as u64 {
-            return Err(Error::TooLarge(format!(
-                "{NAME}: {} elements do not fit 32-bit indices",
-                layout.numel()
-            )));
-        }
         let groups = if self.normalized { c } else { 1 };
         let none = self.reduction == Reduction::None;
-        let esize = x.dtype().size();
-
-        // Windows of whole samples (binary: of tiles of elements). The per-pixel tensors
-        // (labels, the `none` loss) are bound whole when they fit one binding, else windowed
-        // with offsets kept aligned.
-        let per_pixel_whole = pixels * 4 <= ctx.max_window_bytes;
-        let align = ctx.limits.min_storage_buffer_offset_alignment.max(4) as u64;
-        let windows = if !multi {
-            ctx.windows(pixels, esize, 1)?
-        } else if per_pixel_whole {
-            ctx.windows(layout.outer as u64, c * inner * esize, 1)?
-        } else {
-            ctx.windows(
-                layout.outer as u64,
-                c * inner * esize,
-                align / gcd(inner * 4, align),
-            )?
-        };
+        let (windows, tiles) = pixel_windows(ctx, NAME, layout, x.dtype().size(), TILE)?;
         let mut flags = 0;
         if self.alpha.is_some() {
             flags |= F_ALPHA;
@@ -222,10 +194,6 @@ impl Loss for FocalLoss {
         if self.reduction == Reduction::Mean {
             flags |= F_MEAN;
         }
-        let tiles: u64 = windows
-            .iter()
-            .map(|w| (w.count * if multi { inner } else { 1 }).div_ceil(TILE))
-            .sum();
         let base = Params {
             pixels: 0,
             inner: inner as u32,
@@ -255,59 +223,33 @@ impl Loss for FocalLoss {
             None
         };
 
-        // (params, binds of x, t, labels, elem) of each window.
+        // (params, binds of x, t, labels, the gradient, the per-pixel loss) of each window.
         let mut per_window = Vec::with_capacity(windows.len());
-        let mut tile_base = 0;
         for w in &windows {
-            let (first_px, count_px) = if multi {
-                (w.first * inner, w.count * inner)
-            } else {
-                (w.first, w.count)
-            };
-            let (ef, ec) = if multi {
-                (w.first * c * inner, w.count * c * inner)
-            } else {
-                (w.first, w.count)
-            };
-            let n_tiles = count_px.div_ceil(TILE);
             let p = Params {
-                pixels: count_px as u32,
-                tile_base: tile_base as u32,
-                label_base: if multi && per_pixel_whole {
-                    first_px as u32
-                } else {
-                    0
-                },
+                pixels: w.pixels as u32,
+                tile_base: w.tile_base as u32,
+                label_base: w.label_base as u32,
                 ..base
             };
-            tile_base += n_tiles;
-            let px_bind = |binding: u32, tensor: &Tensor| {
-                if !multi {
-                    Bind::window(binding, tensor, w.first, w.count)
-                } else if per_pixel_whole {
-                    Bind::tensor(binding, tensor)
-                } else {
-                    Bind::window(binding, tensor, first_px, count_px)
-                }
-            };
             let binds = vec![
-                Bind::window(1, x, ef, ec),
+                w.elements(1, x),
                 if multi {
                     placeholder.bind(2)
                 } else {
-                    Bind::window(2, t, ef, ec)
+                    w.elements(2, t)
                 },
                 if multi {
-                    px_bind(3, t)
+                    w.per_pixel(3, t)
                 } else {
                     placeholder.bind(3)
                 },
             ];
             let elem_bind = match &elem {
-                Some(e) => px_bind(10, e),
+                Some(e) => w.per_pixel(10, e),
                 None => placeholder_rw.bind(10),
             };
-            per_window.push((p, binds, Bind::window(4, &grad, ef, ec), elem_bind, n_tiles));
+            per_window.push((p, binds, w.elements(4, &grad), elem_bind, w.tiles));
         }
         for (p, binds, _, _, n_tiles) in &per_window {
             let mut b = binds.clone();
@@ -351,13 +293,5 @@ impl Loss for FocalLoss {
                 .push(ctx.step(&src, "grad_pass", &p, b, n_tiles)?);
         }
         Ok((loss, vec![grad]))
-    }
-}
-
-pub(crate) fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
     }
 }

@@ -13,6 +13,7 @@ pub mod combined;
 pub mod contrastive;
 pub mod cross_entropy;
 pub mod focal;
+mod pixels;
 pub mod pointwise;
 /// Threads of a row segment (cross-entropy's classes, contrastive's features) for medium rows:
 /// one subgroup where the context's reductions use subgroups of 8 to 128 (the segment's sums are

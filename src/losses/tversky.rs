@@ -3,8 +3,8 @@
 //! deterministic reduction and finalize (`Recorder::reduce_finalize`), and a gradient pass
 //! through the sigmoid or the channel softmax.
 
-use super::focal::gcd;
-use super::{float_inputs, want_dtype, GradOpts, Loss, Recorder, Tail};
+use super::pixels::{pixel_windows, smp_inputs};
+use super::{GradOpts, Loss, Recorder, Tail};
 use crate::config::{check_smp, ChannelLayout, SmpMode};
 use crate::context::LossContext;
 use crate::error::{Error, Result};
@@ -151,44 +151,10 @@ impl Loss for TverskyLoss {
         let (x, t) = (inputs[0], inputs[1]);
         let layout = self.check_shapes(x.shape(), t.shape())?;
         let multi = self.mode == SmpMode::Multiclass;
-        let f16 = if multi {
-            want_dtype(NAME, "y_true", t, DType::I32)?;
-            float_inputs(ctx, NAME, &[("y_pred", x)])?
-        } else {
-            float_inputs(ctx, NAME, &[("y_pred", x), ("y_true", t)])?
-        };
+        let f16 = smp_inputs(ctx, NAME, self.mode, x, t)?;
         let grad = opts.grad_for(ctx, 0, x)?;
-        if layout.numel() as u64 > u32::MAX as u64 {
-            return Err(Error::TooLarge(format!(
-                "{NAME}: {} elements do not fit 32-bit indices",
-                layout.numel()
-            )));
-        }
         let (c, inner) = (layout.channels as u64, layout.inner as u64);
-        let pixels = layout.outer as u64 * inner;
-        let esize = x.dtype().size();
-        let flat = c == 1 && inner == 1;
-        let labels_whole = pixels * 4 <= ctx.max_window_bytes;
-        let align = ctx.limits.min_storage_buffer_offset_alignment.max(4) as u64;
-        let windows = if flat {
-            ctx.windows(pixels, esize, 1)?
-        } else if !multi || labels_whole {
-            ctx.windows(layout.outer as u64, c * inner * esize, 1)?
-        } else {
-            ctx.windows(
-                layout.outer as u64,
-                c * inner * esize,
-                align / gcd(inner * 4, align),
-            )?
-        };
-        let px = |w: &crate::kernel::Window| {
-            if flat {
-                (w.first, w.count)
-            } else {
-                (w.first * inner, w.count * inner)
-            }
-        };
-        let tiles: u64 = windows.iter().map(|w| px(w).1.div_ceil(TILE)).sum();
+        let (windows, tiles) = pixel_windows(ctx, NAME, layout, x.dtype().size(), TILE)?;
         let base = Params {
             pixels: 0,
             inner: inner as u32,
@@ -211,39 +177,28 @@ impl Loss for TverskyLoss {
         let placeholder = rec.buf(ctx, 4)?;
         let partials = rec.buf(ctx, 3 * c * tiles * 4)?;
         let mut per_window = Vec::with_capacity(windows.len());
-        let mut tile_base = 0;
         for w in &windows {
-            let (first_px, count_px) = px(w);
-            let (ef, ec) = (first_px * c, count_px * c);
-            let n_tiles = count_px.div_ceil(TILE);
             let p = Params {
-                pixels: count_px as u32,
-                tile_base: tile_base as u32,
-                label_base: if multi && labels_whole {
-                    first_px as u32
-                } else {
-                    0
-                },
+                pixels: w.pixels as u32,
+                tile_base: w.tile_base as u32,
+                label_base: w.label_base as u32,
                 ..base
             };
-            tile_base += n_tiles;
             let binds = vec![
-                Bind::window(1, x, ef, ec),
+                w.elements(1, x),
                 if multi {
                     placeholder.bind(2)
                 } else {
-                    Bind::window(2, t, ef, ec)
+                    w.elements(2, t)
                 },
-                if !multi {
-                    placeholder.bind(3)
-                } else if labels_whole {
-                    Bind::tensor(3, t)
+                if multi {
+                    w.per_pixel(3, t)
                 } else {
-                    Bind::window(3, t, first_px, count_px)
+                    placeholder.bind(3)
                 },
                 flag.clone(),
             ];
-            per_window.push((p, binds, Bind::window(4, &grad, ef, ec), n_tiles));
+            per_window.push((p, binds, w.elements(4, &grad), w.tiles));
         }
         for (p, binds, _, n_tiles) in &per_window {
             let mut b = binds.clone();
