@@ -996,6 +996,8 @@ async fn web_bench(
             baseline_ms,
             speedup,
             gflops: e.flops.map(|f| f / (ms * 1e6)),
+            mse_ms: None,
+            of_mse: None,
         };
         progress(&format!(
             "{name}: {ms:.3} ms, {gbps:.2} GB/s, {:.0}% of the copy",
@@ -1011,6 +1013,7 @@ async fn web_bench(
         driver: format!("{} {}", a.driver, a.driver_info).trim().to_string(),
         timer: timer.kind().into(),
         reductions: bench::reductions(ctx),
+        suite: "default".into(),
         size: opts.size,
         runs: opts.runs,
         copy_gbps: copy,
