@@ -377,6 +377,42 @@ fn weight_sum(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     }
 }
 
+// weight_sum over a window of whole accesses of four labels (the host binds `labels4`; tiles of
+// ITEMS * WG accesses).
+@compute @workgroup_size(256)
+fn weight_sum_q(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    let units = P.rows / LANES;
+    if (g * ITEMS * WG >= units) {
+        return;
+    }
+    var acc = V(0.0);
+    for (var k = 0u; k < ITEMS; k = k + 1u) {
+        let j = (g * ITEMS + k) * WG + lid;
+        if (j < units) {
+            let y = labels4[j];
+            var ignored = VB(false);
+            if ((P.flags & 8u) != 0u) {
+                ignored = y == VI(P.ignore);
+            }
+            let yu = bitcast<VU>(y);
+            let valid = (yu < VU(P.classes)) & !ignored;
+            let yc = select(VU(0u), yu, valid);
+            var w = V(1.0);
+            if ((P.flags & 2u) != 0u) {
+                w = lanes(weight[ulane_of(yc, 0u)], weight[ulane_of(yc, 1u)],
+                          weight[ulane_of(yc, 2u)], weight[ulane_of(yc, 3u)]);
+            }
+            acc = acc + select(V(0.0), w, valid);
+        }
+    }
+    let s = wg_sum(lid, hsum(acc));
+    if (lid == 0u) {
+        partials[P.part_base + g] = s;
+    }
+}
+
 // mean / sum: the gradient, and one partial loss sum per workgroup.
 @compute @workgroup_size(256)
 fn rows_reduce(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,

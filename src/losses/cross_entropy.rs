@@ -173,8 +173,13 @@ impl CrossEntropyLoss {
 
         // Pass 1 (mean): W, the summed weight of the non-ignored targets.
         let wtot = if mean {
-            let windows = ctx.windows(positions, 4, 1)?;
-            let tiles: u64 = windows.iter().map(|w| w.count.div_ceil(TILE)).sum();
+            // With quads, four labels per access (windows of whole accesses, tiles of 4 TILE).
+            let (windows, tile, weight_sum) = if quads {
+                (ctx.windows(positions, 4, 4)?, 4 * TILE, "weight_sum_q")
+            } else {
+                (ctx.windows(positions, 4, 1)?, TILE, "weight_sum")
+            };
+            let tiles: u64 = windows.iter().map(|w| w.count.div_ceil(tile)).sum();
             let partials = ctx.alloc(tiles * 4, usage)?;
             let mut part_base = 0;
             for w in windows {
@@ -184,18 +189,18 @@ impl CrossEntropyLoss {
                     ..base
                 };
                 let binds = vec![
-                    Bind::window(2, t, w.first, w.count),
+                    Bind::window(label_binding, t, w.first, w.count),
                     Bind::scratch(3, &weight_buf),
                     Bind::scratch(5, &partials),
                 ];
                 rec.prog.steps.push(ctx.step(
                     &src,
-                    "weight_sum",
+                    weight_sum,
                     &p,
                     binds,
-                    w.count.div_ceil(TILE),
+                    w.count.div_ceil(tile),
                 )?);
-                part_base += w.count.div_ceil(TILE);
+                part_base += w.count.div_ceil(tile);
             }
             let tot = ctx.reduce_rows(&mut rec.prog, &mut rec.scratch, &partials, 1, tiles)?;
             rec.scratch.keep(partials);
