@@ -337,6 +337,9 @@ fn flat_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
 // With them the gradient needs no maximum sweep, and the global ratio's one sweep.
 @group(0) @binding(11) var<storage, read_write> pix: array<V>;
 
+// Per-class statistics: a batch of channels' subgroup sums (subgroup variants only).
+var<workgroup> chan: array<vec2<f32>, 256>;
+
 // Tiles never straddle samples here: P.tps tiles per sample, so a workgroup finds its sample
 // with one division (lavapipe divides lane by lane; one per access was a large part of the
 // time). Access k of thread lid: sample n, access jl = j0 + k WG + lid within it (valid while
@@ -447,26 +450,57 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
             pix[2u * qg] = m + log(s);
         }
     }
-    for (var c = 0u; c < C; c = c + 1u) {
-        var acc = vec2<f32>(0.0);
-        for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
-            if (at.j0 + k * WG + lid < stride) {
-                let e = first[k] + c * stride;
-                let xv = V(x_flat[e]);
-                var p: V;
-                if (MULTI == 1u) {
-                    p = exp(xv - mx[k]) * rs[k];
-                } else {
-                    p = sigmoid(xv);
+    // With subgroups, a batch of SG channels shares one pair of barriers: each channel's
+    // subgroup sums wait in workgroup memory (WG / SG of them), then SG threads add up one
+    // channel each, in a fixed order. Without, a workgroup sum per channel.
+    let parts = WG / max(SG, 1u);
+    let batch = max(SG, 1u);
+    for (var c0 = 0u; c0 < C; c0 = c0 + batch) {
+        for (var cc = 0u; cc < batch; cc = cc + 1u) {
+            let c = c0 + cc;
+            if (c >= C) {
+                break;
+            }
+            var acc = vec2<f32>(0.0);
+            for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
+                if (at.j0 + k * WG + lid < stride) {
+                    let e = first[k] + c * stride;
+                    let xv = V(x_flat[e]);
+                    var p: V;
+                    if (MULTI == 1u) {
+                        p = exp(xv - mx[k]) * rs[k];
+                    } else {
+                        p = sigmoid(xv);
+                    }
+                    let tv = V(t_flat[e]);
+                    acc = acc + vec2<f32>(hsum(p * tv), hsum(p + tv));
                 }
-                let tv = V(t_flat[e]);
-                acc = acc + vec2<f32>(hsum(p * tv), hsum(p + tv));
+            }
+            if (SG != 0u) {
+                let s = vec2<f32>(subgroup_sum(acc.x), subgroup_sum(acc.y));
+                if (lid % batch == 0u) {
+                    chan[cc * parts + lid / batch] = s;
+                }
+            } else {
+                let sums = wg_sum2(lid, acc);
+                if (lid == 0u) {
+                    partials[c * P.tiles + col] = sums.x;
+                    partials[(P.groups + c) * P.tiles + col] = sums.y;
+                }
             }
         }
-        let sums = wg_sum2(lid, acc);
-        if (lid == 0u) {
-            partials[c * P.tiles + col] = sums.x;
-            partials[(P.groups + c) * P.tiles + col] = sums.y;
+        if (SG != 0u) {
+            workgroupBarrier();
+            let c = c0 + lid;
+            if (lid < batch && c < C) {
+                var t = vec2<f32>(0.0);
+                for (var j = 0u; j < parts; j = j + 1u) {
+                    t = t + chan[lid * parts + j];
+                }
+                partials[c * P.tiles + col] = t.x;
+                partials[(P.groups + c) * P.tiles + col] = t.y;
+            }
+            workgroupBarrier();
         }
     }
 }
