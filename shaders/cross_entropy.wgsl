@@ -276,15 +276,15 @@ fn quad(n: u32, j: u32, gscale: f32) -> V {
     let K4 = P.inner / LANES;
     let base = n * C * K4 + j;
 
+    // One online sweep: m = running maximum, s = sum exp(x - m) (rescaled as m grows).
     var m = xc[base];
+    var s = V(1.0);
+    var xy = select(V(0.0), m, yc == VU(0u));
     for (var c = 1u; c < C; c = c + 1u) {
-        m = max(m, xc[base + c * K4]);
-    }
-    var s = V(0.0);
-    var xy = V(0.0);
-    for (var c = 0u; c < C; c = c + 1u) {
         let v = xc[base + c * K4];
-        s = s + exp(v - m);
+        let nm = max(m, v);
+        s = s * exp(m - nm) + exp(v - nm);
+        m = nm;
         xy = select(xy, v, yc == VU(c));
     }
     let lse = m + log(s);

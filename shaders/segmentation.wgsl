@@ -328,8 +328,8 @@ fn flat_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
 // ---------------------------------------------------------------------------------------------
 // Multiclass, or per class, over spatial sizes that are a multiple of LANES: LANES neighbouring
 // pixels per access (x_flat, t_flat, g_flat hold whole samples here), the lanes' softmaxes side
-// by side without a branch on the data. The softmax takes a sweep for the pixel's maximum, then
-// one exp per element (the later sweeps reread the same few KiB from cache). The same sums and
+// by side without a branch on the data. The statistics take one online softmax sweep (a running
+// maximum); the later sweeps reread the same few KiB from cache. The same sums and
 // gradient as `stats` and `grad_pass`, up to rounding.
 
 // Per access of LANES pixels (window-local index qg), written by multi_stats for multi_grad:
@@ -353,15 +353,6 @@ struct At {
 fn tile_at(g: u32) -> At {
     let n = g / P.tps;
     return At(n, (g - n * P.tps) * FLAT_UNITS * WG);
-}
-
-// The maximum over the channels of the LANES pixels from access e0.
-fn unit_max(e0: u32, stride: u32) -> V {
-    var m = V(x_flat[e0]);
-    for (var c = 1u; c < P.channels; c = c + 1u) {
-        m = max(m, V(x_flat[e0 + c * stride]));
-    }
-    return m;
 }
 
 // dL/dp of channel c at target values tv.
@@ -402,16 +393,21 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
             if (jl < stride) {
                 let qg = q0 + jl;
                 let e0 = e00 + jl;
-                let m = unit_max(e0, stride);
-                var s = V(0.0);
-                var v = V(0.0);
-                var ts = V(0.0);
-                for (var c = 0u; c < C; c = c + 1u) {
+                // One online sweep: m = running maximum, s = sum exp(x - m), v = sum exp(x - m) t.
+                var m = V(x_flat[e0]);
+                var s = V(1.0);
+                var v = V(t_flat[e0]);
+                var ts = v;
+                for (var c = 1u; c < C; c = c + 1u) {
                     let e = e0 + c * stride;
-                    let z = exp(V(x_flat[e]) - m);
+                    let xv = V(x_flat[e]);
                     let tv = V(t_flat[e]);
-                    s = s + z;
-                    v = v + z * tv;
+                    let nm = max(m, xv);
+                    let a = exp(m - nm);
+                    let b = exp(xv - nm);
+                    s = s * a + b;
+                    v = v * a + b * tv;
+                    m = nm;
                     ts = ts + tv;
                 }
                 let pt = v / s;
@@ -440,10 +436,13 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
         first[k] = e00 + jl;
         if (MULTI == 1u && jl < stride) {
             let e0 = first[k];
-            let m = unit_max(e0, stride);
-            var s = V(0.0);
-            for (var c = 0u; c < C; c = c + 1u) {
-                s = s + exp(V(x_flat[e0 + c * stride]) - m);
+            var m = V(x_flat[e0]);
+            var s = V(1.0);
+            for (var c = 1u; c < C; c = c + 1u) {
+                let xv = V(x_flat[e0 + c * stride]);
+                let nm = max(m, xv);
+                s = s * exp(m - nm) + exp(xv - nm);
+                m = nm;
             }
             mx[k] = m;
             rs[k] = 1.0 / s;
