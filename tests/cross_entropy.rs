@@ -713,8 +713,8 @@ fn out_of_range_labels_in_the_four_position_path() {
         let g: Vec<f32> = (0..c).map(|ch| all[ch * k + i]).collect();
         if (0..c as i32).contains(&l) {
             assert!((loss[i] as f64 - want.loss[i]).abs() < 1e-5, "position {i}");
-            for ch in 0..c {
-                assert!((g[ch] as f64 - want.grads[0][ch * k + i]).abs() < 1e-5);
+            for (ch, &gv) in g.iter().enumerate() {
+                assert!((gv as f64 - want.grads[0][ch * k + i]).abs() < 1e-5);
             }
         } else {
             assert!(g.iter().all(|&v| v == 0.0), "position {i}: {g:?}");
