@@ -705,9 +705,11 @@ pub fn segmentation_shape(size: usize, classes: usize) -> Vec<usize> {
 
 /// A loss of the segmentation suite: its name in the report, and its configuration for C
 /// classes. One line per loss; the inputs follow from `SegTarget`.
+#[cfg(not(target_arch = "wasm32"))]
 type SegLoss = (&'static str, SegTarget, fn() -> LossSpec);
 
 /// What a segmentation loss takes as its target.
+#[cfg(not(target_arch = "wasm32"))]
 #[derive(Clone, Copy)]
 enum SegTarget {
     /// Class indices `[N, H, W]` (cross-entropy).
@@ -716,6 +718,7 @@ enum SegTarget {
     Mask,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn segmentation_losses() -> Vec<SegLoss> {
     vec![
         ("CrossEntropyLoss", SegTarget::Labels, || {
@@ -744,6 +747,7 @@ fn segmentation_losses() -> Vec<SegLoss> {
 }
 
 /// The segmentation suite: every loss of `segmentation_losses` at every class count.
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn segmentation_entries(size: usize) -> Vec<Entry> {
     let mut v = Vec::new();
     for &c in &SEGMENTATION_CLASSES {

@@ -917,7 +917,7 @@ async fn web_bench(
         let Some(loss) = losses::gpu_loss(&e.spec) else {
             continue;
         };
-        let name = loss.name();
+        let name = e.label.as_deref().unwrap_or(loss.name());
         if !opts.only.is_empty()
             && !opts
                 .only
@@ -1048,6 +1048,8 @@ impl RawContext {
                     .filter(|s| !s.is_empty())
                     .map(String::from)
                     .collect(),
+                // The page runs the default suite.
+                suite: bench::Suite::Default,
             };
             let say = |line: &str| {
                 if let Some(f) = &progress {
