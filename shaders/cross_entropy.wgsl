@@ -238,6 +238,124 @@ fn row_contiguous(lid: u32, r: u32, gscale: f32) -> f32 {
     return 0.0;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Spatial logits `[N, C, K]` with K a multiple of 4 (the host composes TPR 1, LANES 4 and binds
+// x, the gradient and the labels here): a thread owns four neighbouring positions, read four at
+// a time (one 16-byte access per class, coalesced across threads), with no branch on the data:
+// a sweep for the maximum, one for the exp-sum and the target's logit, one writing the gradient
+// (the second and third reread from cache: a thread's C accesses are a few KiB).
+@group(0) @binding(13) var<storage, read> labels4: array<VI>;
+
+// A workgroup owns WG accesses of one sample (blocks never straddle samples, so the sample is
+// one division per thread: lavapipe divides lane by lane): sample n and the first access j0.
+fn block_at(g: u32) -> vec2<u32> {
+    let blocks = (P.inner / LANES + WG - 1u) / WG;
+    let n = g / blocks;
+    return vec2<u32>(n, (g - n * blocks) * WG);
+}
+
+// The losses of positions n K + 4 j .. n K + 4 j + 3 (j < K / 4); writes their gradient.
+// (Written over the LANES aliases so that the one-lane variants compile it too; only LANES 4
+// runs it.)
+fn quad(n: u32, j: u32, gscale: f32) -> V {
+    let r = n * P.inner + j * LANES;
+    let y = labels4[(P.label_base + r) / LANES];
+    let C = P.classes;
+    var ignored = VB(false);
+    if ((P.flags & 8u) != 0u) {
+        ignored = y == VI(P.ignore);
+    }
+    // A negative label is a huge unsigned one: out of range unless ignored.
+    let yu = bitcast<VU>(y);
+    let bad = (yu >= VU(C)) & !ignored;
+    let live = !(ignored | bad);
+    if (any(bad)) {
+        flag[0] = 1u;
+    }
+    let yc = select(VU(0u), yu, live);
+    let K4 = P.inner / LANES;
+    let base = n * C * K4 + j;
+
+    // One online sweep: m = running maximum, s = sum exp(x - m) (rescaled as m grows).
+    var m = xc[base];
+    var s = V(1.0);
+    var xy = select(V(0.0), m, yc == VU(0u));
+    for (var c = 1u; c < C; c = c + 1u) {
+        let v = xc[base + c * K4];
+        let nm = max(m, v);
+        s = s * exp(m - nm) + exp(v - nm);
+        m = nm;
+        xy = select(xy, v, yc == VU(c));
+    }
+    let lse = m + log(s);
+
+    var wy = V(1.0);
+    if ((P.flags & 2u) != 0u) {
+        wy = lanes(weight[ulane_of(yc, 0u)], weight[ulane_of(yc, 1u)], weight[ulane_of(yc, 2u)],
+                   weight[ulane_of(yc, 3u)]);
+    }
+    wy = select(V(0.0), wy, live);
+    let cy = (1.0 - P.ls) * wy * gscale;
+    let cs = select(V(0.0), V(P.ls_c * gscale), live);
+    var sm = V(0.0);
+    for (var c = 0u; c < C; c = c + 1u) {
+        let i = base + c * K4;
+        let v = xc[i];
+        let p = exp(v - lse);
+        let wc = class_weight(c);
+        let g = cy * p + cs * (p * P.wsum - wc) - select(V(0.0), cy, yc == VU(c));
+        put_grad_c(i, select(V(0.0), g, live));
+        sm = sm + wc * (lse - v);
+    }
+    var l = (1.0 - P.ls) * wy * (lse - xy);
+    if (P.ls > 0.0) {
+        l = l + P.ls_c * sm;
+    }
+    l = select(V(0.0), l, live);
+    return select(l, V(bitcast<f32>(P.nan_bits)), bad);
+}
+
+// rows_reduce over `[N, C, K]`, K a multiple of 4: four positions per thread (quad), blocks
+// of 4 WG positions within a sample.
+@compute @workgroup_size(256)
+fn rows_reduce_q(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    let at = block_at(g);
+    if (at.x * P.inner >= P.rows) {
+        return;
+    }
+    var gscale = P.grad_scale;
+    if ((P.flags & 4u) != 0u) {
+        gscale = P.grad_scale / wtot[0];
+    }
+    let j = at.y + lid;
+    var mine = 0.0;
+    if (j < P.inner / LANES) {
+        mine = hsum(quad(at.x, j, gscale));
+    }
+    let s = wg_sum(lid, mine);
+    if (lid == 0u) {
+        partials[P.part_base + g] = s;
+    }
+}
+
+// rows_none over `[N, C, K]`, K a multiple of 4 (quad).
+@compute @workgroup_size(256)
+fn rows_none_q(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>) {
+    let at = block_at(group_index(wid, nwg));
+    let j = at.y + lid;
+    if (at.x * P.inner >= P.rows || j >= P.inner / LANES) {
+        return;
+    }
+    let l = quad(at.x, j, P.grad_scale);
+    let e = P.label_base + at.x * P.inner + j * LANES;
+    for (var i = 0u; i < LANES; i = i + 1u) {
+        elem_loss[e + i] = lane_of(l, i);
+    }
+}
+
 // W: the summed class weight of the valid, non-ignored targets (tiles of ITEMS * WG labels).
 @compute @workgroup_size(256)
 fn weight_sum(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
@@ -254,6 +372,42 @@ fn weight_sum(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         }
     }
     let s = wg_sum(lid, acc);
+    if (lid == 0u) {
+        partials[P.part_base + g] = s;
+    }
+}
+
+// weight_sum over a window of whole accesses of four labels (the host binds `labels4`; tiles of
+// ITEMS * WG accesses).
+@compute @workgroup_size(256)
+fn weight_sum_q(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    let units = P.rows / LANES;
+    if (g * ITEMS * WG >= units) {
+        return;
+    }
+    var acc = V(0.0);
+    for (var k = 0u; k < ITEMS; k = k + 1u) {
+        let j = (g * ITEMS + k) * WG + lid;
+        if (j < units) {
+            let y = labels4[j];
+            var ignored = VB(false);
+            if ((P.flags & 8u) != 0u) {
+                ignored = y == VI(P.ignore);
+            }
+            let yu = bitcast<VU>(y);
+            let valid = (yu < VU(P.classes)) & !ignored;
+            let yc = select(VU(0u), yu, valid);
+            var w = V(1.0);
+            if ((P.flags & 2u) != 0u) {
+                w = lanes(weight[ulane_of(yc, 0u)], weight[ulane_of(yc, 1u)],
+                          weight[ulane_of(yc, 2u)], weight[ulane_of(yc, 3u)]);
+            }
+            acc = acc + select(V(0.0), w, valid);
+        }
+    }
+    let s = wg_sum(lid, hsum(acc));
     if (lid == 0u) {
         partials[P.part_base + g] = s;
     }

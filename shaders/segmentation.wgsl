@@ -33,7 +33,7 @@ struct Params {
     tiles: u32,      // tiles of the whole tensor (row length of `partials`)
     groups: u32,     // G
     flags: u32,      // bit 0: accumulate (the kernels use the constant ACCUM: kernel.rs)
-    _pad0: u32,
+    tps: u32,        // four-pixel paths: tiles per sample
     grad_scale: f32, // upstream scale
     eps: f32,
     smooth_: f32,
@@ -326,58 +326,181 @@ fn flat_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
 }
 
 // ---------------------------------------------------------------------------------------------
-// Multiclass with one global ratio over spatial sizes that are a multiple of LANES: LANES
-// neighbouring pixels per access (x_flat, t_flat, g_flat hold whole samples here). Each lane
-// runs the online softmax over the channels without a branch (its maximum moves
-// independently); the same sums and gradient as `stats` and `grad_pass`, up to rounding.
+// Multiclass, or per class, over spatial sizes that are a multiple of LANES: LANES neighbouring
+// pixels per access (x_flat, t_flat, g_flat hold whole samples here), the lanes' softmaxes side
+// by side without a branch on the data. The statistics take one online softmax sweep (a running
+// maximum); the later sweeps reread the same few KiB from cache. The same sums and
+// gradient as `stats` and `grad_pass`, up to rounding.
 
-// The access of channel 0 of pixel group qg (LANES pixels); channel c is `c * inner / LANES`
-// further.
-fn first_unit(qg: u32) -> u32 {
-    let per = P.inner / LANES;
-    let n = qg / per;
-    return n * P.channels * per + (qg - n * per);
+// Per access of LANES pixels (window-local index qg), written by multi_stats for multi_grad:
+// pix[2 qg] = the pixels' log-sum-exp, pix[2 qg + 1] = sum_c p_c t_c (the global ratio only).
+// With them the gradient needs no maximum sweep, and the global ratio's one sweep.
+@group(0) @binding(11) var<storage, read_write> pix: array<V>;
+
+// Per-class statistics: a batch of channels' subgroup sums (subgroup variants only).
+var<workgroup> chan: array<vec2<f32>, 256>;
+
+// Tiles never straddle samples here: P.tps tiles per sample, so a workgroup finds its sample
+// with one division (lavapipe divides lane by lane; one per access was a large part of the
+// time). Access k of thread lid: sample n, access jl = j0 + k WG + lid within it (valid while
+// jl < per), window-local index qg = n per + jl, channel 0 at e0 = n C per + jl, channel c at
+// e0 + c per.
+struct At {
+    n: u32,
+    j0: u32,
+}
+
+fn tile_at(g: u32) -> At {
+    let n = g / P.tps;
+    return At(n, (g - n * P.tps) * FLAT_UNITS * WG);
+}
+
+// dL/dp of channel c at target values tv.
+fn dl_dp_v(c: u32, tv: V) -> V {
+    var g = 0u;
+    if (PER_CLASS == 1u) {
+        g = c;
+    }
+    return coef[g] * tv + coef[P.groups + g];
+}
+
+fn put_flat(e: u32, d: V) {
+    if (ACCUM == 1u) {
+        g_flat[e] = g_flat[e] + d;
+    } else {
+        g_flat[e] = d;
+    }
 }
 
 @compute @workgroup_size(256)
 fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>) {
     let g = group_index(wid, nwg);
-    let units = P.pixels / LANES;
-    if (g * FLAT_UNITS * WG >= units) {
+    let at = tile_at(g);
+    if (at.n * P.inner >= P.pixels) {
         return;
     }
+    let col = P.tile_base + g;
     let stride = P.inner / LANES;
-    var acc = vec2<f32>(0.0);
+    let C = P.channels;
+    let q0 = at.n * stride;
+    let e00 = at.n * C * stride;
+    if (PER_CLASS == 0u) {
+        // One global ratio (multiclass): I_pixel = sum_c e_c t_c / sum_c e_c, S_pixel = 1 + sum_c t_c.
+        var acc = vec2<f32>(0.0);
+        for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
+            let jl = at.j0 + k * WG + lid;
+            if (jl < stride) {
+                let qg = q0 + jl;
+                let e0 = e00 + jl;
+                // One online sweep: m = running maximum, s = sum exp(x - m), v = sum exp(x - m) t.
+                var m = V(x_flat[e0]);
+                var s = V(1.0);
+                var v = V(t_flat[e0]);
+                var ts = v;
+                for (var c = 1u; c < C; c = c + 1u) {
+                    let e = e0 + c * stride;
+                    let xv = V(x_flat[e]);
+                    let tv = V(t_flat[e]);
+                    let nm = max(m, xv);
+                    let a = exp(m - nm);
+                    let b = exp(xv - nm);
+                    s = s * a + b;
+                    v = v * a + b * tv;
+                    m = nm;
+                    ts = ts + tv;
+                }
+                let pt = v / s;
+                pix[2u * qg] = m + log(s);
+                pix[2u * qg + 1u] = pt;
+                acc = acc + vec2<f32>(hsum(pt), hsum(1.0 + ts));
+            }
+        }
+        let sums = wg_sum2(lid, acc);
+        if (lid == 0u) {
+            partials[col] = sums.x;
+            partials[P.tiles + col] = sums.y;
+        }
+        return;
+    }
+    // Per class: each pixel's softmax maximum and 1 / exp-sum first, then one channel at a time,
+    // one workgroup reduction per channel.
+    var mx: array<V, FLAT_UNITS>;
+    var rs: array<V, FLAT_UNITS>;
+    var first: array<u32, FLAT_UNITS>; // e0 of each access
     for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
-        let qg = (g * FLAT_UNITS + k) * WG + lid;
-        if (qg < units) {
-            // m = running max, s = sum exp(x - m), v = sum exp(x - m) t, ts = sum t
-            let e0 = first_unit(qg);
+        mx[k] = V(0.0);
+        rs[k] = V(1.0);
+        let jl = at.j0 + k * WG + lid;
+        let qg = q0 + jl;
+        first[k] = e00 + jl;
+        if (MULTI == 1u && jl < stride) {
+            let e0 = first[k];
             var m = V(x_flat[e0]);
             var s = V(1.0);
-            var v = V(t_flat[e0]);
-            var ts = v;
-            for (var c = 1u; c < P.channels; c = c + 1u) {
-                let e = e0 + c * stride;
-                let xv = V(x_flat[e]);
-                let tv = V(t_flat[e]);
+            for (var c = 1u; c < C; c = c + 1u) {
+                let xv = V(x_flat[e0 + c * stride]);
                 let nm = max(m, xv);
-                let a = exp(m - nm);
-                let b = exp(xv - nm);
-                s = s * a + b;
-                v = v * a + b * tv;
+                s = s * exp(m - nm) + exp(xv - nm);
                 m = nm;
-                ts = ts + tv;
             }
-            acc = acc + vec2<f32>(hsum(v / s), hsum(1.0 + ts));
+            mx[k] = m;
+            rs[k] = 1.0 / s;
+            pix[2u * qg] = m + log(s);
         }
     }
-    let sums = wg_sum2(lid, acc);
-    if (lid == 0u) {
-        let col = P.tile_base + g;
-        partials[col] = sums.x;
-        partials[P.tiles + col] = sums.y;
+    // With subgroups, a batch of SG channels shares one pair of barriers: each channel's
+    // subgroup sums wait in workgroup memory (WG / SG of them), then SG threads add up one
+    // channel each, in a fixed order. Without, a workgroup sum per channel.
+    let parts = WG / max(SG, 1u);
+    let batch = max(SG, 1u);
+    for (var c0 = 0u; c0 < C; c0 = c0 + batch) {
+        for (var cc = 0u; cc < batch; cc = cc + 1u) {
+            let c = c0 + cc;
+            if (c >= C) {
+                break;
+            }
+            var acc = vec2<f32>(0.0);
+            for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
+                if (at.j0 + k * WG + lid < stride) {
+                    let e = first[k] + c * stride;
+                    let xv = V(x_flat[e]);
+                    var p: V;
+                    if (MULTI == 1u) {
+                        p = exp(xv - mx[k]) * rs[k];
+                    } else {
+                        p = sigmoid(xv);
+                    }
+                    let tv = V(t_flat[e]);
+                    acc = acc + vec2<f32>(hsum(p * tv), hsum(p + tv));
+                }
+            }
+            if (SG != 0u) {
+                let s = vec2<f32>(subgroup_sum(acc.x), subgroup_sum(acc.y));
+                if (lid % batch == 0u) {
+                    chan[cc * parts + lid / batch] = s;
+                }
+            } else {
+                let sums = wg_sum2(lid, acc);
+                if (lid == 0u) {
+                    partials[c * P.tiles + col] = sums.x;
+                    partials[(P.groups + c) * P.tiles + col] = sums.y;
+                }
+            }
+        }
+        if (SG != 0u) {
+            workgroupBarrier();
+            let c = c0 + lid;
+            if (lid < batch && c < C) {
+                var t = vec2<f32>(0.0);
+                for (var j = 0u; j < parts; j = j + 1u) {
+                    t = t + chan[lid * parts + j];
+                }
+                partials[c * P.tiles + col] = t.x;
+                partials[(P.groups + c) * P.tiles + col] = t.y;
+            }
+            workgroupBarrier();
+        }
     }
 }
 
@@ -385,41 +508,48 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
 fn multi_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
               @builtin(num_workgroups) nwg: vec3<u32>) {
     let g = group_index(wid, nwg);
-    let units = P.pixels / LANES;
+    let at = tile_at(g);
+    if (at.n * P.inner >= P.pixels) {
+        return;
+    }
     let stride = P.inner / LANES;
-    // One global ratio: dL/dp = a t + b for every channel.
-    let ca = coef[0];
-    let cb = coef[P.groups];
+    let C = P.channels;
     for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
-        let qg = (g * FLAT_UNITS + k) * WG + lid;
-        if (qg >= units) {
+        let jl = at.j0 + k * WG + lid;
+        if (jl >= stride) {
             continue;
         }
-        // m = running max, s = sum exp(x - m), u = sum exp(x - m) dL/dp
-        let e0 = first_unit(qg);
-        var m = V(x_flat[e0]);
-        var s = V(1.0);
-        var u = ca * V(t_flat[e0]) + cb;
-        for (var c = 1u; c < P.channels; c = c + 1u) {
-            let e = e0 + c * stride;
-            let xv = V(x_flat[e]);
-            let gv = ca * V(t_flat[e]) + cb;
-            let nm = max(m, xv);
-            let a = exp(m - nm);
-            let b = exp(xv - nm);
-            s = s * a + b;
-            u = u * a + b * gv;
-            m = nm;
-        }
-        let dot = u / s;
-        for (var c = 0u; c < P.channels; c = c + 1u) {
-            let e = e0 + c * stride;
-            let p = exp(V(x_flat[e]) - m) / s;
-            let d = p * (ca * V(t_flat[e]) + cb - dot);
-            if (ACCUM == 1u) {
-                g_flat[e] = g_flat[e] + d;
-            } else {
-                g_flat[e] = d;
+        let qg = at.n * stride + jl;
+        let e0 = at.n * C * stride + jl;
+        if (MULTI == 1u && PER_CLASS == 0u) {
+            // One global ratio: dL/dp_c = a t_c + b, so sum_c p_c dL/dp_c = a pt + b and
+            // dx_c = a p_c (t_c - pt).
+            let lse = pix[2u * qg];
+            let pt = pix[2u * qg + 1u];
+            let ca = coef[0];
+            for (var c = 0u; c < C; c = c + 1u) {
+                let e = e0 + c * stride;
+                let p = exp(V(x_flat[e]) - lse);
+                put_flat(e, ca * p * (V(t_flat[e]) - pt));
+            }
+        } else if (MULTI == 1u) {
+            // u = sum_c p_c dL/dp_c; dx_c = p_c (dL/dp_c - u).
+            let lse = pix[2u * qg];
+            var u = V(0.0);
+            for (var c = 0u; c < C; c = c + 1u) {
+                let e = e0 + c * stride;
+                u = u + exp(V(x_flat[e]) - lse) * dl_dp_v(c, V(t_flat[e]));
+            }
+            for (var c = 0u; c < C; c = c + 1u) {
+                let e = e0 + c * stride;
+                let p = exp(V(x_flat[e]) - lse);
+                put_flat(e, p * (dl_dp_v(c, V(t_flat[e])) - u));
+            }
+        } else {
+            // Binary per class: through each element's sigmoid.
+            for (var c = 0u; c < C; c = c + 1u) {
+                let e = e0 + c * stride;
+                put_flat(e, dl_dp_v(c, V(t_flat[e])) * dsigmoid(V(x_flat[e])));
             }
         }
     }

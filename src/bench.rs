@@ -40,6 +40,32 @@ pub struct BenchOptions {
     pub warmup: usize,
     /// Only the losses whose name contains one of these (all when empty).
     pub only: Vec<String>,
+    /// Which losses at which shapes: [`Suite::Default`] or [`Suite::Segmentation`].
+    pub suite: Suite,
+}
+
+/// The sets of losses and shapes `deepml bench` can time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Suite {
+    /// Every loss once, at shapes of `size` elements.
+    #[default]
+    Default,
+    /// Segmentation losses over `[N, C, H, W]` logits, C in 2, 19, 21, 64 and 150, each also
+    /// timed against MSELoss over the same number of elements.
+    Segmentation,
+}
+
+impl std::str::FromStr for Suite {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Suite> {
+        match s.to_lowercase().as_str() {
+            "default" | "all" => Ok(Suite::Default),
+            "segmentation" | "seg" => Ok(Suite::Segmentation),
+            other => Err(Error::InvalidConfig(format!(
+                "unknown bench suite {other:?} (default, segmentation)"
+            ))),
+        }
+    }
 }
 
 impl Default for BenchOptions {
@@ -49,6 +75,7 @@ impl Default for BenchOptions {
             runs: 7,
             warmup: 2,
             only: Vec::new(),
+            suite: Suite::Default,
         }
     }
 }
@@ -75,6 +102,14 @@ pub struct BenchResult {
     pub speedup: Option<f64>,
     /// For matrix-product losses: GFLOP/s of the products.
     pub gflops: Option<f64>,
+    /// Median milliseconds of MSELoss (value plus gradient) over as many elements as this
+    /// loss's first input, timed in alternation with it (the segmentation suite).
+    #[serde(default)]
+    pub mse_ms: Option<f64>,
+    /// This loss's time in units of MSELoss's on the same elements: the median of the ratios
+    /// of the alternating runs (close to `ms / mse_ms`, steadier on a shared adapter).
+    #[serde(default)]
+    pub of_mse: Option<f64>,
 }
 
 /// A whole run.
@@ -89,6 +124,9 @@ pub struct BenchReport {
     /// The workgroup reductions: `subgroups of N` or `barrier tree`.
     #[serde(default)]
     pub reductions: String,
+    /// The suite run (`default` or `segmentation`).
+    #[serde(default)]
+    pub suite: String,
     pub size: usize,
     pub runs: usize,
     /// GB/s of the copy kernel (bytes read plus bytes written) at the start of the run.
@@ -212,6 +250,39 @@ impl Timer {
             .collect::<Result<_>>()?;
         t.sort_by(|a, b| a.total_cmp(b));
         Ok(t[t.len() / 2])
+    }
+
+    /// Two kernels timed in alternation (a, b, a, b, ...): the median of each and the median
+    /// of the per-pair ratios a / b, so that a shared adapter's drift hits both alike.
+    fn median_pair<K, L>(
+        &self,
+        ctx: &LossContext,
+        opts: &BenchOptions,
+        mut a: impl FnMut(&mut wgpu::CommandEncoder) -> Result<K>,
+        mut b: impl FnMut(&mut wgpu::CommandEncoder) -> Result<L>,
+    ) -> Result<(f64, f64, f64)> {
+        let start = Instant::now();
+        let mut done = 0;
+        while done < opts.warmup
+            || (start.elapsed().as_secs_f64() < WARMUP_SECONDS && done < MAX_WARMUP_RUNS)
+        {
+            self.once(ctx, &mut a)?;
+            self.once(ctx, &mut b)?;
+            done += 1;
+        }
+        let (mut ta, mut tb, mut r) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..opts.runs.max(1) {
+            let x = self.once(ctx, &mut a)?;
+            let y = self.once(ctx, &mut b)?;
+            ta.push(x);
+            tb.push(y);
+            r.push(x / y);
+        }
+        let med = |mut v: Vec<f64>| {
+            v.sort_by(|p, q| p.total_cmp(q));
+            v[v.len() / 2]
+        };
+        Ok((med(ta), med(tb), med(r)))
     }
 }
 
@@ -458,6 +529,8 @@ fn baseline_jaccard(o: &mut Ops, x: &[&Tensor]) -> Result<(Tensor, Tensor)> {
 /// A benchmark entry: the loss, its inputs (host data and shapes), and its baseline.
 pub(crate) struct Entry {
     pub(crate) spec: LossSpec,
+    /// The name in the report when it is not the loss's own (a configuration of it).
+    pub(crate) label: Option<String>,
     pub(crate) inputs: Vec<(Vec<usize>, Input)>,
     pub(crate) baseline: Option<Baseline>,
     pub(crate) flops: Option<f64>,
@@ -489,6 +562,7 @@ pub(crate) fn entries(size: usize) -> Vec<Entry> {
             inputs: vec![(seg.clone(), f(-4.0, 4.0)), (seg.clone(), bin)],
             baseline: Some(baseline_jaccard),
             flops: None,
+            label: None,
         },
         Entry {
             spec: LossSpec::of(DiceLoss {
@@ -508,6 +582,7 @@ pub(crate) fn entries(size: usize) -> Vec<Entry> {
             ],
             baseline: None,
             flops: None,
+            label: None,
         },
         Entry {
             spec: LossSpec::of(BCEWithLogitsLoss::default()),
@@ -524,6 +599,7 @@ pub(crate) fn entries(size: usize) -> Vec<Entry> {
             ],
             baseline: Some(baseline_bce),
             flops: None,
+            label: None,
         },
         Entry {
             spec: LossSpec::of(WeightedBCEWithLogitsLoss {
@@ -543,24 +619,28 @@ pub(crate) fn entries(size: usize) -> Vec<Entry> {
             ],
             baseline: Some(baseline_wbce),
             flops: None,
+            label: None,
         },
         Entry {
             spec: LossSpec::of(RMSELoss::default()),
             inputs: vec![(flat.clone(), f(-1.0, 1.0)), (flat.clone(), f(-1.0, 1.0))],
             baseline: Some(baseline_rmse),
             flops: None,
+            label: None,
         },
         Entry {
             spec: LossSpec::of(MSELoss::default()),
             inputs: vec![(flat.clone(), f(-1.0, 1.0)), (flat.clone(), f(-1.0, 1.0))],
             baseline: Some(baseline_mse),
             flops: None,
+            label: None,
         },
         Entry {
             spec: LossSpec::of(L1Loss::default()),
             inputs: vec![(flat.clone(), f(-1.0, 1.0)), (flat.clone(), f(-1.0, 1.0))],
             baseline: Some(baseline_l1),
             flops: None,
+            label: None,
         },
         Entry {
             spec: LossSpec::of(CrossEntropyLoss::default()),
@@ -570,6 +650,7 @@ pub(crate) fn entries(size: usize) -> Vec<Entry> {
             ],
             baseline: None,
             flops: None,
+            label: None,
         },
         Entry {
             spec: LossSpec::of(ContrastiveLoss::default()),
@@ -587,6 +668,7 @@ pub(crate) fn entries(size: usize) -> Vec<Entry> {
             ],
             baseline: None,
             flops: None,
+            label: None,
         },
     ];
     // ArcFace at a fixed size: its cost is the matrix products, reported in GFLOP/s.
@@ -600,7 +682,106 @@ pub(crate) fn entries(size: usize) -> Vec<Entry> {
         ],
         baseline: None,
         flops: Some(3.0 * 2.0 * n as f64 * d as f64 * c as f64),
+        label: None,
     });
+    v
+}
+
+/// The class counts of the segmentation suite: binary, Cityscapes, Pascal VOC, a 64-class
+/// label set, ADE20K.
+pub const SEGMENTATION_CLASSES: [usize; 5] = [2, 19, 21, 64, 150];
+
+/// The `[N, C, H, W]` shape of the segmentation suite for C classes: Cityscapes-like crops
+/// (H:W = 1:2, from 512 x 1024 down) with at least two samples, about `size` logits in all.
+pub fn segmentation_shape(size: usize, classes: usize) -> Vec<usize> {
+    let pixels = (size / classes.max(1)).max(1);
+    let (mut h, mut w) = (512usize, 1024usize);
+    while h > 8 && pixels / (h * w) < 2 {
+        h /= 2;
+        w /= 2;
+    }
+    vec![(pixels / (h * w)).max(1), classes, h, w]
+}
+
+/// A loss of the segmentation suite: its name in the report, and its configuration for C
+/// classes. One line per loss; the inputs follow from `SegTarget`.
+#[cfg(not(target_arch = "wasm32"))]
+type SegLoss = (&'static str, SegTarget, fn() -> LossSpec);
+
+/// What a segmentation loss takes as its target.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Clone, Copy)]
+enum SegTarget {
+    /// Class indices `[N, H, W]` (cross-entropy).
+    Labels,
+    /// A float mask of the logits' shape (Jaccard, Dice).
+    Mask,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn segmentation_losses() -> Vec<SegLoss> {
+    vec![
+        ("CrossEntropyLoss", SegTarget::Labels, || {
+            LossSpec::CrossEntropy(CrossEntropyLoss::default())
+        }),
+        ("JaccardLoss", SegTarget::Mask, || {
+            LossSpec::Jaccard(JaccardLoss::new(true))
+        }),
+        ("JaccardLoss per_class", SegTarget::Mask, || {
+            LossSpec::Jaccard(JaccardLoss {
+                per_class: true,
+                ..JaccardLoss::new(true)
+            })
+        }),
+        ("DiceLoss", SegTarget::Mask, || {
+            LossSpec::Dice(DiceLoss::new(true))
+        }),
+        ("DiceLoss per_class", SegTarget::Mask, || {
+            LossSpec::Dice(DiceLoss {
+                per_class: true,
+                ..DiceLoss::new(true)
+            })
+        }),
+        // FocalLoss and TverskyLoss join here, one line each, when they exist.
+    ]
+}
+
+/// The segmentation suite: every loss of `segmentation_losses` at every class count.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn segmentation_entries(size: usize) -> Vec<Entry> {
+    let mut v = Vec::new();
+    for &c in &SEGMENTATION_CLASSES {
+        let shape = segmentation_shape(size, c);
+        let labels = vec![shape[0], shape[2], shape[3]];
+        for (label, target, spec) in segmentation_losses() {
+            let logits = (
+                shape.clone(),
+                Input::F32 {
+                    lo: -4.0,
+                    hi: 4.0,
+                    binary: false,
+                },
+            );
+            let target = match target {
+                SegTarget::Labels => (labels.clone(), Input::Labels(c)),
+                SegTarget::Mask => (
+                    shape.clone(),
+                    Input::F32 {
+                        lo: 0.0,
+                        hi: 1.0,
+                        binary: true,
+                    },
+                ),
+            };
+            v.push(Entry {
+                spec: spec(),
+                label: Some(label.to_string()),
+                inputs: vec![logits, target],
+                baseline: None,
+                flops: None,
+            });
+        }
+    }
     v
 }
 
@@ -737,12 +918,19 @@ pub fn run(
     ));
     let mut results = Vec::new();
     let mut rng = Lcg(7);
-    for e in entries(opts.size) {
+    let (suite, list) = match opts.suite {
+        Suite::Default => ("default", entries(opts.size)),
+        Suite::Segmentation => ("segmentation", segmentation_entries(opts.size)),
+    };
+    let mse = LossSpec::Mse(MSELoss::default());
+    let mse =
+        gpu_loss(&mse).ok_or_else(|| Error::InvalidInput("MSELoss is not on the GPU".into()))?;
+    for e in list {
         let Some(loss) = gpu_loss(&e.spec) else {
             progress(&format!("{:?}: not on the GPU yet, skipped", e.spec));
             continue;
         };
-        let name = loss.name();
+        let name = e.label.as_deref().unwrap_or(loss.name());
         if !opts.only.is_empty()
             && !opts
                 .only
@@ -777,7 +965,32 @@ pub fn run(
         // after it, so that a shared or throttling adapter (lavapipe on a busy host, a GPU
         // changing clocks) is compared with itself at the same time.
         let before = roof.gbps(ctx, &timer, opts, lanes)?;
-        let ms = timer.median(ctx, opts, |enc| loss.record(ctx, enc, &refs, &gopts))?;
+        // The segmentation suite's yardstick: MSELoss over as many elements, timed in
+        // alternation with the loss (its inputs and gradient allocated once, outside the timing).
+        let (ms, mse_ms, of_mse) = if opts.suite == Suite::Segmentation {
+            let n = inputs[0].numel();
+            let unit = Input::F32 {
+                lo: -1.0,
+                hi: 1.0,
+                binary: false,
+            };
+            let a = make_input(ctx, &[n], &unit, &mut rng)?;
+            let b = make_input(ctx, &[n], &unit, &mut rng)?;
+            let g = GradOpts {
+                into: vec![Some(ctx.empty(&[n], DType::F32)?)],
+                ..Default::default()
+            };
+            let (ms, mse_ms, ratio) = timer.median_pair(
+                ctx,
+                opts,
+                |enc| loss.record(ctx, enc, &refs, &gopts),
+                |enc| mse.record(ctx, enc, &[&a, &b], &g),
+            )?;
+            (ms, Some(mse_ms), Some(ratio))
+        } else {
+            let ms = timer.median(ctx, opts, |enc| loss.record(ctx, enc, &refs, &gopts))?;
+            (ms, None, None)
+        };
         let local_copy = before.max(roof.gbps(ctx, &timer, opts, lanes)?);
         let compulsory: u64 = inputs.iter().map(|t| t.byte_len()).sum::<u64>()
             + grads.iter().flatten().map(|g| g.byte_len()).sum::<u64>();
@@ -823,8 +1036,10 @@ pub fn run(
             baseline_ms,
             speedup,
             gflops,
+            mse_ms,
+            of_mse,
         };
-        progress(&row(&r));
+        progress(&row(&r, r.mse_ms.is_some()));
         results.push(r);
     }
     let a = ctx.adapter();
@@ -835,6 +1050,7 @@ pub fn run(
         driver: format!("{} {}", a.driver, a.driver_info).trim().to_string(),
         timer: timer.kind().into(),
         reductions: reductions(ctx),
+        suite: suite.into(),
         size: opts.size,
         runs: opts.runs,
         copy_gbps: copy,
@@ -847,66 +1063,123 @@ fn opt(v: Option<f64>, digits: usize) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn row(r: &BenchResult) -> String {
-    format!(
-        "| {} | {:?} | {:.3} | {:.2} | {:.2} | {:.0}% | {} | {} | {} |",
+fn row(r: &BenchResult, with_mse: bool) -> String {
+    let mut s = format!(
+        "| {} | {:?} | {:.3} | {:.2} | {:.2} | {:.0}% |",
         r.loss,
         r.shape,
         r.ms,
         r.gbps,
         r.copy_gbps,
         100.0 * r.of_copy,
+    );
+    if with_mse {
+        s.push_str(&format!(
+            " {} | {} |",
+            opt(r.mse_ms, 3),
+            r.of_mse
+                .map(|x| format!("{x:.2}x"))
+                .unwrap_or_else(|| "-".into())
+        ));
+    }
+    s.push_str(&format!(
+        " {} | {} | {} |",
         opt(r.baseline_ms, 3),
         r.speedup
             .map(|s| format!("{s:.1}x"))
             .unwrap_or_else(|| "-".into()),
         opt(r.gflops, 1)
-    )
+    ));
+    s
 }
 
 /// The report as a Markdown table.
 pub fn markdown(r: &BenchReport) -> String {
+    let with_mse = r.results.iter().any(|x| x.mse_ms.is_some());
+    let suite = if r.suite.is_empty() || r.suite == "default" {
+        String::new()
+    } else {
+        format!("suite: {}; ", r.suite)
+    };
     let mut s = format!(
-        "{} ({}, {}, {}); timer: {}; reductions: {}; median of {} runs; copy kernel {:.2} GB/s \
-         at the start, and around each loss (\"copy GB/s\")\n\n",
+        "{} ({}, {}, {}); {suite}timer: {}; reductions: {}; median of {} runs; copy kernel \
+         {:.2} GB/s at the start, and around each loss (\"copy GB/s\")",
         r.adapter, r.backend, r.device_type, r.driver, r.timer, r.reductions, r.runs, r.copy_gbps
     );
-    s.push_str(
-        "| loss | shape | ms | GB/s | copy GB/s | of copy | per-op baseline ms | fused speedup | GFLOP/s |\n",
-    );
-    s.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    if with_mse {
+        s.push_str(
+            "; \"MSE ms\": MSELoss over as many elements, timed in alternation with the loss; \
+             \"of MSE\": the median ratio of the alternating runs",
+        );
+    }
+    s.push_str("\n\n| loss | shape | ms | GB/s | copy GB/s | of copy |");
+    if with_mse {
+        s.push_str(" MSE ms | of MSE |");
+    }
+    s.push_str(" per-op baseline ms | fused speedup | GFLOP/s |\n|---|---|---|---|---|---|");
+    if with_mse {
+        s.push_str("---|---|");
+    }
+    s.push_str("---|---|---|\n");
     for x in &r.results {
-        s.push_str(&row(x));
+        s.push_str(&row(x, with_mse));
         s.push('\n');
     }
     s
 }
 
-/// The ratios between two reports (B over A): time and throughput per loss.
+/// The ratios between two reports (B over A): time and throughput per loss and shape.
 pub fn compare(a: &BenchReport, b: &BenchReport) -> String {
+    let with_mse = a
+        .results
+        .iter()
+        .chain(&b.results)
+        .any(|x| x.mse_ms.is_some());
     let mut s = format!(
         "A: {} ({})\nB: {} ({})\n\n",
         a.adapter, a.backend, b.adapter, b.backend
     );
-    s.push_str("| loss | A ms | B ms | B speedup over A | A of copy | B of copy |\n|---|---|---|---|---|---|\n");
+    s.push_str("| loss | shape | A ms | B ms | B speedup over A | A of copy | B of copy |");
+    if with_mse {
+        s.push_str(" A of MSE | B of MSE |");
+    }
+    s.push_str("\n|---|---|---|---|---|---|---|");
+    if with_mse {
+        s.push_str("---|---|");
+    }
+    s.push('\n');
     s.push_str(&format!(
-        "| copy kernel GB/s | {:.2} | {:.2} | {:.2}x | | |\n",
+        "| copy kernel GB/s | | {:.2} | {:.2} | {:.2}x | | |{}\n",
         a.copy_gbps,
         b.copy_gbps,
-        b.copy_gbps / a.copy_gbps
+        b.copy_gbps / a.copy_gbps,
+        if with_mse { " | |" } else { "" }
     ));
+    let x = |v: Option<f64>| v.map(|v| format!("{v:.2}x")).unwrap_or_else(|| "-".into());
     for ra in &a.results {
-        if let Some(rb) = b.results.iter().find(|r| r.loss == ra.loss) {
-            s.push_str(&format!(
-                "| {} | {:.3} | {:.3} | {:.2}x | {:.0}% | {:.0}% |\n",
-                ra.loss,
-                ra.ms,
-                rb.ms,
-                ra.ms / rb.ms,
-                100.0 * ra.of_copy,
-                100.0 * rb.of_copy
-            ));
+        // The same loss at the same shape (the segmentation suite has each loss at several).
+        let Some(rb) = b
+            .results
+            .iter()
+            .find(|r| r.loss == ra.loss && r.shape == ra.shape)
+            .or_else(|| b.results.iter().find(|r| r.loss == ra.loss))
+        else {
+            continue;
+        };
+        s.push_str(&format!(
+            "| {} | {:?} | {:.3} | {:.3} | {:.2}x | {:.0}% | {:.0}% |",
+            ra.loss,
+            ra.shape,
+            ra.ms,
+            rb.ms,
+            ra.ms / rb.ms,
+            100.0 * ra.of_copy,
+            100.0 * rb.of_copy
+        ));
+        if with_mse {
+            s.push_str(&format!(" {} | {} |", x(ra.of_mse), x(rb.of_mse)));
         }
+        s.push('\n');
     }
     s
 }

@@ -26,7 +26,7 @@ pub struct ShaderSource {
     pub f16: bool,
     /// Elements per memory access of an element-wise kernel: 1, or 4 (16-byte loads and stores
     /// of f32). The shader sees `LANES`, `V` (f32 or vec4<f32>), `InV`, `VU`, `VI` and the
-    /// helpers `hsum`, `hmax`, `lanes`, `lane_of`, `unit_lane` (see `LANES_1` and `LANES_4`).
+    /// helpers `hsum`, `hmax`, `lanes`, `lane_of`, `unit_lane`, `ulane_of` (see `LANES_1` and `LANES_4`).
     pub lanes: u32,
     /// 0: workgroup reductions by a barrier tree (every adapter); else the subgroup size SG of
     /// an adapter whose subgroups the context verified (shaders/wg_subgroup.wgsl).
@@ -45,6 +45,7 @@ fn hmax(v: V) -> f32 { return v; }
 fn lanes(a: f32, b: f32, c: f32, d: f32) -> V { return a; }
 fn lane_of(v: V, i: u32) -> f32 { return v; }
 fn unit_lane(i: u32) -> V { return 1.0; }
+fn ulane_of(v: VU, i: u32) -> u32 { return v; }
 ";
 
 /// ... and of a four-lane one: each access moves four consecutive elements.
@@ -59,6 +60,7 @@ fn hmax(v: V) -> f32 { return max(max(v.x, v.y), max(v.z, v.w)); }
 fn lanes(a: f32, b: f32, c: f32, d: f32) -> V { return V(a, b, c, d); }
 fn lane_of(v: V, i: u32) -> f32 { return v[i]; }
 fn unit_lane(i: u32) -> V { return select(V(0.0), V(1.0), vec4<u32>(0u, 1u, 2u, 3u) == vec4<u32>(i)); }
+fn ulane_of(v: VU, i: u32) -> u32 { return v[i]; }
 ";
 
 impl ShaderSource {

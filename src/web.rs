@@ -909,7 +909,7 @@ async fn web_bench(
         let Some(loss) = losses::gpu_loss(&e.spec) else {
             continue;
         };
-        let name = loss.name();
+        let name = e.label.as_deref().unwrap_or(loss.name());
         if !opts.only.is_empty()
             && !opts
                 .only
@@ -988,6 +988,8 @@ async fn web_bench(
             baseline_ms,
             speedup,
             gflops: e.flops.map(|f| f / (ms * 1e6)),
+            mse_ms: None,
+            of_mse: None,
         };
         progress(&format!(
             "{name}: {ms:.3} ms, {gbps:.2} GB/s, {:.0}% of the copy",
@@ -1003,6 +1005,7 @@ async fn web_bench(
         driver: format!("{} {}", a.driver, a.driver_info).trim().to_string(),
         timer: timer.kind().into(),
         reductions: bench::reductions(ctx),
+        suite: "default".into(),
         size: opts.size,
         runs: opts.runs,
         copy_gbps: copy,
@@ -1037,6 +1040,8 @@ impl RawContext {
                     .filter(|s| !s.is_empty())
                     .map(String::from)
                     .collect(),
+                // The page runs the default suite.
+                suite: bench::Suite::Default,
             };
             let say = |line: &str| {
                 if let Some(f) = &progress {

@@ -295,6 +295,46 @@ fn segmentation_layout_with_ignore_index() {
 }
 
 #[test]
+fn spatial_sizes_a_multiple_of_four_every_option() {
+    // [N, C, H, W] with H W a multiple of 4: the four-positions-per-thread path, at 2, 19 and
+    // 64 classes, with a sample spanning several blocks of 1024 positions (36 x 40), class
+    // weights, ignore_index, label smoothing and every reduction, against the float64 reference.
+    let ctx = common::ctx();
+    let mut r = common::rng(11);
+    let layouts: [(&[usize], &[usize]); 4] = [
+        (&[3, 2, 36, 40], &[3, 36, 40]),
+        (&[2, 19, 12, 20], &[2, 12, 20]),
+        (&[1, 64, 4, 9], &[1, 4, 9]),
+        (&[5, 3, 4], &[5, 4]),
+    ];
+    for (xs, ys) in layouts {
+        let c = classes_of(xs);
+        let x = common::uniform(&mut r, xs.iter().product(), -6.0, 6.0);
+        let w = common::uniform(&mut r, c, 0.2, 2.5);
+        for (ignore_index, every) in [(-100, 0), (255, 3), (1, 0)] {
+            let y = targets(&mut r, ys.iter().product(), c, ignore_index, every);
+            for weight in [None, Some(HostTensor::vector(w.clone()))] {
+                for label_smoothing in [0.0, 0.2] {
+                    for reduction in REDUCTIONS {
+                        let cfg = CrossEntropyLoss {
+                            weight: weight.clone(),
+                            ignore_index,
+                            reduction,
+                            label_smoothing,
+                        };
+                        let label = format!(
+                            "{xs:?} ignore {ignore_index} w {} ls {label_smoothing} {reduction:?}",
+                            weight.is_some()
+                        );
+                        check(&label, ctx, &cfg, &x, xs, &y, ys, 2e-4);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn every_target_ignored_and_extreme_logits() {
     let ctx = common::ctx();
     let x = [1.0f32, 2.0, 3.0, 4.0];
@@ -619,6 +659,66 @@ fn out_of_range_labels_on_the_device_set_the_flag_and_write_nothing_out_of_bound
             } else if !bad {
                 assert!(loss.iter().all(|v| v.is_finite()), "{loss:?}");
             }
+        }
+    }
+}
+
+#[test]
+fn out_of_range_labels_in_the_four_position_path() {
+    // [1, 3, 8]: two accesses of four positions; bad labels beside valid and ignored ones in
+    // the same access.
+    let ctx = common::ctx();
+    let (c, k) = (3usize, 8usize);
+    let mut r = common::rng(14);
+    let xv = common::uniform(&mut r, c * k, -2.0, 2.0);
+    let x = ctx.upload(&xv, &[1, c, k]).unwrap();
+    let sentinel = ctx.upload(&[7.0; 32], &[32]).unwrap();
+    let grad =
+        Tensor::from_buffer(ctx, sentinel.buffer().clone(), 0, &[1, c, k], DType::F32).unwrap();
+    let labels = vec![0, 3, -100, 2, -1, 1, 1, 0];
+    let y = ctx.upload_labels(&labels, &[1, k]).unwrap();
+    let cfg = CrossEntropyLoss {
+        reduction: Reduction::None,
+        ..Default::default()
+    };
+    let opts = GradOpts {
+        into: vec![Some(grad.clone())],
+        ..Default::default()
+    };
+    let out = cfg.compute_with(ctx, &[&x, &y], &opts).unwrap();
+    assert!(matches!(
+        ctx.read(&out.loss),
+        Err(Error::LabelOutOfRange(_))
+    ));
+    let loss = ctx.read(&ctx.copy(&out.loss).unwrap()).unwrap();
+    let all = ctx.read(&sentinel).unwrap();
+    assert!(
+        all[c * k..].iter().all(|&v| v == 7.0),
+        "wrote past the gradient"
+    );
+    // The valid positions against the reference (the others: zero gradient, NaN or 0 loss).
+    let valid: Vec<i64> = labels
+        .iter()
+        .map(|&l| {
+            if (0..c as i32).contains(&l) {
+                l as i64
+            } else {
+                -100
+            }
+        })
+        .collect();
+    let want =
+        reference::cross_entropy(&cfg, &common::to64(&xv), &[1, c, k], &valid, &[1, k]).unwrap();
+    for (i, &l) in labels.iter().enumerate() {
+        let g: Vec<f32> = (0..c).map(|ch| all[ch * k + i]).collect();
+        if (0..c as i32).contains(&l) {
+            assert!((loss[i] as f64 - want.loss[i]).abs() < 1e-5, "position {i}");
+            for (ch, &gv) in g.iter().enumerate() {
+                assert!((gv as f64 - want.grads[0][ch * k + i]).abs() < 1e-5);
+            }
+        } else {
+            assert!(g.iter().all(|&v| v == 0.0), "position {i}: {g:?}");
+            assert_eq!(loss[i].is_nan(), l != -100, "position {i}");
         }
     }
 }

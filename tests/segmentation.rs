@@ -141,6 +141,95 @@ fn jaccard_and_dice_match_the_reference() {
 }
 
 #[test]
+fn per_class_at_nineteen_classes_every_path() {
+    // Cityscapes' 19 classes per class and globally: spatial sizes a multiple of 4 (four pixels
+    // per access; 72 x 64 spans two tiles of a sample) and not (one pixel per access), binary
+    // and multiclass, one-hot and soft targets, against the float64 reference.
+    let ctx = ctx();
+    let mut r = rng(12);
+    let shapes: [&[usize]; 3] = [&[2, 19, 12, 20], &[2, 19, 11, 13], &[1, 3, 72, 64]];
+    for shape in shapes {
+        let n: usize = shape.iter().product();
+        for multiclass in [false, true] {
+            for per_class in [false, true] {
+                let x = uniform(&mut r, n, -5.0, 5.0);
+                for soft in [false, true] {
+                    let t = targets(&mut r, shape, multiclass, soft);
+                    let (x64, t64) = (to64(&x), to64(&t));
+                    let label =
+                        format!("{shape:?} multi {multiclass} per_class {per_class} soft {soft}");
+                    let cfg = JaccardLoss {
+                        is_multiclass: multiclass,
+                        eps: 1e-7,
+                        per_class,
+                    };
+                    let want = jaccard(&cfg, &x64, &t64, shape).unwrap();
+                    check(
+                        &format!("jaccard {label}"),
+                        gpu(ctx, &cfg, &x, &t, shape).unwrap(),
+                        &want,
+                    );
+                    let cfg = DiceLoss {
+                        is_multiclass: multiclass,
+                        smooth: 1.0,
+                        eps: 1e-7,
+                        per_class,
+                    };
+                    let want = dice(&cfg, &x64, &t64, shape).unwrap();
+                    check(
+                        &format!("dice {label}"),
+                        gpu(ctx, &cfg, &x, &t, shape).unwrap(),
+                        &want,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn four_pixel_path_in_windows_of_several_tiles() {
+    // Samples of 3 x 72 x 64 (two tiles each, 55 KiB) in bindings of about two samples: the
+    // four-pixel path's tiles, partials and per-pixel scratch across windows, against one
+    // binding.
+    let shape = [5usize, 3, 72, 64];
+    let wctx = common::windowed_ctx_units(3 * 72 * 64 * 4, 2);
+    let mut r = rng(13);
+    let n: usize = shape.iter().product();
+    let x = uniform(&mut r, n, -4.0, 4.0);
+    for multiclass in [false, true] {
+        let t = targets(&mut r, &shape, multiclass, true);
+        for per_class in [false, true] {
+            let cfg = DiceLoss {
+                is_multiclass: multiclass,
+                smooth: 0.5,
+                eps: 1e-7,
+                per_class,
+            };
+            let label = format!("multi {multiclass} per_class {per_class}");
+            let plain = gpu(ctx(), &cfg, &x, &t, &shape).unwrap();
+            let windowed = gpu(&wctx, &cfg, &x, &t, &shape).unwrap();
+            assert_close(
+                &format!("{label} loss"),
+                &[windowed.0],
+                &[plain.0 as f64],
+                1e-5,
+                0.0,
+            );
+            assert_close(
+                &format!("{label} grad"),
+                &windowed.1,
+                &to64(&plain.1),
+                1e-4,
+                1e-6,
+            );
+            let want = dice(&cfg, &to64(&x), &to64(&t), &shape).unwrap();
+            check(&format!("windowed {label}"), windowed, &want);
+        }
+    }
+}
+
+#[test]
 fn dice_denominator_clamped_at_eps() {
     // S + smooth < eps: the denominator is the constant eps, no gradient flows through it.
     let ctx = ctx();

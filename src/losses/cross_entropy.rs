@@ -107,10 +107,21 @@ impl CrossEntropyLoss {
         // 16-byte aligned, so they are read and written four at a time. One thread per row
         // (small C) keeps the strided layout, whose accesses are coalesced across rows.
         let contiguous = k == 1 && c % 4 == 0 && tpr > 1;
-        let src = source(tpr, if contiguous { 4 } else { 1 });
-        let (x_binding, grad_binding) = if contiguous { (11, 12) } else { (1, 4) };
+        // `[N, C, K]` logits with K a multiple of 4 (any C): a thread owns four neighbouring
+        // positions, read and written four at a time (rows_*_q).
+        let quads = k > 1 && k % 4 == 0;
+        let tpr = if quads { 1 } else { tpr };
+        let src = source(tpr, if contiguous || quads { 4 } else { 1 });
+        let (x_binding, grad_binding) = if contiguous || quads {
+            (11, 12)
+        } else {
+            (1, 4)
+        };
+        let label_binding = if quads { 13 } else { 2 };
         let (rows_none, rows_reduce) = if contiguous {
             ("rows_none_c", "rows_reduce_c")
+        } else if quads {
+            ("rows_none_q", "rows_reduce_q")
         } else {
             ("rows_none", "rows_reduce")
         };
@@ -162,8 +173,13 @@ impl CrossEntropyLoss {
 
         // Pass 1 (mean): W, the summed weight of the non-ignored targets.
         let wtot = if mean {
-            let windows = ctx.windows(positions, 4, 1)?;
-            let tiles: u64 = windows.iter().map(|w| w.count.div_ceil(TILE)).sum();
+            // With quads, four labels per access (windows of whole accesses, tiles of 4 TILE).
+            let (windows, tile, weight_sum) = if quads {
+                (ctx.windows(positions, 4, 4)?, 4 * TILE, "weight_sum_q")
+            } else {
+                (ctx.windows(positions, 4, 1)?, TILE, "weight_sum")
+            };
+            let tiles: u64 = windows.iter().map(|w| w.count.div_ceil(tile)).sum();
             let partials = ctx.alloc(tiles * 4, usage)?;
             let mut part_base = 0;
             for w in windows {
@@ -173,18 +189,18 @@ impl CrossEntropyLoss {
                     ..base
                 };
                 let binds = vec![
-                    Bind::window(2, t, w.first, w.count),
+                    Bind::window(label_binding, t, w.first, w.count),
                     Bind::scratch(3, &weight_buf),
                     Bind::scratch(5, &partials),
                 ];
                 rec.prog.steps.push(ctx.step(
                     &src,
-                    "weight_sum",
+                    weight_sum,
                     &p,
                     binds,
-                    w.count.div_ceil(TILE),
+                    w.count.div_ceil(tile),
                 )?);
-                part_base += w.count.div_ceil(TILE);
+                part_base += w.count.div_ceil(tile);
             }
             let tot = ctx.reduce_rows(&mut rec.prog, &mut rec.scratch, &partials, 1, tiles)?;
             rec.scratch.keep(partials);
@@ -204,7 +220,16 @@ impl CrossEntropyLoss {
             align / gcd(k * 4, align)
         };
         let windows = ctx.windows(n, c * k * 4, multiple)?;
+        // Workgroups over a window of `count` samples: rows of WG / TPR positions, or with
+        // quads blocks of 4 WG positions within each sample.
         let rpw = (WG / tpr) as u64;
+        let wgs = |count: u64| {
+            if quads {
+                count * (k / 4).div_ceil(WG as u64)
+            } else {
+                (count * k).div_ceil(rpw)
+            }
+        };
         let label_bind = |binding: u32, w: &crate::kernel::Window, tensor: &Tensor| {
             if labels_whole {
                 Bind::tensor(binding, tensor)
@@ -224,7 +249,7 @@ impl CrossEntropyLoss {
         let io = |w: &crate::kernel::Window| {
             vec![
                 Bind::window(x_binding, x, w.first * c * k, w.count * c * k),
-                label_bind(2, w, t),
+                label_bind(label_binding, w, t),
                 Bind::scratch(3, &weight_buf),
                 Bind::window(grad_binding, &grad, w.first * c * k, w.count * c * k),
                 flag.clone(),
@@ -241,16 +266,15 @@ impl CrossEntropyLoss {
                     rows_none,
                     &window_params(w),
                     binds,
-                    (w.count * k).div_ceil(rpw),
+                    wgs(w.count),
                 )?);
             }
             elem
         } else {
-            let groups: u64 = windows.iter().map(|w| (w.count * k).div_ceil(rpw)).sum();
+            let groups: u64 = windows.iter().map(|w| wgs(w.count)).sum();
             let partials = ctx.alloc(groups * 4, usage)?;
             let mut part_base = 0u64;
             for w in &windows {
-                let rows = w.count * k;
                 let p = Params {
                     part_base: part_base as u32,
                     ..window_params(w)
@@ -261,8 +285,8 @@ impl CrossEntropyLoss {
                 binds.push(Bind::scratch(6, wtot.as_ref().unwrap_or(&weight_buf)));
                 rec.prog
                     .steps
-                    .push(ctx.step(&src, rows_reduce, &p, binds, rows.div_ceil(rpw))?);
-                part_base += rows.div_ceil(rpw);
+                    .push(ctx.step(&src, rows_reduce, &p, binds, wgs(w.count))?);
+                part_base += wgs(w.count);
             }
             let ltot = ctx.reduce_rows(&mut rec.prog, &mut rec.scratch, &partials, 1, groups)?;
             rec.scratch.keep(partials);

@@ -36,9 +36,7 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
             for per_class in [false, true] {
                 for f16 in [false, true] {
                     v.push(source(kind, multi, per_class, f16, 1));
-                    if !per_class {
-                        v.push(source(kind, multi, per_class, f16, 4));
-                    }
+                    v.push(source(kind, multi, per_class, f16, 4));
                 }
             }
         }
@@ -56,7 +54,7 @@ struct Params {
     tiles: u32,
     groups: u32,
     flags: u32,
-    pad0: u32,
+    tps: u32,
     grad_scale: f32,
     eps: f32,
     smooth: f32,
@@ -103,8 +101,15 @@ fn build(
     let groups = if per_class { c } else { 1 };
     // Windows of whole samples (all channels of a pixel in one binding); flat ones of tiles
     // when a sample is one element.
+    // The four-pixel paths keep 8 bytes per pixel of scratch (`pix`), windowed with the
+    // samples: windows whose pixel offsets stay aligned, small enough for both.
+    let quads = !(!multi && !per_class) && inner % 4 == 0;
     let raw = if c == 1 && inner == 1 {
         ctx.windows(layout.outer as u64, 4, TILE)?
+    } else if quads {
+        let align = ctx.limits.min_storage_buffer_offset_alignment.max(4) as u64;
+        let multiple = align / gcd(inner * 4, align);
+        ctx.windows(layout.outer as u64, c.max(2) * inner * 4, multiple)?
     } else {
         ctx.windows(layout.outer as u64, c * inner * 4, 1)?
     };
@@ -112,7 +117,12 @@ fn build(
     let mut tiles = 0u64;
     for w in &raw {
         let pixels = w.count * inner;
-        let n = pixels.div_ceil(TILE);
+        // The four-pixel paths: whole tiles per sample.
+        let n = if quads {
+            w.count * inner.div_ceil(TILE)
+        } else {
+            pixels.div_ceil(TILE)
+        };
         wins.push(Win {
             elem_first: w.first * c * inner,
             elems: w.count * c * inner,
@@ -123,11 +133,10 @@ fn build(
         tiles += n;
     }
     // The binary global case is flat (flat_stats, flat_grad: four elements per access where
-    // the length allows). The multiclass global one takes four neighbouring pixels per access
-    // where the spatial size is a multiple of 4 (multi_stats, multi_grad). The others loop over
-    // one pixel's channels at a time (stats, grad_pass).
+    // the length allows). The others take four neighbouring pixels per access where the
+    // spatial size is a multiple of 4 (multi_stats, multi_grad), else one pixel (stats,
+    // grad_pass); either loops over the pixels' channels.
     let flat = !multi && !per_class;
-    let quads = multi && !per_class && inner % 4 == 0;
     let lanes = if flat {
         lanes_for(layout.outer as u64)
     } else if quads {
@@ -152,7 +161,7 @@ fn build(
         tiles: tiles as u32,
         groups: groups as u32,
         flags: opts.flags(),
-        pad0: 0,
+        tps: inner.div_ceil(TILE) as u32,
         grad_scale: opts.scale,
         eps: eps as f32,
         smooth: smooth as f32,
@@ -165,12 +174,31 @@ fn build(
     };
 
     let partials = ctx.alloc(2 * groups * tiles * 4, LossContext::storage_usage())?;
+    // `pix`: two floats per pixel (a placeholder where the path has none).
+    let pixels: u64 = wins.iter().map(|w| w.pixels).sum();
+    let pix = ctx.alloc(
+        if quads { 8 * pixels.max(2) } else { 16 },
+        LossContext::storage_usage(),
+    )?;
+    let pix_bind = |w: &Win| {
+        if quads {
+            vec![Bind::scratch_window(
+                11,
+                &pix,
+                2 * (w.elem_first / c),
+                2 * w.pixels.max(2),
+            )]
+        } else {
+            Vec::new()
+        }
+    };
     for w in &wins {
-        let binds = vec![
+        let mut binds = vec![
             Bind::window(b_x, x, w.elem_first, w.elems),
             Bind::window(b_t, t, w.elem_first, w.elems),
             Bind::scratch(4, &partials),
         ];
+        binds.extend(pix_bind(w));
         let step = ctx.step(&src, stats, &per_window(w), binds, w.tiles)?;
         rec.prog.steps.push(step);
     }
@@ -198,17 +226,27 @@ fn build(
     rec.prog.steps.push(step);
     rec.scratch.keep(totals);
     for w in &wins {
-        let binds = vec![
+        let mut binds = vec![
             Bind::window(b_x, x, w.elem_first, w.elems),
             Bind::window(b_t, t, w.elem_first, w.elems),
             Bind::window(b_grad, &grad, w.elem_first, w.elems),
             Bind::scratch(7, &coef),
         ];
+        binds.extend(pix_bind(w));
         let step = ctx.step(&src, grad_pass, &per_window(w), binds, w.tiles)?;
         rec.prog.steps.push(step);
     }
     rec.scratch.keep(coef);
+    rec.scratch.keep(pix);
     Ok((loss, vec![grad]))
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 impl Loss for JaccardLoss {
