@@ -722,27 +722,32 @@ enum SegTarget {
 fn segmentation_losses() -> Vec<SegLoss> {
     vec![
         ("CrossEntropyLoss", SegTarget::Labels, || {
-            LossSpec::CrossEntropy(CrossEntropyLoss::default())
+            LossSpec::of(CrossEntropyLoss::default())
         }),
         ("JaccardLoss", SegTarget::Mask, || {
-            LossSpec::Jaccard(JaccardLoss::new(true))
+            LossSpec::of(JaccardLoss::new(true))
         }),
         ("JaccardLoss per_class", SegTarget::Mask, || {
-            LossSpec::Jaccard(JaccardLoss {
+            LossSpec::of(JaccardLoss {
                 per_class: true,
                 ..JaccardLoss::new(true)
             })
         }),
         ("DiceLoss", SegTarget::Mask, || {
-            LossSpec::Dice(DiceLoss::new(true))
+            LossSpec::of(DiceLoss::new(true))
         }),
         ("DiceLoss per_class", SegTarget::Mask, || {
-            LossSpec::Dice(DiceLoss {
+            LossSpec::of(DiceLoss {
                 per_class: true,
                 ..DiceLoss::new(true)
             })
         }),
-        // FocalLoss and TverskyLoss join here, one line each, when they exist.
+        ("FocalLoss", SegTarget::Labels, || {
+            LossSpec::of(crate::FocalLoss::multiclass())
+        }),
+        ("TverskyLoss", SegTarget::Labels, || {
+            LossSpec::of(crate::TverskyLoss::multiclass())
+        }),
     ]
 }
 
@@ -922,7 +927,7 @@ pub fn run(
         Suite::Default => ("default", entries(opts.size)),
         Suite::Segmentation => ("segmentation", segmentation_entries(opts.size)),
     };
-    let mse = LossSpec::Mse(MSELoss::default());
+    let mse = LossSpec::of(MSELoss::default());
     let mse =
         gpu_loss(&mse).ok_or_else(|| Error::InvalidInput("MSELoss is not on the GPU".into()))?;
     for e in list {
