@@ -64,8 +64,8 @@ enum Cmd {
         #[arg(long)]
         markdown: Option<PathBuf>,
         /// Which losses and shapes: `default` (every loss once) or `segmentation` (cross-entropy,
-        /// Jaccard and Dice over [N, C, H, W], C in 2, 19, 21, 64, 150, each against MSELoss
-        /// over as many elements).
+        /// Jaccard and Dice (global and per class), Focal and Tversky over [N, C, H, W], C in 2,
+        /// 19, 21, 64, 150, each against MSELoss over as many elements).
         #[arg(long, default_value = "default")]
         suite: String,
         /// Compare two JSON reports instead of running.
