@@ -6,7 +6,7 @@
 //! gets a zero gradient and a NaN loss (so a `mean` / `sum` is NaN too), and the context's
 //! label flag is set: the next read of any tensor fails with `Error::LabelOutOfRange`.
 
-use super::{want_dtype, GradOpts, Loss, Recorder};
+use super::{want_dtype, GradOpts, Loss, Recorder, Tail};
 use crate::config::{check_labels, CrossEntropyLoss, Reduction};
 use crate::context::LossContext;
 use crate::error::{Error, Result};
@@ -125,7 +125,6 @@ impl CrossEntropyLoss {
         } else {
             ("rows_none", "rows_reduce")
         };
-        let usage = LossContext::storage_usage();
 
         // Class weights (a 4-byte placeholder without weight: the binding must exist).
         let (weighted, wsum) = match &self.weight {
@@ -133,13 +132,8 @@ impl CrossEntropyLoss {
             None => (false, c as f64),
         };
         let weight_buf = match &self.weight {
-            Some(w) => {
-                let b = ctx.alloc(c * 4, usage)?;
-                ctx.queue
-                    .write_buffer(&b.buffer, 0, bytemuck::cast_slice(&w.data));
-                b
-            }
-            None => ctx.alloc(4, usage)?,
+            Some(w) => rec.buf_from(ctx, &w.data)?,
+            None => rec.buf(ctx, 4)?,
         };
         let flag = rec.flag_bind(ctx, 8, "CrossEntropyLoss")?;
 
@@ -180,7 +174,7 @@ impl CrossEntropyLoss {
                 (ctx.windows(positions, 4, 1)?, TILE, "weight_sum")
             };
             let tiles: u64 = windows.iter().map(|w| w.count.div_ceil(tile)).sum();
-            let partials = ctx.alloc(tiles * 4, usage)?;
+            let partials = rec.buf(ctx, tiles * 4)?;
             let mut part_base = 0;
             for w in windows {
                 let p = Params {
@@ -190,8 +184,8 @@ impl CrossEntropyLoss {
                 };
                 let binds = vec![
                     Bind::window(label_binding, t, w.first, w.count),
-                    Bind::scratch(3, &weight_buf),
-                    Bind::scratch(5, &partials),
+                    weight_buf.bind(3),
+                    partials.bind(5),
                 ];
                 rec.prog.steps.push(ctx.step(
                     &src,
@@ -202,9 +196,7 @@ impl CrossEntropyLoss {
                 )?);
                 part_base += w.count.div_ceil(tile);
             }
-            let tot = ctx.reduce_rows(&mut rec.prog, &mut rec.scratch, &partials, 1, tiles)?;
-            rec.scratch.keep(partials);
-            Some(tot)
+            Some(rec.reduce(ctx, &partials, 1, tiles)?)
         } else {
             None
         };
@@ -250,7 +242,7 @@ impl CrossEntropyLoss {
             vec![
                 Bind::window(x_binding, x, w.first * c * k, w.count * c * k),
                 label_bind(label_binding, w, t),
-                Bind::scratch(3, &weight_buf),
+                weight_buf.bind(3),
                 Bind::window(grad_binding, &grad, w.first * c * k, w.count * c * k),
                 flag.clone(),
             ]
@@ -272,7 +264,7 @@ impl CrossEntropyLoss {
             elem
         } else {
             let groups: u64 = windows.iter().map(|w| wgs(w.count)).sum();
-            let partials = ctx.alloc(groups * 4, usage)?;
+            let partials = rec.buf(ctx, groups * 4)?;
             let mut part_base = 0u64;
             for w in &windows {
                 let p = Params {
@@ -280,32 +272,32 @@ impl CrossEntropyLoss {
                     ..window_params(w)
                 };
                 let mut binds = io(w);
-                binds.push(Bind::scratch(5, &partials));
+                binds.push(partials.bind(5));
                 // `wtot` is only read for mean; any read-only buffer fills the binding otherwise.
-                binds.push(Bind::scratch(6, wtot.as_ref().unwrap_or(&weight_buf)));
+                binds.push(wtot.as_ref().unwrap_or(&weight_buf).bind(6));
                 rec.prog
                     .steps
                     .push(ctx.step(&src, rows_reduce, &p, binds, wgs(w.count))?);
                 part_base += wgs(w.count);
             }
-            let ltot = ctx.reduce_rows(&mut rec.prog, &mut rec.scratch, &partials, 1, groups)?;
-            rec.scratch.keep(partials);
             let loss = ctx.empty(&[], DType::F32)?;
-            let binds = vec![
-                Bind::scratch(6, wtot.as_ref().unwrap_or(&ltot)),
-                Bind::scratch(9, &ltot),
-                Bind::tensor(10, &loss),
-            ];
-            rec.prog
-                .steps
-                .push(ctx.step(&src, "finalize", &base, binds, 1)?);
-            rec.scratch.keep(ltot);
+            rec.reduce_finalize(
+                ctx,
+                &src,
+                &base,
+                Tail {
+                    partials,
+                    rows: 1,
+                    cols: groups,
+                    totals: 9,
+                    loss: Bind::tensor(10, &loss),
+                    coef: None,
+                    // `wtot` is only read for mean; the weights fill the binding otherwise.
+                    extra: vec![wtot.as_ref().unwrap_or(&weight_buf).bind(6)],
+                },
+            )?;
             loss
         };
-        if let Some(tot) = wtot {
-            rec.scratch.keep(tot);
-        }
-        rec.scratch.keep(weight_buf);
         Ok((loss, vec![grad]))
     }
 }

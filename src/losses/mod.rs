@@ -213,6 +213,37 @@ impl Recorder {
         Ok(s)
     }
 
+    /// A scratch buffer holding `data` (written before the recorded work runs).
+    pub(crate) fn buf_from(&mut self, ctx: &LossContext, data: &[f32]) -> Result<Slot> {
+        let s = self.buf(ctx, data.len() as u64 * 4)?;
+        if !data.is_empty() {
+            ctx.queue
+                .write_buffer(&s.buffer, 0, bytemuck::cast_slice(data));
+        }
+        Ok(s)
+    }
+
+    /// The deterministic reduction of `rows` rows of `cols` partials (row-major in
+    /// `partials`) into `rows` totals, kept until the work has run.
+    pub(crate) fn reduce(
+        &mut self,
+        ctx: &LossContext,
+        partials: &Slot,
+        rows: u64,
+        cols: u64,
+    ) -> Result<Slot> {
+        let totals = ctx.reduce_rows_of(
+            &mut self.prog,
+            &mut self.scratch,
+            &partials.buffer,
+            rows,
+            cols,
+        )?;
+        Ok(Slot {
+            buffer: self.scratch.keep(totals).buffer.clone(),
+        })
+    }
+
     /// The tail shared by the losses that reduce per-tile statistics: the deterministic
     /// reduction of the partials of `tail`, then the one-invocation `finalize` entry of `src`
     /// with `params`, which reads the totals at binding
@@ -225,16 +256,7 @@ impl Recorder {
         params: &P,
         tail: Tail,
     ) -> Result<Finalized> {
-        let totals = ctx.reduce_rows_of(
-            &mut self.prog,
-            &mut self.scratch,
-            &tail.partials.buffer,
-            tail.rows,
-            tail.cols,
-        )?;
-        let totals = Slot {
-            buffer: self.scratch.keep(totals).buffer.clone(),
-        };
+        let totals = self.reduce(ctx, &tail.partials, tail.rows, tail.cols)?;
         let mut binds = vec![totals.bind(tail.totals), tail.loss];
         let coef = match tail.coef {
             Some((binding, len)) => {
@@ -263,6 +285,15 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    /// Its 4-byte elements `[first, first + count)` at `binding`.
+    pub(crate) fn bind_window(&self, binding: u32, first: u64, count: u64) -> Bind {
+        Bind {
+            binding,
+            buffer: self.buffer.clone(),
+            offset: first * 4,
+            size: (count * 4).max(4),
+        }
+    }
     /// The whole buffer at `binding`.
     pub(crate) fn bind(&self, binding: u32) -> Bind {
         Bind {

@@ -3,7 +3,7 @@
 //! with `per_class`), the deterministic tree reduction, a finalize step (loss and gradient
 //! coefficients), and a gradient pass through the sigmoid or the channel softmax.
 
-use super::{float_inputs, GradOpts, Loss, Recorder};
+use super::{float_inputs, GradOpts, Loss, Recorder, Tail};
 use crate::config::{ChannelLayout, DiceLoss, JaccardLoss};
 use crate::context::LossContext;
 use crate::error::Result;
@@ -173,21 +173,13 @@ fn build(
         ..base
     };
 
-    let partials = ctx.alloc(2 * groups * tiles * 4, LossContext::storage_usage())?;
+    let partials = rec.buf(ctx, 2 * groups * tiles * 4)?;
     // `pix`: two floats per pixel (a placeholder where the path has none).
     let pixels: u64 = wins.iter().map(|w| w.pixels).sum();
-    let pix = ctx.alloc(
-        if quads { 8 * pixels.max(2) } else { 16 },
-        LossContext::storage_usage(),
-    )?;
+    let pix = rec.buf(ctx, if quads { 8 * pixels.max(2) } else { 16 })?;
     let pix_bind = |w: &Win| {
         if quads {
-            vec![Bind::scratch_window(
-                11,
-                &pix,
-                2 * (w.elem_first / c),
-                2 * w.pixels.max(2),
-            )]
+            vec![pix.bind_window(11, 2 * (w.elem_first / c), 2 * w.pixels.max(2))]
         } else {
             Vec::new()
         }
@@ -196,48 +188,41 @@ fn build(
         let mut binds = vec![
             Bind::window(b_x, x, w.elem_first, w.elems),
             Bind::window(b_t, t, w.elem_first, w.elems),
-            Bind::scratch(4, &partials),
+            partials.bind(4),
         ];
         binds.extend(pix_bind(w));
         let step = ctx.step(&src, stats, &per_window(w), binds, w.tiles)?;
         rec.prog.steps.push(step);
     }
-    let totals = ctx.reduce_rows(
-        &mut rec.prog,
-        &mut rec.scratch,
-        &partials,
-        2 * groups,
-        tiles,
-    )?;
-    rec.scratch.keep(partials);
     let loss = ctx.empty(&[], DType::F32)?;
-    let coef = ctx.alloc(2 * groups * 4, LossContext::storage_usage())?;
-    let step = ctx.step(
+    let fin = rec.reduce_finalize(
+        ctx,
         &src,
-        "finalize",
         &base,
-        vec![
-            Bind::scratch(5, &totals),
-            Bind::tensor(6, &loss),
-            Bind::scratch(7, &coef),
-        ],
-        1,
+        Tail {
+            partials,
+            rows: 2 * groups,
+            cols: tiles,
+            totals: 5,
+            loss: Bind::tensor(6, &loss),
+            coef: Some((7, 2 * groups)),
+            extra: Vec::new(),
+        },
     )?;
-    rec.prog.steps.push(step);
-    rec.scratch.keep(totals);
+    let coef = fin.coef.ok_or_else(|| {
+        crate::Error::InvalidInput(format!("{what}: the finalize step made no coefficients"))
+    })?;
     for w in &wins {
         let mut binds = vec![
             Bind::window(b_x, x, w.elem_first, w.elems),
             Bind::window(b_t, t, w.elem_first, w.elems),
             Bind::window(b_grad, &grad, w.elem_first, w.elems),
-            Bind::scratch(7, &coef),
+            coef.bind(7),
         ];
         binds.extend(pix_bind(w));
         let step = ctx.step(&src, grad_pass, &per_window(w), binds, w.tiles)?;
         rec.prog.steps.push(step);
     }
-    rec.scratch.keep(coef);
-    rec.scratch.keep(pix);
     Ok((loss, vec![grad]))
 }
 
