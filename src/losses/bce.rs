@@ -1,11 +1,11 @@
 //! `WeightedBCEWithLogitsLoss` (deepml) and `BCEWithLogitsLoss` (PyTorch) (shaders/bce.wgsl):
 //! one pass computing the loss partials and the gradient, the tree reduction, a finalize step.
 
-use super::{want_dtype, GradOpts, Loss, Recorder, Tail};
+use super::{want_dtype, GradOpts, Loss, Recorder, Slot, Tail};
 use crate::config::{
     BCEWithLogitsLoss, Broadcast, HostTensor, Reduction, WeightedBCEWithLogitsLoss,
 };
-use crate::context::{LossContext, PoolBuf};
+use crate::context::LossContext;
 use crate::error::Result;
 use crate::kernel::{lanes_for, with_accumulate_variants, Bind, ShaderSource, Window, WG};
 use crate::tensor::{DType, Tensor};
@@ -61,14 +61,18 @@ struct Params {
 
 /// A broadcast argument on the device: its values (or a single 1.0) and how they repeat.
 struct Arg {
-    buf: PoolBuf,
+    buf: Slot,
     b: Broadcast,
     /// The value of every element where it does not vary (period 1), passed as a uniform.
     one: f32,
 }
 
 impl Arg {
-    fn new(ctx: &LossContext, t: Option<(&HostTensor, Broadcast)>) -> Result<Arg> {
+    fn new(
+        ctx: &LossContext,
+        rec: &mut Recorder,
+        t: Option<(&HostTensor, Broadcast)>,
+    ) -> Result<Arg> {
         let (data, b) = match t {
             Some((h, b)) => (h.data.clone(), b),
             None => (
@@ -79,9 +83,7 @@ impl Arg {
                 },
             ),
         };
-        let buf = ctx.alloc(data.len() as u64 * 4, LossContext::storage_usage())?;
-        ctx.queue
-            .write_buffer(&buf.buffer, 0, bytemuck::cast_slice(&data));
+        let buf = rec.buf_from(ctx, &data)?;
         Ok(Arg {
             buf,
             one: data.first().copied().unwrap_or(1.0),
@@ -128,8 +130,8 @@ fn build(
     want_dtype(s.what, "target", t, DType::F32)?;
     let n = x.numel() as u64;
     let grad = opts.grad_for(ctx, 0, x)?;
-    let weight = Arg::new(ctx, s.weight)?;
-    let pos_weight = Arg::new(ctx, s.pos_weight)?;
+    let weight = Arg::new(ctx, rec, s.weight)?;
+    let pos_weight = Arg::new(ctx, rec, s.pos_weight)?;
     let broadcast = weight.b.period > 1 || pos_weight.b.period > 1;
     let exact = s.kind == Kind::Weighted && s.epsilon == 0.0;
     let src = source(s.kind, lanes_for(n), broadcast, exact).with_accumulate(opts.accumulate);
@@ -167,8 +169,8 @@ fn build(
             Bind::window(1, x, w.first, w.count),
             Bind::window(2, t, w.first, w.count),
             Bind::window(3, &grad, w.first, w.count),
-            Bind::scratch(8, &weight.buf),
-            Bind::scratch(9, &pos_weight.buf),
+            weight.buf.bind(8),
+            pos_weight.buf.bind(9),
         ]
     };
 
@@ -212,8 +214,6 @@ fn build(
         )?;
         loss
     };
-    rec.scratch.keep(weight.buf);
-    rec.scratch.keep(pos_weight.buf);
     Ok((loss, vec![grad]))
 }
 
