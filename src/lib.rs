@@ -35,6 +35,10 @@ pub mod kernel;
 pub(crate) mod kernel;
 pub mod losses;
 #[cfg(feature = "cases")]
+pub mod matmul;
+#[cfg(not(feature = "cases"))]
+pub(crate) mod matmul;
+#[cfg(feature = "cases")]
 pub mod reference;
 pub mod tensor;
 #[cfg(all(target_arch = "wasm32", feature = "web"))]

@@ -996,6 +996,8 @@ async fn web_bench(
             baseline_ms,
             speedup,
             gflops: e.flops.map(|f| f / (ms * 1e6)),
+            // The products alone are timed by the native benchmark only.
+            products: Vec::new(),
         };
         progress(&format!(
             "{name}: {ms:.3} ms, {gbps:.2} GB/s, {:.0}% of the copy",
