@@ -729,11 +729,14 @@ fn rows_for(m: u64, max: u32) -> u32 {
 /// The tile shape for an adapter: (rows, loop-free block or 0).
 fn shape_for(ctx: &LossContext) -> (u32, u32) {
     let env = |n: &str| std::env::var(n).ok().and_then(|v| v.parse::<u32>().ok());
-    // The loop-free variant is for Vulkan's CPU adapters (lavapipe). On GL (llvmpipe through
-    // EGL) its thousands of unrolled statements take Mesa's GLSL compiler minutes, and a
-    // browser's CPU WebGPU (SwiftShader) is not measured: both take the loop.
+    // The loop-free variant is for lavapipe (Vulkan on llvmpipe). On GL (llvmpipe through EGL)
+    // its thousands of unrolled statements take Mesa's GLSL compiler minutes, and SwiftShader
+    // (Vulkan, or a browser's CPU WebGPU) compiles them slowly and runs the loop faster: its
+    // matmul tests took 160 s loop-free against 69 s looped. Both take the loop.
     let a = ctx.adapter();
-    let cpu = a.device_type == wgpu::DeviceType::Cpu && a.backend == wgpu::Backend::Vulkan;
+    let cpu = a.device_type == wgpu::DeviceType::Cpu
+        && a.backend == wgpu::Backend::Vulkan
+        && a.name.to_lowercase().contains("llvmpipe");
     let kb = env("DEEPML_MM_KB").unwrap_or(if cpu { CPU_KB } else { 0 });
     let rows = env("DEEPML_MM_R").unwrap_or(32);
     (rows, kb)
