@@ -88,8 +88,10 @@ fn large_dimensions() {
 
 #[test]
 fn windows_over_the_binding_limit() {
-    // 4 KiB bindings: C and A in windows of rows.
-    let small = windowed_ctx(4096);
+    // 4 KiB bindings (more where the storage-offset alignment makes one aligned step of 80-byte
+    // rows larger: 5 KiB on SwiftShader): C and A in windows of rows.
+    let align = ctx().adapter().limits.min_storage_buffer_offset_alignment as u64;
+    let small = windowed_ctx(4096.max(80 * align / 4));
     one(&small, 300, 20, 16, false, true, 7);
     one(&small, 129, 17, 3, false, false, 8);
 }
@@ -119,8 +121,11 @@ fn deterministic() {
     }
 }
 
-/// GFLOP/s of the forward product's shape (not a test of speed: printed with --nocapture).
+/// GFLOP/s of the three products' shapes (not a test of speed: it asserts nothing, so it is
+/// left out of the suite; run it with `--ignored --nocapture`). `deepml bench` reports the
+/// products' speeds within the loss.
 #[test]
+#[ignore]
 fn speed_probe() {
     let ctx = ctx();
     let mut r = rng(10);
