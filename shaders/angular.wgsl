@@ -307,7 +307,7 @@ fn grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let j = vec4<u32>(4u * q) + vec4<u32>(0u, 1u, 2u, 3u);
         var d = P.gscale * P.s * exp(P.s * v - lse);
         d = select(d, vec4<f32>(dy), j == vec4<u32>(yc));
-        d = select(d, vec4<f32>(0.0), j >= vec4<u32>(P.classes) | vec4<bool>(bad));
+        d = select(d, vec4<f32>(0.0), (j >= vec4<u32>(P.classes)) | vec4<bool>(bad));
         L4[base / 4u + q] = d;
         r = r + dot(d, select(v, vec4<f32>(0.0), j >= vec4<u32>(P.classes)));
     }
