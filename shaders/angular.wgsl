@@ -1,32 +1,28 @@
 // AngularPenaltySMLoss (ArcFace, SphereFace, CosFace): value and the gradients with respect to
-// x [N, F] and the raw class weight W [C, F] (F = in_features, C = out_features).
+// x [N, F] and the raw class weight W [C, F] (F = in_features, C = out_features), without ever
+// holding the N x C logits: the classes are processed in chunks of at most `chunk` classes
+// (the host sizes it, src/losses/angular.rs), through one [rows, chunk] buffer L.
 //
-// Passes, in the order the host records them (R = rows of a row window, Cw = classes of a
-// class window; the host windows rows and classes so that every binding fits the device):
+// Passes, in the order the host records them (R = rows of a row window):
 //   wnorm   one workgroup per class row: winv_j = 1 / max(||W_j||, 1e-12), or 1 without
-//           normalize_weight.                                   reads C F, writes C
-//   xnorm   one workgroup per sample row: xstat_i = (xinv_i, 1 if ||x_i|| >= 1e-12 else 0).
-//                                                               reads N F, writes 2 N
-//   fwd     64 x 64 tiles of wf = (x W^T) * xinv_i * winv_j in workgroup memory (16-deep K
-//           slices): the logits buffer [N, C], the ONE N x C buffer of the loss.
-//                                                               reads N F C / 64 + C F N / 64, writes N C
-//   rows    one workgroup per sample: label (clamped, error flag), target numerator with the
-//           margin, log-sum-exp (online max / sum, one read), then d loss / d wf written over
-//           the logits in place, the per-sample loss, and r_i = sum_j dwf_ij wf_ij
-//           (= x^_i . d x^_i), kept as the projection coefficient r_i xinv_i^2 in xstat_i.y.
-//                                                               reads 2 N C, writes N C + 2 N
-//   dx      64 x 64 tiles of dx = xinv_i (dwf diag(winv) W)_i - coef_i x_i, accumulated over
-//           class windows (first window honours GradOpts.accumulate, later ones add).
-//                                                               reads N C F / 64 + C F N / 64 + N F
-//   dw      64 x 64 tiles of d W^ = dwf^T diag(xinv) x, accumulated over row windows: into the
-//           gradient itself without normalize_weight, else into a [C, F] scratch.
-//                                                               reads N C F / 64 + N F C / 64
-//   wgrad   (normalize_weight) one workgroup per class row: dW = (dW^ - W^ (W^ . dW^)) winv,
-//           or dW^ / 1e-12 where the norm is clamped.           reads 2 C F, writes C F
-//   (A product whose reduction is longer than 16384 runs as several dispatches that add into
-//   their output in order: one more read and write of the output per extra dispatch.)
+//           normalize_weight.
+//   xnorm   one workgroup per sample row: xinv_i, and the row state (rstat, 8 floats a row:
+//           valid, running max M and sum O, target logit c, lse, d loss / d wf_iy, r) reset.
+//   pass 1, per row window and class chunk:
+//     L = (x W_chunk^T) xinv_i winv_j    the shared matrix product (src/matmul.rs)
+//     stats   one workgroup per row: the chunk's max and sum of exp(s wf) over the
+//             non-target classes, merged into (M, O) in chunk order; the target logit c.
+//   finish  one workgroup per row: label check (clamped, error flag), the margin, the loss,
+//           lse and d loss / d wf at the target.
+//   pass 2, per class chunk and row window (L recomputed unless one chunk and one window):
+//     grad    one workgroup per row: L = d loss / d wf in place; r_i += sum_j dwf_ij wf_ij.
+//     dx     += xinv_i (G diag(winv) W_chunk)   (matrix product; first chunk honours
+//               GradOpts.accumulate)
+//     dW^_chunk (+)= G^T diag(xinv) x           (matrix product; over row windows in order)
+//     wgrad / wgrad_inplace  (normalize_weight) dW = (dW^ - W^ (W^ . dW^)) winv per class row
+//   proj    dx_i -= r_i xinv_i^2 x_i (the projection through the normalisation of x).
 //   finalize  loss = sum of the per-sample losses (tree reduction, reduce.wgsl) * 1/N or 1.
-//   sgd     W -= lr * g, element-wise, in place.               reads 2 C F, writes C F
+//   sgd     W -= lr * g, element-wise, in place.
 //
 // Out-of-range labels never index out of bounds: the label is clamped into [0, C), the
 // sample's loss is NaN (so a mean or sum is NaN), its gradient row is zero, and bit 0 of
@@ -35,17 +31,17 @@
 
 struct Params {
     rows: u32,      // rows of the row window (sgd: elements of the window)
-    classes: u32,   // classes of the class window
+    classes: u32,   // classes of the class chunk (wnorm, wgrad: of the class window)
     features: u32,  // F
-    out: u32,       // C, the row stride of the logits
-    c0: u32,        // first class of the class window (column offset in the logits)
-    tiles_m: u32,   // matmul output tiles along M
-    tiles_n: u32,   // matmul output tiles along N
-    mode: u32,      // bit 0: add to the output instead of overwriting; bit 1: dx projection term
+    out: u32,       // C
+    c0: u32,        // first class of the chunk
+    ld: u32,        // row stride of L
+    mode: u32,      // bit 0: add to the output instead of overwriting
     loss_type: u32, // 0 arcface, 1 sphereface, 2 cosface
     normw: u32,     // normalize_weight
-    kb: u32,        // matmul: first index of the reduction range of this dispatch
-    ke: u32,        // matmul: end of the reduction range of this dispatch
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
     s: f32,
     m: f32,
     cos_m: f32,
@@ -61,8 +57,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read> labels: array<i32>;
-@group(0) @binding(4) var<storage, read_write> logits: array<f32>;
-@group(0) @binding(5) var<storage, read_write> xstat: array<vec2<f32>>;
+@group(0) @binding(4) var<storage, read_write> L: array<f32>;
+@group(0) @binding(5) var<storage, read_write> rstat: array<f32>;
 @group(0) @binding(6) var<storage, read_write> winv: array<f32>;
 @group(0) @binding(7) var<storage, read_write> gx: array<f32>;
 @group(0) @binding(8) var<storage, read_write> gw: array<f32>;
@@ -73,6 +69,20 @@ struct Params {
 @group(0) @binding(13) var<storage, read> dwh: array<f32>;
 @group(0) @binding(14) var<storage, read> sgd_g: array<f32>;
 @group(0) @binding(15) var<storage, read_write> wmut: array<f32>;
+@group(0) @binding(16) var<storage, read_write> xinv: array<f32>;
+// L as vec4 (its row stride is a multiple of 4; the padding past a chunk's classes is never
+// read by the products).
+@group(0) @binding(17) var<storage, read_write> L4: array<vec4<f32>>;
+
+// rstat slots.
+const RS_VALID: u32 = 0u;
+const RS_M: u32 = 1u;
+const RS_O: u32 = 2u;
+const RS_C: u32 = 3u;
+const RS_LSE: u32 = 4u;
+const RS_DY: u32 = 5u;
+const RS_R: u32 = 6u;
+const RS: u32 = 8u;
 
 const NORM_EPS: f32 = 1e-12;
 
@@ -117,222 +127,16 @@ fn xnorm(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     }
     let n = sqrt(wg_sum(lid, acc));
     if (lid == 0u) {
-        xstat[i] = vec2<f32>(1.0 / max(n, NORM_EPS), select(0.0, 1.0, n >= NORM_EPS));
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Tiled matrix products: 64 x 64 outputs per workgroup, 4 x 4 per thread, K in slices of 16.
-// As[k][m / 4][m % 4], Bs[k][n / 4][n % 4] (vec4 rows of 16); thread (tx, ty) owns the 4 x 4 block
-// of rows 4 ty + a and columns 4 tx + b.
-// One dispatch covers the reduction range [kb, ke); the host splits long reductions into
-// ranges of at most 16384 (1024 slices) and adds them up in order (mode bit 0), because
-// llvmpipe (lavapipe) stops every loop of an invocation after 65535 iterations in total.
-
-const TILE: u32 = 64u;
-const KT: u32 = 16u;
-
-var<workgroup> As: array<vec4<f32>, 256>;
-var<workgroup> Bs: array<vec4<f32>, 256>;
-var<private> acc: array<vec4<f32>, 4>;
-
-fn mm_clear() {
-    for (var q = 0u; q < 4u; q = q + 1u) {
-        acc[q] = vec4<f32>(0.0);
-    }
-}
-
-fn mm_slice(tx: u32, ty: u32) {
-    for (var k = 0u; k < KT; k = k + 1u) {
-        let a = As[k * 16u + ty];
-        let b = Bs[k * 16u + tx];
-        acc[0] = fma(vec4<f32>(a.x), b, acc[0]);
-        acc[1] = fma(vec4<f32>(a.y), b, acc[1]);
-        acc[2] = fma(vec4<f32>(a.z), b, acc[2]);
-        acc[3] = fma(vec4<f32>(a.w), b, acc[3]);
-    }
-}
-
-// wf[i, c0 + j] = (x_i . W_j) xinv_i winv_j. M = rows, N = classes, K = features.
-@compute @workgroup_size(256)
-fn fwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
-       @builtin(num_workgroups) nwg: vec3<u32>) {
-    let g = group_index(wid, nwg);
-    if (g >= P.tiles_m * P.tiles_n) {
-        return;
-    }
-    let m0 = (g % P.tiles_m) * TILE;
-    let n0 = (g / P.tiles_m) * TILE;
-    let tx = lid % 16u;
-    let ty = lid / 16u;
-    let F = P.features;
-    mm_clear();
-    for (var k0 = P.kb; k0 < P.ke; k0 = k0 + KT) {
-        for (var r = 0u; r < 4u; r = r + 1u) {
-            let e = lid + r * WG;
-            let mm = e / KT;
-            let kk = e % KT;
-            let gk = k0 + kk;
-            var a = 0.0;
-            let gi = m0 + mm;
-            if (gi < P.rows && gk < P.ke) {
-                a = x[gi * F + gk];
-            }
-            As[kk * 16u + mm / 4u][mm % 4u] = a;
-            var b = 0.0;
-            let gj = n0 + mm;
-            if (gj < P.classes && gk < P.ke) {
-                b = w[gj * F + gk];
-            }
-            Bs[kk * 16u + mm / 4u][mm % 4u] = b;
-        }
-        workgroupBarrier();
-        mm_slice(tx, ty);
-        workgroupBarrier();
-    }
-    for (var a = 0u; a < 4u; a = a + 1u) {
-        let gi = m0 + ty * 4u + a;
-        if (gi >= P.rows) {
-            continue;
-        }
-        let xi = xstat[gi].x;
-        for (var b = 0u; b < 4u; b = b + 1u) {
-            let gj = n0 + tx * 4u + b;
-            if (gj < P.classes) {
-                let idx = gi * P.out + P.c0 + gj;
-                let v = acc[a][b] * xi * winv[gj];
-                if ((P.mode & 1u) != 0u) {
-                    logits[idx] = logits[idx] + v;
-                } else {
-                    logits[idx] = v;
-                }
-            }
-        }
-    }
-}
-
-// d x_i = xinv_i sum_j dwf_ij winv_j W_j  (- coef_i x_i on the first class window).
-// M = rows, N = features, K = classes of the window.
-@compute @workgroup_size(256)
-fn dx(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
-      @builtin(num_workgroups) nwg: vec3<u32>) {
-    let g = group_index(wid, nwg);
-    if (g >= P.tiles_m * P.tiles_n) {
-        return;
-    }
-    let m0 = (g % P.tiles_m) * TILE;
-    let n0 = (g / P.tiles_m) * TILE;
-    let tx = lid % 16u;
-    let ty = lid / 16u;
-    let F = P.features;
-    mm_clear();
-    for (var k0 = P.kb; k0 < P.ke; k0 = k0 + KT) {
-        for (var r = 0u; r < 4u; r = r + 1u) {
-            let e = lid + r * WG;
-            // A[m = row, k = class]: contiguous along the class.
-            let mm = e / KT;
-            let kk = e % KT;
-            let gi = m0 + mm;
-            let gj = k0 + kk;
-            var a = 0.0;
-            if (gi < P.rows && gj < P.ke) {
-                a = logits[gi * P.out + P.c0 + gj] * winv[gj];
-            }
-            As[kk * 16u + mm / 4u][mm % 4u] = a;
-            // B[k = class, n = feature]: contiguous along the feature.
-            let bk = e / TILE;
-            let bn = e % TILE;
-            let bj = k0 + bk;
-            let bf = n0 + bn;
-            var b = 0.0;
-            if (bj < P.ke && bf < F) {
-                b = w[bj * F + bf];
-            }
-            Bs[bk * 16u + bn / 4u][bn % 4u] = b;
-        }
-        workgroupBarrier();
-        mm_slice(tx, ty);
-        workgroupBarrier();
-    }
-    for (var a = 0u; a < 4u; a = a + 1u) {
-        let gi = m0 + ty * 4u + a;
-        if (gi >= P.rows) {
-            continue;
-        }
-        let st = xstat[gi];
-        for (var b = 0u; b < 4u; b = b + 1u) {
-            let gf = n0 + tx * 4u + b;
-            if (gf < F) {
-                let idx = gi * F + gf;
-                var v = acc[a][b] * st.x;
-                if ((P.mode & 2u) != 0u) {
-                    v = v - st.y * x[idx];
-                }
-                if ((P.mode & 1u) != 0u) {
-                    gx[idx] = gx[idx] + v;
-                } else {
-                    gx[idx] = v;
-                }
-            }
-        }
-    }
-}
-
-// d W^_j = sum_i dwf_ij xinv_i x_i. M = classes of the window, N = features, K = rows.
-@compute @workgroup_size(256)
-fn dw(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
-      @builtin(num_workgroups) nwg: vec3<u32>) {
-    let g = group_index(wid, nwg);
-    if (g >= P.tiles_m * P.tiles_n) {
-        return;
-    }
-    let m0 = (g % P.tiles_m) * TILE;
-    let n0 = (g / P.tiles_m) * TILE;
-    let tx = lid % 16u;
-    let ty = lid / 16u;
-    let F = P.features;
-    mm_clear();
-    for (var k0 = P.kb; k0 < P.ke; k0 = k0 + KT) {
-        for (var r = 0u; r < 4u; r = r + 1u) {
-            let e = lid + r * WG;
-            let kk = e / TILE;
-            let col = e % TILE;
-            let gi = k0 + kk;
-            // A[m = class, k = row] = dwf[row, class]: contiguous along the class.
-            let gj = m0 + col;
-            var a = 0.0;
-            if (gi < P.ke && gj < P.classes) {
-                a = logits[gi * P.out + P.c0 + gj];
-            }
-            As[kk * 16u + col / 4u][col % 4u] = a;
-            // B[k = row, n = feature] = xinv_i x_if.
-            let gf = n0 + col;
-            var b = 0.0;
-            if (gi < P.ke && gf < F) {
-                b = x[gi * F + gf] * xstat[gi].x;
-            }
-            Bs[kk * 16u + col / 4u][col % 4u] = b;
-        }
-        workgroupBarrier();
-        mm_slice(tx, ty);
-        workgroupBarrier();
-    }
-    for (var a = 0u; a < 4u; a = a + 1u) {
-        let gj = m0 + ty * 4u + a;
-        if (gj >= P.classes) {
-            continue;
-        }
-        for (var b = 0u; b < 4u; b = b + 1u) {
-            let gf = n0 + tx * 4u + b;
-            if (gf < F) {
-                let idx = gj * F + gf;
-                if ((P.mode & 1u) != 0u) {
-                    gw[idx] = gw[idx] + acc[a][b];
-                } else {
-                    gw[idx] = acc[a][b];
-                }
-            }
-        }
+        xinv[i] = 1.0 / max(n, NORM_EPS);
+        let b = i * RS;
+        rstat[b + RS_VALID] = select(0.0, 1.0, n >= NORM_EPS);
+        rstat[b + RS_M] = -3.0e38;
+        rstat[b + RS_O] = 0.0;
+        rstat[b + RS_C] = 0.0;
+        rstat[b + RS_LSE] = 0.0;
+        rstat[b + RS_DY] = 0.0;
+        rstat[b + RS_R] = 0.0;
+        rstat[b + 7u] = 0.0;
     }
 }
 
@@ -356,22 +160,76 @@ fn nan() -> f32 {
     return bitcast<f32>(0x7fc00000u + min(P.loss_type, 0u));
 }
 
-@compute @workgroup_size(256)
-fn rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
-        @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = group_index(wid, nwg);
-    if (i >= P.rows) {
-        return;
-    }
+// The clamped label of row i (and whether it was out of range).
+fn label_of(i: u32) -> vec2<u32> {
     let C = P.out;
-    let base = i * C;
     var y = labels[i];
     let bad = y < 0 || u32(y) >= C;
     if (bad) {
         y = clamp(y, 0, i32(C) - 1);
     }
-    let yu = u32(y);
-    let c = logits[base + yu];
+    return vec2<u32>(u32(y), select(0u, 1u, bad));
+}
+
+// Pass 1, per row of a chunk: online max / sum of exp(z_j - M) over the chunk's non-target
+// classes (z_j = s wf_ij), a fixed-order workgroup combine, merged into the row's (M, O).
+@compute @workgroup_size(256)
+fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+         @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = group_index(wid, nwg);
+    if (i >= P.rows) {
+        return;
+    }
+    let yl = label_of(i);
+    let base = i * P.ld;
+    // The target's column in this chunk, or past its end.
+    let yc = select(P.classes, yl.x - P.c0, yl.x >= P.c0 && yl.x < P.c0 + P.classes);
+    var mx = -3.0e38;
+    var sm = 0.0;
+    let quads = (P.classes + 3u) / 4u;
+    for (var q = lid; q < quads; q = q + WG) {
+        let v = L4[base / 4u + q];
+        for (var e = 0u; e < 4u; e = e + 1u) {
+            let j = 4u * q + e;
+            if (j == yc || j >= P.classes) {
+                continue;
+            }
+            let z = P.s * v[e];
+            if (z > mx) {
+                sm = sm * exp(mx - z) + 1.0;
+                mx = z;
+            } else {
+                sm = sm + exp(z - mx);
+            }
+        }
+    }
+    let Mc = wg_max(lid, mx);
+    let Oc = wg_sum(lid, sm * exp(mx - Mc));
+    if (lid == 0u) {
+        let b = i * RS;
+        let M0 = rstat[b + RS_M];
+        let O0 = rstat[b + RS_O];
+        let M1 = max(M0, Mc);
+        rstat[b + RS_M] = M1;
+        rstat[b + RS_O] = O0 * exp(M0 - M1) + Oc * exp(Mc - M1);
+        if (yc < P.classes) {
+            rstat[b + RS_C] = L4[(base + yc) / 4u][yc % 4u];
+        }
+    }
+}
+
+// Per row, after pass 1: the margin, the loss, lse and d loss / d wf at the target.
+@compute @workgroup_size(64)
+fn finish(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+          @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = group_index(wid, nwg) * 64u + lid;
+    if (i >= P.rows) {
+        return;
+    }
+    let yl = label_of(i);
+    let bad = yl.y != 0u;
+    let b = i * RS;
+    let c = rstat[b + RS_C];
 
     // The target logit num(c) and d num / d c (torch.clamp passes the gradient inside [lo, hi]).
     var num = 0.0;
@@ -403,25 +261,8 @@ fn rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
         }
     }
-
-    // Online max / sum of exp over the other classes (z_j = s wf_ij), one read, then a
-    // fixed-order workgroup combine: M = max_j z_j, O = sum_j exp(z_j - M) over j != y.
-    var mx = -3.0e38;
-    var sm = 0.0;
-    for (var j = lid; j < C; j = j + WG) {
-        if (j == yu) {
-            continue;
-        }
-        let z = P.s * logits[base + j];
-        if (z > mx) {
-            sm = sm * exp(mx - z) + 1.0;
-            mx = z;
-        } else {
-            sm = sm + exp(z - mx);
-        }
-    }
-    let M = wg_max(lid, mx);
-    let O = wg_sum(lid, sm * exp(mx - M));
+    let M = rstat[b + RS_M];
+    let O = rstat[b + RS_O];
     // -L_i = ln(exp(num) + sum_j exp(z_j)) - num, without cancellation when the target
     // dominates (log1p) and without overflow when it does not.
     var loss = 0.0;
@@ -433,33 +274,63 @@ fn rows(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let lse = num + loss;
     // 1 - softmax_y = sum_{j != y} softmax_j, exact for a dominant target too.
     let rest = O * exp(M - lse);
+    rstat[b + RS_LSE] = lse;
+    rstat[b + RS_DY] = -P.gscale * rest * dnum;
+    if (bad) {
+        sloss[i] = nan();
+        atomicOr(&flag[0], 1u);
+    } else {
+        sloss[i] = loss;
+    }
+}
 
-    // d loss / d wf over the logits; r = sum_j dwf_ij wf_ij.
+// Pass 2, per row of a chunk: d loss / d wf over L in place; r_i += sum_j dwf_ij wf_ij
+// (= x^_i . d x^_i), in chunk order.
+@compute @workgroup_size(256)
+fn grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = group_index(wid, nwg);
+    if (i >= P.rows) {
+        return;
+    }
+    let yl = label_of(i);
+    let bad = yl.y != 0u;
+    let base = i * P.ld;
+    let b = i * RS;
+    let lse = rstat[b + RS_LSE];
+    let dy = rstat[b + RS_DY];
+    let yc = select(P.classes, yl.x - P.c0, yl.x >= P.c0 && yl.x < P.c0 + P.classes);
     var r = 0.0;
-    for (var j = lid; j < C; j = j + WG) {
-        let f = logits[base + j];
-        var d = 0.0;
-        if (j == yu) {
-            d = -P.gscale * rest * dnum;
-        } else {
-            d = P.gscale * P.s * exp(P.s * f - lse);
-        }
-        if (bad) {
-            d = 0.0;
-        }
-        logits[base + j] = d;
-        r = r + d * f;
+    let quads = (P.classes + 3u) / 4u;
+    for (var q = lid; q < quads; q = q + WG) {
+        let v = L4[base / 4u + q];
+        let j = vec4<u32>(4u * q) + vec4<u32>(0u, 1u, 2u, 3u);
+        var d = P.gscale * P.s * exp(P.s * v - lse);
+        d = select(d, vec4<f32>(dy), j == vec4<u32>(yc));
+        d = select(d, vec4<f32>(0.0), (j >= vec4<u32>(P.classes)) | vec4<bool>(bad));
+        L4[base / 4u + q] = d;
+        r = r + dot(d, select(v, vec4<f32>(0.0), j >= vec4<u32>(P.classes)));
     }
     let rt = wg_sum(lid, r);
     if (lid == 0u) {
-        let st = xstat[i];
-        xstat[i] = vec2<f32>(st.x, rt * st.x * st.x * st.y);
-        if (bad) {
-            sloss[i] = nan();
-            atomicOr(&flag[0], 1u);
-        } else {
-            sloss[i] = loss;
-        }
+        rstat[b + RS_R] = rstat[b + RS_R] + rt;
+    }
+}
+
+// dx_i -= r_i xinv_i^2 [||x_i|| >= 1e-12] x_i, one workgroup per row.
+@compute @workgroup_size(256)
+fn proj(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = group_index(wid, nwg);
+    if (i >= P.rows) {
+        return;
+    }
+    let b = i * RS;
+    let xi = xinv[i];
+    let coef = rstat[b + RS_R] * xi * xi * rstat[b + RS_VALID];
+    let base = i * P.features;
+    for (var k = lid; k < P.features; k = k + WG) {
+        gx[base + k] = gx[base + k] - coef * x[base + k];
     }
 }
 
@@ -497,6 +368,35 @@ fn wgrad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         } else {
             gw[idx] = v;
         }
+    }
+}
+
+// wgrad with dW^ already in gw (no accumulation into an existing gradient): in place.
+@compute @workgroup_size(256)
+fn wgrad_inplace(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let j = group_index(wid, nwg);
+    if (j >= P.classes) {
+        return;
+    }
+    let base = j * P.features;
+    var sq = 0.0;
+    var dot = 0.0;
+    for (var k = lid; k < P.features; k = k + WG) {
+        let v = w[base + k];
+        sq = sq + v * v;
+        dot = dot + v * gw[base + k];
+    }
+    let n = sqrt(wg_sum(lid, sq));
+    let d = wg_sum(lid, dot);
+    let inv = 1.0 / max(n, NORM_EPS);
+    var proj = 0.0;
+    if (n >= NORM_EPS) {
+        proj = inv * inv * d;
+    }
+    for (var k = lid; k < P.features; k = k + WG) {
+        let idx = base + k;
+        gw[idx] = (gw[idx] - w[idx] * proj) * inv;
     }
 }
 

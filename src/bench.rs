@@ -110,6 +110,9 @@ pub struct BenchResult {
     /// of the alternating runs (close to `ms / mse_ms`, steadier on a shared adapter).
     #[serde(default)]
     pub of_mse: Option<f64>,
+    /// For matrix-product losses: each product alone at the loss's shapes (name, ms, GFLOP/s).
+    #[serde(default)]
+    pub products: Vec<(String, f64, f64)>,
 }
 
 /// A whole run.
@@ -671,8 +674,10 @@ pub(crate) fn entries(size: usize) -> Vec<Entry> {
             label: None,
         },
     ];
-    // ArcFace at a fixed size: its cost is the matrix products, reported in GFLOP/s.
-    let (n, d, c) = (1024usize, 512usize, 10000usize);
+    // ArcFace: its cost is the matrix products, reported in GFLOP/s. 1024 x 512 -> 10000 at
+    // the default size; --size scales the classes.
+    let (n, d) = (1024usize, 512usize);
+    let c = ((size as u64 * 10000) >> 24).max(1) as usize;
     v.push(Entry {
         spec: LossSpec::of(AngularPenaltySMConfig::new(d, c, LossType::ArcFace)),
         inputs: vec![
@@ -1030,6 +1035,16 @@ pub fn run(
             None => (None, None),
         };
         let gflops = e.flops.map(|f| f / (ms * 1e6));
+        let products = if e.spec.get::<AngularPenaltySMConfig>().is_some() {
+            angular_products(ctx, &timer, opts, &inputs)?
+        } else {
+            Vec::new()
+        };
+        for (p, pms, g) in &products {
+            progress(&format!(
+                "  {name} product {p}: {pms:.3} ms, {g:.1} GFLOP/s"
+            ));
+        }
         let r = BenchResult {
             loss: name.to_string(),
             shape: inputs[0].shape().to_vec(),
@@ -1043,6 +1058,7 @@ pub fn run(
             gflops,
             mse_ms,
             of_mse,
+            products,
         };
         progress(&row(&r, r.mse_ms.is_some()));
         results.push(r);
@@ -1061,6 +1077,42 @@ pub fn run(
         copy_gbps: copy,
         results,
     })
+}
+
+/// The angular loss's three products alone (src/matmul.rs), at its shapes: `x W^T`
+/// (`[N, D] x [D, C]`), `G W` (`[N, C] x [C, D]`) and `G^T x` (`[C, N] x [N, D]`).
+#[cfg(not(target_arch = "wasm32"))]
+fn angular_products(
+    ctx: &LossContext,
+    timer: &Timer,
+    opts: &BenchOptions,
+    inputs: &[Tensor],
+) -> Result<Vec<(String, f64, f64)>> {
+    let (x, w) = (&inputs[0], &inputs[2]);
+    let (n, d, c) = (x.shape()[0], x.shape()[1], w.shape()[0]);
+    let g = ctx.upload(
+        &(0..n * c)
+            .map(|i| ((i % 97) as f32 - 48.0) * 1e-3)
+            .collect::<Vec<_>>(),
+        &[n, c],
+    )?;
+    let flops = 2.0 * (n * d * c) as f64;
+    let mut out = Vec::new();
+    for (name, a, b, a_t, b_t) in [
+        ("x W^T", x, w, false, true),
+        ("G W", &g, w, false, false),
+        ("G^T x", &g, x, true, false),
+    ] {
+        let ms = timer.median(ctx, opts, |enc| {
+            let mut prog = Program::default();
+            let c = crate::matmul::record_matmul(ctx, &mut prog, a, b, a_t, b_t)?;
+            let mut scratch = Scratch::default();
+            ctx.encode(prog, enc, &mut scratch)?;
+            Ok((scratch, c))
+        })?;
+        out.push((name.to_string(), ms, flops / (ms * 1e6)));
+    }
+    Ok(out)
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -1129,6 +1181,15 @@ pub fn markdown(r: &BenchReport) -> String {
     for x in &r.results {
         s.push_str(&row(x, with_mse));
         s.push('\n');
+    }
+    for x in r.results.iter().filter(|x| !x.products.is_empty()) {
+        s.push_str(&format!(
+            "\n{} {:?}, each product alone:\n\n",
+            x.loss, x.shape
+        ));
+        for (p, ms, g) in &x.products {
+            s.push_str(&format!("- `{p}`: {ms:.3} ms, {g:.1} GFLOP/s\n"));
+        }
     }
     s
 }

@@ -582,6 +582,18 @@ impl LossContext {
         source: impl FnOnce() -> String,
         entry: &str,
     ) -> Result<wgpu::ComputePipeline> {
+        self.pipeline_of(key, source, entry, false)
+    }
+
+    /// `pipeline`, from a trusted module where `trusted` (no bounds checks or loop counters:
+    /// for kernels whose accesses are in range by construction, src/matmul.rs).
+    pub(crate) fn pipeline_of(
+        &self,
+        key: &str,
+        source: impl FnOnce() -> String,
+        entry: &str,
+        trusted: bool,
+    ) -> Result<wgpu::ComputePipeline> {
         let full_key = format!("{key}::{entry}");
         if let Some(p) = self
             .pipelines
@@ -593,12 +605,20 @@ impl LossContext {
         }
         let src = source();
         let p = self.scoped(|| {
-            let module = self
-                .device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(key),
-                    source: wgpu::ShaderSource::Wgsl(src.into()),
-                });
+            let desc = wgpu::ShaderModuleDescriptor {
+                label: Some(key),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            };
+            let module = if trusted {
+                // SAFETY: only kernels whose every access is in range and whose loops end by
+                // construction ask for this (src/matmul.rs, checked by MatmulSpec::check).
+                unsafe {
+                    self.device
+                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+                }
+            } else {
+                self.device.create_shader_module(desc)
+            };
             Ok(self
                 .device
                 .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

@@ -31,6 +31,11 @@ pub struct ShaderSource {
     /// 0: workgroup reductions by a barrier tree (every adapter); else the subgroup size SG of
     /// an adapter whose subgroups the context verified (shaders/wg_subgroup.wgsl).
     pub subgroup: u32,
+    /// The body alone, without the shared pieces (a generated kernel that needs none).
+    pub standalone: bool,
+    /// Created without runtime checks (no bounds checks, no loop counters): only for kernels
+    /// whose every access is in range by construction (src/matmul.rs).
+    pub trusted: bool,
 }
 
 /// The element-wise vocabulary of a one-lane variant.
@@ -74,6 +79,8 @@ impl ShaderSource {
             f16: false,
             lanes: 1,
             subgroup: 0,
+            standalone: false,
+            trusted: false,
         }
     }
     /// The variant that adds its gradient to the one already there (`ACCUM` 1) or writes it
@@ -122,6 +129,9 @@ impl ShaderSource {
     }
     /// The full WGSL text: constants, the shared pieces, then the body.
     pub fn compose(&self) -> String {
+        if self.standalone {
+            return self.body.to_string();
+        }
         let mut s = String::new();
         if self.f16 {
             s.push_str("enable f16;\nalias In = f16;\n");
@@ -329,8 +339,12 @@ impl LossContext {
         binds: Vec<Bind>,
         groups: u64,
     ) -> Result<Step> {
-        let src = src.clone().with_subgroup(self.subgroup_size);
-        let pipeline = self.pipeline(&src.key(), || src.compose(), entry)?;
+        let src = if src.standalone {
+            src.clone()
+        } else {
+            src.clone().with_subgroup(self.subgroup_size)
+        };
+        let pipeline = self.pipeline_of(&src.key(), || src.compose(), entry, src.trusted)?;
         Ok(Step {
             pipeline,
             params: bytemuck::bytes_of(params).to_vec(),

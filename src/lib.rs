@@ -38,6 +38,10 @@ pub mod kernel;
 #[cfg(not(feature = "cases"))]
 pub(crate) mod kernel;
 pub mod losses;
+#[cfg(feature = "cases")]
+pub mod matmul;
+#[cfg(not(feature = "cases"))]
+pub(crate) mod matmul;
 mod pool;
 #[cfg(feature = "cases")]
 pub mod reference;

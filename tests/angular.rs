@@ -889,3 +889,283 @@ fn the_shader_validates() {
         .unwrap();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A million classes: memory beyond x, W and their gradients stays O(N x chunk).
+
+/// A float64 dot product in four independent sums (so that it pipelines).
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..4 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// The float64 loss (mean), gradient rows `xr` of x and `wr` of W, streamed over the classes
+/// (O(N) memory): the formulas of `reference::angular` (checked against it below).
+fn streamed_reference(
+    cfg: &AngularPenaltySMConfig,
+    x: &[f32],
+    labels: &[i64],
+    w: &[f32],
+    xr: &[usize],
+    wr: &[usize],
+) -> (f64, Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let (f, c) = (cfg.in_features, cfg.out_features);
+    let n = labels.len();
+    let (s, m, eps) = (cfg.scale(), cfg.margin(), cfg.eps);
+    assert_eq!(cfg.loss_type, LossType::ArcFace);
+    let norm = |v: &[f32]| v.iter().map(|&a| a as f64 * a as f64).sum::<f64>().sqrt();
+    let wnorm: Vec<f64> = w.chunks(f).map(norm).collect();
+    let wscale: Vec<f64> = wnorm
+        .iter()
+        .map(|&n| {
+            if cfg.normalize_weight {
+                1.0 / n.max(1e-12)
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let xnorm: Vec<f64> = x.chunks(f).map(norm).collect();
+    let xn: Vec<Vec<f64>> = x
+        .chunks(f)
+        .zip(&xnorm)
+        .map(|(r, &nr)| r.iter().map(|&a| a as f64 / nr.max(1e-12)).collect())
+        .collect();
+    // Class j's weight row in float64, normalised when the config asks.
+    let wrow = |j: usize, out: &mut Vec<f64>| {
+        out.clear();
+        out.extend(w[j * f..(j + 1) * f].iter().map(|&b| b as f64 * wscale[j]));
+    };
+    let wf = |i: usize, j: usize| -> f64 {
+        let mut wj = Vec::with_capacity(f);
+        wrow(j, &mut wj);
+        dot(&xn[i], &wj)
+    };
+    // ArcFace's target logit and its derivative (reference::angular's `numerator`).
+    let numerator = |cv: f64| -> (f64, f64) {
+        let (lo, hi) = (-1.0 + eps, 1.0 - eps);
+        let u = cv.max(lo).min(hi);
+        let pass = if (lo..=hi).contains(&cv) { 1.0 } else { 0.0 };
+        let (a, da) = (u.acos(), -pass / (1.0 - u * u).sqrt());
+        (s * (a + m).cos(), -s * (a + m).sin() * da)
+    };
+    // Per row: num, d num / d c, lse (online over the classes). Classes in the outer loop (each
+    // weight row converted once, the rows' x^ staying in cache), rows split over two threads.
+    let rows: Vec<(f64, f64, f64)> = std::thread::scope(|sc| {
+        let half = n.div_ceil(2);
+        let parts: Vec<_> = (0..2)
+            .map(|t| {
+                let (wf, wrow, numerator, xn) = (&wf, &wrow, &numerator, &xn);
+                sc.spawn(move || {
+                    let mine = t * half..((t + 1) * half).min(n);
+                    let mut state: Vec<(f64, f64, f64)> = mine
+                        .clone()
+                        .map(|i| {
+                            let (num, dnum) = numerator(wf(i, labels[i] as usize));
+                            (num, dnum, 1.0f64)
+                        })
+                        .collect();
+                    // (max, sum of exp(z - max)), started from the target logit.
+                    let mut mx: Vec<f64> = state.iter().map(|r| r.0).collect();
+                    let mut wj = Vec::with_capacity(f);
+                    for j in 0..c {
+                        wrow(j, &mut wj);
+                        for (q, i) in mine.clone().enumerate() {
+                            if j == labels[i] as usize {
+                                continue;
+                            }
+                            let z = s * dot(&xn[i], &wj);
+                            let sm = &mut state[q].2;
+                            if z > mx[q] {
+                                *sm = *sm * (mx[q] - z).exp() + 1.0;
+                                mx[q] = z;
+                            } else {
+                                *sm += (z - mx[q]).exp();
+                            }
+                        }
+                    }
+                    state
+                        .into_iter()
+                        .zip(mx)
+                        .map(|((num, dnum, sm), mx)| (num, dnum, mx + sm.ln()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts.into_iter().flat_map(|p| p.join().unwrap()).collect()
+    });
+    let scale = 1.0 / n as f64;
+    let loss = rows.iter().map(|&(num, _, lse)| lse - num).sum::<f64>() * scale;
+    let dwf = |i: usize, j: usize| -> f64 {
+        let (num, dnum, lse) = rows[i];
+        if j == labels[i] as usize {
+            scale * ((num - lse).exp() - 1.0) * dnum
+        } else {
+            scale * (s * wf(i, j) - lse).exp() * s
+        }
+    };
+    // The backward of a row normalisation (reference::angular's normalize_rows_backward).
+    let back = |u: &[f64], nr: f64, du: &[f64]| -> Vec<f64> {
+        if nr >= 1e-12 {
+            let along: f64 = u.iter().zip(du).map(|(a, b)| a * b).sum();
+            u.iter()
+                .zip(du)
+                .map(|(a, g)| (g - a * along) / nr)
+                .collect()
+        } else {
+            du.iter().map(|g| g / 1e-12).collect()
+        }
+    };
+    let dx: Vec<Vec<f64>> = xr
+        .iter()
+        .map(|&i| {
+            let mut dxn = vec![0.0; f];
+            for j in 0..c {
+                let g = dwf(i, j) * wscale[j];
+                for (d, &wv) in dxn.iter_mut().zip(&w[j * f..(j + 1) * f]) {
+                    *d += g * wv as f64;
+                }
+            }
+            back(&xn[i], xnorm[i], &dxn)
+        })
+        .collect();
+    let dw: Vec<Vec<f64>> = wr
+        .iter()
+        .map(|&j| {
+            let mut dwn = vec![0.0; f];
+            for (i, xi) in xn.iter().enumerate() {
+                let g = dwf(i, j);
+                for (d, &xv) in dwn.iter_mut().zip(xi) {
+                    *d += g * xv;
+                }
+            }
+            if cfg.normalize_weight {
+                let wn: Vec<f64> = w[j * f..(j + 1) * f]
+                    .iter()
+                    .map(|&a| a as f64 * wscale[j])
+                    .collect();
+                back(&wn, wnorm[j], &dwn)
+            } else {
+                dwn
+            }
+        })
+        .collect();
+    (loss, dx, dw)
+}
+
+#[test]
+fn streamed_reference_matches_the_reference() {
+    let (n, f, c) = (5, 7, 300);
+    let cf = cfg(f, c, LossType::ArcFace);
+    let i = inputs(77, n, f, c, 1.0);
+    let want = reference(&cf, &i);
+    let rows: Vec<usize> = (0..n).collect();
+    let classes: Vec<usize> = (0..c).collect();
+    let (loss, dx, dw) = streamed_reference(&cf, &i.x, &i.labels, &i.w, &rows, &classes);
+    assert!((loss - want.loss[0]).abs() <= 1e-12 * want.loss[0].abs().max(1.0));
+    let flat = |v: Vec<Vec<f64>>| v.into_iter().flatten().collect::<Vec<_>>();
+    for (a, b) in flat(dx).iter().zip(&want.grads[0]) {
+        assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "dx {a} {b}");
+    }
+    for (a, b) in flat(dw).iter().zip(&want.grads[1]) {
+        assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "dw {a} {b}");
+    }
+}
+
+#[test]
+fn a_million_classes_in_bounded_memory() {
+    // The size on lavapipe (Vulkan on llvmpipe), and on GPUs. The other CPU
+    // implementations run the products 5 to 20 times slower (GL on llvmpipe takes the looped
+    // form; SwiftShader), so there the storage bindings are capped at 1 MiB, which caps the
+    // chunk of logits at 1 MiB: 20 chunks of classes, and a bound of 4 MiB, a fifth of the
+    // logits. Each runs in a context of its own, so that its allocation statistics are this
+    // test's.
+    let a = ctx().adapter();
+    let full = a.backend == wgpu::Backend::Vulkan && a.name.to_lowercase().contains("llvmpipe")
+        || a.device_type != wgpu::DeviceType::Cpu;
+    let (ctx, n, f, c, bound) = if full {
+        (
+            LossContext::new().unwrap(),
+            256usize,
+            128usize,
+            1_000_000usize,
+            64usize << 20,
+        )
+    } else {
+        (windowed_ctx(1 << 20), 256, 64, 25_000, 4 << 20)
+    };
+    assert!(
+        n * c * 4 >= 5 * bound,
+        "the logits must be far over the bound"
+    );
+    let cf = cfg(f, c, LossType::ArcFace);
+    let mut r = rng(1_000_000);
+    let x = uniform(&mut r, n * f, -1.0, 1.0);
+    let labels: Vec<i64> = (0..n).map(|_| r.gen_range(0..c as i64)).collect();
+    let b = 1.0 / (f as f32).sqrt();
+    let w = uniform(&mut r, c * f, -b, b);
+    let tx = ctx.upload(&x, &[n, f]).unwrap();
+    let ty = ctx.upload_labels_i64(&labels, &[n]).unwrap();
+    let tw = ctx.upload(&w, &[c, f]).unwrap();
+    let gx = ctx.empty(&[n, f], deepml::tensor::DType::F32).unwrap();
+    let gw = ctx.empty(&[c, f], deepml::tensor::DType::F32).unwrap();
+    ctx.synchronize().unwrap();
+    let before = ctx.stats().allocated_bytes;
+    let opts = GradOpts {
+        into: vec![Some(gx.clone()), Some(gw.clone())],
+        ..Default::default()
+    };
+    let t = std::time::Instant::now();
+    let out = cf.compute_with(&ctx, &[&tx, &ty, &tw], &opts).unwrap();
+    let beyond = ctx.stats().allocated_bytes - before;
+    let loss = ctx.read(&out.loss).unwrap()[0] as f64;
+    eprintln!(
+        "{n} x {f} -> {c}: {:.1} s on the device, {:.1} MiB beyond x, W and their gradients",
+        t.elapsed().as_secs_f64(),
+        beyond as f64 / (1 << 20) as f64
+    );
+    assert!(
+        beyond <= bound as u64,
+        "{beyond} bytes allocated beyond the inputs and gradients (bound {bound})"
+    );
+    let got_dx = ctx.read(&gx).unwrap();
+    let got_dw = ctx.read(&gw).unwrap();
+    let xr = [0usize, 77, 255];
+    let mut wr: Vec<usize> = labels.iter().take(3).map(|&l| l as usize).collect();
+    wr.extend([0, c / 2 - 1, c - 1]);
+    let (want, dx, dw) = streamed_reference(&cf, &x, &labels, &w, &xr, &wr);
+    assert!(
+        (loss - want).abs() <= 1e-4 * want.abs(),
+        "loss {loss}, float64 {want}"
+    );
+    for (q, &i) in xr.iter().enumerate() {
+        assert_close(
+            &format!("dx row {i}"),
+            &got_dx[i * f..(i + 1) * f],
+            &dx[q],
+            2e-3,
+            2e-3,
+        );
+    }
+    for (q, &j) in wr.iter().enumerate() {
+        assert_close(
+            &format!("dW row {j}"),
+            &got_dw[j * f..(j + 1) * f],
+            &dw[q],
+            2e-3,
+            2e-3,
+        );
+    }
+}

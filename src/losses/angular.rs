@@ -7,10 +7,12 @@
 //!   `nn.Linear(bias=False)` from a seed), takes `x`, `labels`, and updates `W` in place with
 //!   [`AngularPenaltySMLoss::sgd_step`].
 //!
-//! Device memory: one `N x out_features` float buffer (the logits, overwritten in place by
-//! `d loss / d wf`), `3 N + out` floats of norms and row statistics, and with
-//! `normalize_weight` one `out x in` scratch for the gradient of the normalised weight.
-//! Tensors larger than one storage binding are processed in windows of rows and of classes.
+//! Device memory beyond x, W and their gradients: one `rows x chunk` buffer of logits (the
+//! classes in chunks of about `CHUNK_ELEMS / rows`, the logits recomputed per chunk for the
+//! gradients unless one chunk holds them all), `9 N + out` floats of norms and row state, and
+//! only with `normalize_weight` and an accumulated gradient one `chunk x in` scratch. The
+//! three products run on the shared `crate::matmul`. Tensors larger than one storage binding
+//! are processed in windows of rows and of classes.
 //!
 //! Labels on the device are never trusted for addressing: an out-of-range label is clamped,
 //! that sample's loss is NaN (so a `mean`/`sum` is NaN), its gradient row is zero, and the
@@ -23,24 +25,24 @@ use crate::config::{check_labels, AngularPenaltySMConfig, LossType, Reduction};
 use crate::context::LossContext;
 use crate::error::{Error, Result};
 use crate::kernel::{Bind, Program, Scratch, ShaderSource, Window, WG};
+use crate::matmul::{MatmulSpec, Operand};
 use crate::tensor::{DType, Tensor};
 
 const BODY: &str = include_str!("../../shaders/angular.wgsl");
-/// Output tile edge of the matrix products (angular.wgsl `TILE`).
-const TILE: u64 = 64;
-/// The longest reduction range of one matrix-product dispatch (1024 slices of 16): llvmpipe
-/// stops the loops of an invocation after 65535 iterations in total, so longer reductions
-/// are split into dispatches that add up in order.
-const K_CHUNK: u64 = 16384;
 /// Elements per workgroup of the SGD step (angular.wgsl `sgd`).
 const SGD_TILE: u64 = 4 * WG as u64;
+/// The most logits held at once (elements of the chunk buffer L, 48 MiB): the classes are
+/// processed in chunks of about `CHUNK_ELEMS / rows` classes.
+pub const CHUNK_ELEMS: u64 = 12 << 20;
 
 fn source() -> ShaderSource {
     ShaderSource::new("angular", BODY)
 }
 
 pub(crate) fn shader_variants() -> Vec<ShaderSource> {
-    vec![source()]
+    let mut v = vec![source()];
+    v.extend(crate::matmul::shader_variants());
+    v
 }
 
 #[repr(C)]
@@ -51,13 +53,13 @@ struct Params {
     features: u32,
     out: u32,
     c0: u32,
-    tiles_m: u32,
-    tiles_n: u32,
+    ld: u32,
     mode: u32,
     loss_type: u32,
     normw: u32,
-    kb: u32,
-    ke: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
     s: f32,
     m: f32,
     cos_m: f32,
@@ -71,13 +73,29 @@ struct Params {
 
 /// Bit 0 of `Params::mode`: add into the output.
 const ADD: u32 = 1;
-/// Bit 1 of `Params::mode`: the dx projection term (first class window only).
-const PROJ: u32 = 2;
+/// Floats of row state per sample (angular.wgsl `RS`).
+const RS: u64 = 8;
 
-/// `[0, k)` in ranges of at most `K_CHUNK`.
-fn k_chunks(k: u64) -> impl Iterator<Item = (u32, u32)> {
-    (0..k.div_ceil(K_CHUNK).max(1))
-        .map(move |q| ((q * K_CHUNK) as u32, ((q + 1) * K_CHUNK).min(k) as u32))
+/// Classes per chunk for row windows of up to `rows` rows: a multiple of 64 (so that every
+/// chunk's bindings start aligned), at most `CHUNK_ELEMS / (rows + extra)`, and within one
+/// storage binding for `rows x chunk` logits and `chunk x f` weights.
+fn chunk_classes(ctx: &LossContext, rows: u64, f: u64, c: u64, extra: u64) -> u64 {
+    let a = (ctx.limits.min_storage_buffer_offset_alignment.max(4) / 4) as u64;
+    // chunk * f a multiple of the alignment (in elements): W's chunk windows start aligned.
+    let g = a / gcd(f.max(1), a);
+    let by_budget = CHUNK_ELEMS / (rows + extra).max(1);
+    let by_window =
+        (ctx.max_window_bytes / 4 / rows.max(1)).min(ctx.max_window_bytes / 4 / f.max(1));
+    let q = by_budget.min(by_window) / g * g;
+    q.max(g).min(c.max(1))
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// Records value and gradients of the loss for `x`, `labels`, `weight` (shapes checked by the
@@ -109,12 +127,37 @@ fn record(
     to_u32(n, "N")?;
     to_u32(c, "out_features")?;
     to_u32(f, "in_features")?;
+    to_u32(n * RS, "N x 8")?;
 
-    // Windows: whole rows of x, the logits and the row statistics; whole class rows of W.
-    // Their first units are multiples of the storage-offset alignment (in 4-byte elements).
+    if !opts.scale.is_finite() {
+        return Err(Error::InvalidConfig(format!(
+            "the upstream gradient scale must be finite, got {}",
+            opts.scale
+        )));
+    }
+    let accumulate = opts.flags() & ADD != 0;
+    // Windows: whole rows of x (and of L), whole class rows of W. Their first units are
+    // multiples of 64 elements, so every binding of a window starts aligned.
     let align = (ctx.limits.min_storage_buffer_offset_alignment.max(4) / 4) as u64;
-    let row_unit = f.max(c).max(2) * 4;
-    let rws = ctx.windows(n, row_unit, align)?;
+    let rws = ctx.windows(n, f * 4, align)?;
+    let max_rows = rws.iter().map(|w| w.count).max().unwrap_or(1).max(1);
+    // dW^ of a chunk goes into its own scratch only with normalize_weight and an accumulated
+    // weight gradient; else into the gradient itself (normalised there in place).
+    let dwh_scratch = cfg.normalize_weight && accumulate;
+    let extra = if dwh_scratch { f } else { 0 };
+    let chunk = chunk_classes(ctx, max_rows, f, c, extra);
+    if chunk * f * 4 > ctx.max_window_bytes || max_rows * chunk * 4 > ctx.max_window_bytes {
+        return Err(Error::TooLarge(format!(
+            "{WHAT}: one class row of {f} features does not fit a storage binding"
+        )));
+    }
+    let chunks: Vec<Window> = (0..c.div_ceil(chunk))
+        .map(|q| Window {
+            first: q * chunk,
+            count: chunk.min(c - q * chunk),
+        })
+        .collect();
+    // The classes of wnorm and wgrad: windows of whole class rows.
     let cws = ctx.windows(c, f * 4, align)?;
 
     let (s, m) = (cfg.scale(), cfg.margin());
@@ -123,12 +166,6 @@ fn record(
         Reduction::Mean => 1.0 / nf,
         Reduction::Sum | Reduction::None => 1.0,
     };
-    if !opts.scale.is_finite() {
-        return Err(Error::InvalidConfig(format!(
-            "the upstream gradient scale must be finite, got {}",
-            opts.scale
-        )));
-    }
     let base = Params {
         features: f as u32,
         out: c as u32,
@@ -149,17 +186,15 @@ fn record(
         aux: red as f32,
         ..Default::default()
     };
-    let accum = opts.flags() & ADD;
 
-    let logits_bytes = n
-        .checked_mul(c)
-        .and_then(|v| v.checked_mul(4))
-        .ok_or_else(|| Error::TooLarge(format!("{WHAT}: {n} x {c} logits overflow")))?;
-    let logits = ctx.alloc(logits_bytes, LossContext::storage_usage())?;
-    let xstat = ctx.alloc(n * 8, LossContext::storage_usage())?;
+    // L: [rows, ld] with ld a multiple of 4 (aligned vec4 rows for the products).
+    let ld = chunk.div_ceil(4) * 4;
+    let lbuf = ctx.alloc(max_rows * ld * 4, LossContext::storage_usage())?;
+    let rstat = ctx.alloc(n * RS * 4, LossContext::storage_usage())?;
+    let xinv = ctx.alloc(n * 4, LossContext::storage_usage())?;
     let winv = ctx.alloc(c * 4, LossContext::storage_usage())?;
-    let dwh = if cfg.normalize_weight {
-        Some(ctx.alloc(c * f * 4, LossContext::storage_usage())?)
+    let dwh = if dwh_scratch {
+        Some(ctx.alloc(chunk * f * 4, LossContext::storage_usage())?)
     } else {
         None
     };
@@ -176,12 +211,74 @@ fn record(
 
     let src = source();
     let prog: &mut Program = &mut rec.prog;
-    let tiles = |v: u64| v.div_ceil(TILE);
     let x_rows = |b: u32, w: &Window| Bind::window(b, x, w.first * f, w.count * f);
     let w_rows = |b: u32, w: &Window| Bind::window(b, weight, w.first * f, w.count * f);
-    let logit_rows = |w: &Window| Bind::scratch_window(4, &logits, w.first * c, w.count * c);
-    let xstat_rows = |w: &Window| Bind::scratch_window(5, &xstat, w.first * 2, w.count * 2);
-    let winv_rows = |w: &Window| Bind::scratch_window(6, &winv, w.first, w.count);
+    let l_rows = |rows: u64| Bind::scratch_window(4, &lbuf, 0, rows * ld);
+    let l4_rows = |rows: u64| Bind::scratch_window(17, &lbuf, 0, rows * ld);
+    let rstat_rows = |w: &Window| Bind::scratch_window(5, &rstat, w.first * RS, w.count * RS);
+    let xinv_rows = |b: u32, w: &Window| Bind::scratch_window(b, &xinv, w.first, w.count);
+    let winv_rows = |b: u32, w: &Window| Bind::scratch_window(b, &winv, w.first, w.count);
+    // The products read winv from an aligned window at an offset (chunks need not start
+    // aligned for it).
+    let winv_op = |cc: &Window| {
+        let first = cc.first / align * align;
+        Operand {
+            bind: Bind::scratch_window(6, &winv, first, cc.first - first + cc.count),
+            off: cc.first - first,
+            stride: 1,
+        }
+    };
+    let label_rows = |w: &Window| Bind::window(3, labels, w.first, w.count);
+    let flag_bind = || Bind {
+        binding: 10,
+        buffer: flag.clone(),
+        offset: flag_offset,
+        size: 4,
+    };
+    let per_row = |rw: &Window, cc: &Window| Params {
+        rows: rw.count as u32,
+        classes: cc.count as u32,
+        c0: cc.first as u32,
+        ld: ld as u32,
+        ..base
+    };
+    // L = (x W_chunk^T) diag(xinv) diag(winv) for one row window and chunk.
+    let forward = |prog: &mut Program, rw: &Window, cc: &Window| -> Result<()> {
+        crate::matmul::record(
+            ctx,
+            prog,
+            &MatmulSpec {
+                m: rw.count,
+                n: cc.count,
+                k: f,
+                a: Operand {
+                    bind: x_rows(1, rw),
+                    off: 0,
+                    stride: f,
+                },
+                a_kc: true,
+                b: Operand {
+                    bind: w_rows(2, cc),
+                    off: 0,
+                    stride: f,
+                },
+                b_kc: true,
+                c: Operand {
+                    bind: l_rows(rw.count),
+                    off: 0,
+                    stride: ld,
+                },
+                rs: Some(Operand {
+                    bind: xinv_rows(4, rw),
+                    off: 0,
+                    stride: 1,
+                }),
+                cs: Some(winv_op(cc)),
+                ks: None,
+                add: false,
+            },
+        )
+    };
 
     // Norms.
     for cw in &cws {
@@ -193,7 +290,7 @@ fn record(
             &src,
             "wnorm",
             &p,
-            vec![w_rows(2, cw), winv_rows(cw)],
+            vec![w_rows(2, cw), winv_rows(6, cw)],
             cw.count,
         )?);
     }
@@ -206,138 +303,148 @@ fn record(
             &src,
             "xnorm",
             &p,
-            vec![x_rows(1, rw), xstat_rows(rw)],
+            vec![x_rows(1, rw), rstat_rows(rw), xinv_rows(16, rw)],
             rw.count,
         )?);
     }
-    // wf = x^ W^T.
+    // Pass 1: the row statistics, chunk by chunk.
     for rw in &rws {
-        for cw in &cws {
-            let (tm, tn) = (tiles(rw.count), tiles(cw.count));
-            for (q, (kb, ke)) in k_chunks(f).enumerate() {
-                let p = Params {
-                    rows: rw.count as u32,
-                    classes: cw.count as u32,
-                    c0: cw.first as u32,
-                    tiles_m: tm as u32,
-                    tiles_n: tn as u32,
-                    mode: if q == 0 { 0 } else { ADD },
-                    kb,
-                    ke,
-                    ..base
-                };
-                let binds = vec![
-                    x_rows(1, rw),
-                    w_rows(2, cw),
-                    logit_rows(rw),
-                    xstat_rows(rw),
-                    winv_rows(cw),
-                ];
-                prog.steps.push(ctx.step(&src, "fwd", &p, binds, tm * tn)?);
+        for cc in &chunks {
+            forward(prog, rw, cc)?;
+            let binds = vec![label_rows(rw), l4_rows(rw.count), rstat_rows(rw)];
+            prog.steps
+                .push(ctx.step(&src, "stats", &per_row(rw, cc), binds, rw.count)?);
+        }
+        let binds = vec![label_rows(rw), rstat_rows(rw), sloss_bind(rw), flag_bind()];
+        let p = per_row(rw, &chunks[0]);
+        prog.steps
+            .push(ctx.step(&src, "finish", &p, binds, rw.count.div_ceil(64))?);
+    }
+    // Pass 2: the gradients, chunk by chunk (the logits recomputed unless they are all still
+    // in L).
+    let reuse = chunks.len() == 1 && rws.len() == 1;
+    for (qi, cc) in chunks.iter().enumerate() {
+        for (ri, rw) in rws.iter().enumerate() {
+            if !reuse {
+                forward(prog, rw, cc)?;
+            }
+            let binds = vec![label_rows(rw), l4_rows(rw.count), rstat_rows(rw)];
+            prog.steps
+                .push(ctx.step(&src, "grad", &per_row(rw, cc), binds, rw.count)?);
+            // dx_rw (+)= diag(xinv) G diag(winv) W_chunk.
+            crate::matmul::record(
+                ctx,
+                prog,
+                &MatmulSpec {
+                    m: rw.count,
+                    n: f,
+                    k: cc.count,
+                    a: Operand {
+                        bind: l_rows(rw.count),
+                        off: 0,
+                        stride: ld,
+                    },
+                    a_kc: true,
+                    b: Operand {
+                        bind: w_rows(2, cc),
+                        off: 0,
+                        stride: f,
+                    },
+                    b_kc: false,
+                    c: Operand {
+                        bind: Bind::window(3, &gx, rw.first * f, rw.count * f),
+                        off: 0,
+                        stride: f,
+                    },
+                    rs: Some(Operand {
+                        bind: xinv_rows(4, rw),
+                        off: 0,
+                        stride: 1,
+                    }),
+                    cs: None,
+                    ks: Some(winv_op(cc)),
+                    add: qi > 0 || accumulate,
+                },
+            )?;
+            // dW^_chunk (+)= G^T diag(xinv) x_rw.
+            let (out, add) = match &dwh {
+                Some(b) => (Bind::scratch_window(3, b, 0, cc.count * f), ri > 0),
+                None => (
+                    Bind::window(3, &gw, cc.first * f, cc.count * f),
+                    ri > 0 || (accumulate && !cfg.normalize_weight),
+                ),
+            };
+            crate::matmul::record(
+                ctx,
+                prog,
+                &MatmulSpec {
+                    m: cc.count,
+                    n: f,
+                    k: rw.count,
+                    a: Operand {
+                        bind: l_rows(rw.count),
+                        off: 0,
+                        stride: ld,
+                    },
+                    a_kc: false,
+                    b: x_operand(x, rw, f),
+                    b_kc: false,
+                    c: Operand {
+                        bind: out,
+                        off: 0,
+                        stride: f,
+                    },
+                    rs: None,
+                    cs: None,
+                    ks: Some(Operand {
+                        bind: xinv_rows(6, rw),
+                        off: 0,
+                        stride: 1,
+                    }),
+                    add,
+                },
+            )?;
+        }
+        // Through the weight normalisation, for this chunk's classes.
+        if cfg.normalize_weight {
+            let p = Params {
+                classes: cc.count as u32,
+                mode: opts.flags() & ADD,
+                ..base
+            };
+            let gw_rows = Bind::window(8, &gw, cc.first * f, cc.count * f);
+            match &dwh {
+                Some(b) => {
+                    let binds = vec![
+                        w_rows(2, cc),
+                        Bind::scratch_window(13, b, 0, cc.count * f),
+                        gw_rows,
+                    ];
+                    prog.steps
+                        .push(ctx.step(&src, "wgrad", &p, binds, cc.count)?);
+                }
+                None => {
+                    let binds = vec![w_rows(2, cc), gw_rows];
+                    prog.steps
+                        .push(ctx.step(&src, "wgrad_inplace", &p, binds, cc.count)?);
+                }
             }
         }
     }
-    // Per sample: loss, d loss / d wf in place.
+    // dx -= r xinv^2 x (the projection through the normalisation of x).
     for rw in &rws {
         let p = Params {
             rows: rw.count as u32,
             ..base
         };
         let binds = vec![
-            Bind::window(3, labels, rw.first, rw.count),
-            logit_rows(rw),
-            xstat_rows(rw),
-            sloss_bind(rw),
-            Bind {
-                binding: 10,
-                buffer: flag.clone(),
-                offset: flag_offset,
-                size: 4,
-            },
+            x_rows(1, rw),
+            rstat_rows(rw),
+            Bind::window(7, &gx, rw.first * f, rw.count * f),
+            xinv_rows(16, rw),
         ];
         prog.steps
-            .push(ctx.step(&src, "rows", &p, binds, rw.count)?);
-    }
-    // d x: accumulated over the class windows (and reduction chunks), in order.
-    for rw in &rws {
-        let mut first = true;
-        for cw in &cws {
-            let (tm, tn) = (tiles(rw.count), tiles(f));
-            for (kb, ke) in k_chunks(cw.count) {
-                let mode = if first { accum | PROJ } else { ADD };
-                first = false;
-                let p = Params {
-                    rows: rw.count as u32,
-                    classes: cw.count as u32,
-                    c0: cw.first as u32,
-                    tiles_m: tm as u32,
-                    tiles_n: tn as u32,
-                    mode,
-                    kb,
-                    ke,
-                    ..base
-                };
-                let binds = vec![
-                    x_rows(1, rw),
-                    w_rows(2, cw),
-                    logit_rows(rw),
-                    xstat_rows(rw),
-                    winv_rows(cw),
-                    Bind::window(7, &gx, rw.first * f, rw.count * f),
-                ];
-                prog.steps.push(ctx.step(&src, "dx", &p, binds, tm * tn)?);
-            }
-        }
-    }
-    // d W^ (into the gradient itself without normalize_weight): accumulated over the row
-    // windows (and reduction chunks), in order.
-    for cw in &cws {
-        let mut first = true;
-        for rw in &rws {
-            let (tm, tn) = (tiles(cw.count), tiles(f));
-            for (kb, ke) in k_chunks(rw.count) {
-                let mode = match (first, &dwh) {
-                    (true, Some(_)) => 0,
-                    (true, None) => accum,
-                    _ => ADD,
-                };
-                first = false;
-                let p = Params {
-                    rows: rw.count as u32,
-                    classes: cw.count as u32,
-                    c0: cw.first as u32,
-                    tiles_m: tm as u32,
-                    tiles_n: tn as u32,
-                    mode,
-                    kb,
-                    ke,
-                    ..base
-                };
-                let out = match &dwh {
-                    Some(b) => Bind::scratch_window(8, b, cw.first * f, cw.count * f),
-                    None => Bind::window(8, &gw, cw.first * f, cw.count * f),
-                };
-                let binds = vec![x_rows(1, rw), logit_rows(rw), xstat_rows(rw), out];
-                prog.steps.push(ctx.step(&src, "dw", &p, binds, tm * tn)?);
-            }
-        }
-    }
-    // Through the weight normalisation.
-    if let Some(b) = &dwh {
-        for cw in &cws {
-            let p = Params {
-                classes: cw.count as u32,
-                mode: accum,
-                ..base
-            };
-            let binds = vec![
-                w_rows(2, cw),
-                Bind::scratch_window(13, b, cw.first * f, cw.count * f),
-                Bind::window(8, &gw, cw.first * f, cw.count * f),
-            ];
-            prog.steps
-                .push(ctx.step(&src, "wgrad", &p, binds, cw.count)?);
-        }
+            .push(ctx.step(&src, "proj", &p, binds, rw.count)?);
     }
     // The loss.
     let loss = match (sloss_t, sloss_b) {
@@ -355,13 +462,23 @@ fn record(
         }
         _ => unreachable!("one of the two is set"),
     };
-    rec.scratch.keep(logits);
-    rec.scratch.keep(xstat);
+    rec.scratch.keep(lbuf);
+    rec.scratch.keep(rstat);
+    rec.scratch.keep(xinv);
     rec.scratch.keep(winv);
     if let Some(b) = dwh {
         rec.scratch.keep(b);
     }
     Ok((loss, vec![gx, gw]))
+}
+
+/// The rows of x of a row window as the B operand of dW^ (B(k = row, n = feature)).
+fn x_operand(x: &Tensor, rw: &Window, f: u64) -> Operand {
+    Operand {
+        bind: Bind::window(2, x, rw.first * f, rw.count * f),
+        off: 0,
+        stride: f,
+    }
 }
 
 /// The stateless form: `inputs = [x, labels, weight]`, gradients `[x, weight]`. A label out of
