@@ -205,15 +205,6 @@ impl Bind {
             size: (count * e).div_ceil(4).max(1) * 4,
         }
     }
-    /// Elements `[first, first + count)` of a scratch buffer of 4-byte elements.
-    pub fn scratch_window(binding: u32, b: &PoolBuf, first: u64, count: u64) -> Bind {
-        Bind {
-            binding,
-            buffer: b.buffer.clone(),
-            offset: first * 4,
-            size: (count * 4).max(4),
-        }
-    }
     /// A whole scratch buffer.
     pub fn scratch(binding: u32, b: &PoolBuf) -> Bind {
         Bind {

@@ -20,7 +20,7 @@
 //! Host-side labels are checked before any GPU work by
 //! [`AngularPenaltySMLoss::compute_with_labels`] (`Error::LabelOutOfRange`).
 
-use super::{want_dtype, GradOpts, Loss, LossOutput, Recorder};
+use super::{want_dtype, GradOpts, Loss, LossOutput, Recorder, Tail};
 use crate::config::{check_labels, AngularPenaltySMConfig, LossType, Reduction};
 use crate::context::LossContext;
 use crate::error::{Error, Result};
@@ -189,41 +189,41 @@ fn record(
 
     // L: [rows, ld] with ld a multiple of 4 (aligned vec4 rows for the products).
     let ld = chunk.div_ceil(4) * 4;
-    let lbuf = ctx.alloc(max_rows * ld * 4, LossContext::storage_usage())?;
-    let rstat = ctx.alloc(n * RS * 4, LossContext::storage_usage())?;
-    let xinv = ctx.alloc(n * 4, LossContext::storage_usage())?;
-    let winv = ctx.alloc(c * 4, LossContext::storage_usage())?;
+    let lbuf = rec.buf(ctx, max_rows * ld * 4)?;
+    let rstat = rec.buf(ctx, n * RS * 4)?;
+    let xinv = rec.buf(ctx, n * 4)?;
+    let winv = rec.buf(ctx, c * 4)?;
     let dwh = if dwh_scratch {
-        Some(ctx.alloc(chunk * f * 4, LossContext::storage_usage())?)
+        Some(rec.buf(ctx, chunk * f * 4)?)
     } else {
         None
     };
-    let (sloss_t, sloss_b) = if cfg.reduction == Reduction::None {
-        (Some(ctx.empty(&[n as usize], DType::F32)?), None)
+    // The per-sample losses: the result with reduction none, else scratch for the reduction.
+    let sloss = if cfg.reduction == Reduction::None {
+        Ok(ctx.empty(&[n as usize], DType::F32)?)
     } else {
-        (None, Some(ctx.alloc(n * 4, LossContext::storage_usage())?))
+        Err(rec.buf(ctx, n * 4)?)
     };
-    let sloss_bind = |w: &Window| match (&sloss_t, &sloss_b) {
-        (Some(t), _) => Bind::window(9, t, w.first, w.count),
-        (_, Some(b)) => Bind::scratch_window(9, b, w.first, w.count),
-        _ => unreachable!("one of the two is set"),
+    let sloss_bind = |w: &Window| match &sloss {
+        Ok(t) => Bind::window(9, t, w.first, w.count),
+        Err(b) => b.bind_window(9, w.first, w.count),
     };
 
     let src = source();
     let prog: &mut Program = &mut rec.prog;
     let x_rows = |b: u32, w: &Window| Bind::window(b, x, w.first * f, w.count * f);
     let w_rows = |b: u32, w: &Window| Bind::window(b, weight, w.first * f, w.count * f);
-    let l_rows = |rows: u64| Bind::scratch_window(4, &lbuf, 0, rows * ld);
-    let l4_rows = |rows: u64| Bind::scratch_window(17, &lbuf, 0, rows * ld);
-    let rstat_rows = |w: &Window| Bind::scratch_window(5, &rstat, w.first * RS, w.count * RS);
-    let xinv_rows = |b: u32, w: &Window| Bind::scratch_window(b, &xinv, w.first, w.count);
-    let winv_rows = |b: u32, w: &Window| Bind::scratch_window(b, &winv, w.first, w.count);
+    let l_rows = |rows: u64| lbuf.bind_window(4, 0, rows * ld);
+    let l4_rows = |rows: u64| lbuf.bind_window(17, 0, rows * ld);
+    let rstat_rows = |w: &Window| rstat.bind_window(5, w.first * RS, w.count * RS);
+    let xinv_rows = |b: u32, w: &Window| xinv.bind_window(b, w.first, w.count);
+    let winv_rows = |b: u32, w: &Window| winv.bind_window(b, w.first, w.count);
     // The products read winv from an aligned window at an offset (chunks need not start
     // aligned for it).
     let winv_op = |cc: &Window| {
         let first = cc.first / align * align;
         Operand {
-            bind: Bind::scratch_window(6, &winv, first, cc.first - first + cc.count),
+            bind: winv.bind_window(6, first, cc.first - first + cc.count),
             off: cc.first - first,
             stride: 1,
         }
@@ -368,7 +368,7 @@ fn record(
             )?;
             // dW^_chunk (+)= G^T diag(xinv) x_rw.
             let (out, add) = match &dwh {
-                Some(b) => (Bind::scratch_window(3, b, 0, cc.count * f), ri > 0),
+                Some(b) => (b.bind_window(3, 0, cc.count * f), ri > 0),
                 None => (
                     Bind::window(3, &gw, cc.first * f, cc.count * f),
                     ri > 0 || (accumulate && !cfg.normalize_weight),
@@ -415,11 +415,7 @@ fn record(
             let gw_rows = Bind::window(8, &gw, cc.first * f, cc.count * f);
             match &dwh {
                 Some(b) => {
-                    let binds = vec![
-                        w_rows(2, cc),
-                        Bind::scratch_window(13, b, 0, cc.count * f),
-                        gw_rows,
-                    ];
+                    let binds = vec![w_rows(2, cc), b.bind_window(13, 0, cc.count * f), gw_rows];
                     prog.steps
                         .push(ctx.step(&src, "wgrad", &p, binds, cc.count)?);
                 }
@@ -447,28 +443,27 @@ fn record(
             .push(ctx.step(&src, "proj", &p, binds, rw.count)?);
     }
     // The loss.
-    let loss = match (sloss_t, sloss_b) {
-        (Some(t), _) => t,
-        (_, Some(b)) => {
-            let totals = ctx.reduce_rows(prog, &mut rec.scratch, &b, 1, n)?;
+    let loss = match sloss {
+        Ok(t) => t,
+        Err(b) => {
             let loss = ctx.empty(&[], DType::F32)?;
-            let binds = vec![Bind::scratch(11, &totals), Bind::tensor(12, &loss)];
-            rec.prog
-                .steps
-                .push(ctx.step(&src, "finalize", &base, binds, 1)?);
-            rec.scratch.keep(totals);
-            rec.scratch.keep(b);
+            rec.reduce_finalize(
+                ctx,
+                &src,
+                &base,
+                Tail {
+                    partials: b,
+                    rows: 1,
+                    cols: n,
+                    totals: 11,
+                    loss: Bind::tensor(12, &loss),
+                    coef: None,
+                    extra: Vec::new(),
+                },
+            )?;
             loss
         }
-        _ => unreachable!("one of the two is set"),
     };
-    rec.scratch.keep(lbuf);
-    rec.scratch.keep(rstat);
-    rec.scratch.keep(xinv);
-    rec.scratch.keep(winv);
-    if let Some(b) = dwh {
-        rec.scratch.keep(b);
-    }
     Ok((loss, vec![gx, gw]))
 }
 
