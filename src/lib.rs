@@ -23,8 +23,6 @@ mod adapter;
     all(not(target_arch = "wasm32"), feature = "cli"),
     all(target_arch = "wasm32", feature = "web")
 ))]
-// Documented once the benchmark rework lands.
-#[allow(missing_docs)]
 pub mod bench;
 #[cfg(feature = "cases")]
 pub mod cases;
