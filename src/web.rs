@@ -708,7 +708,7 @@ async fn download(ctx: &LossContext, t: &Tensor) -> crate::Result<TensorData> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The benchmark on the browser's adapter (`deepml bench` in src/bench.rs, made asynchronous):
+// The benchmark on the browser's adapter (`deepml bench` in src/bench/, made asynchronous):
 // the same losses, inputs, copy roofline and per-operation baselines, timed with timestamp
 // queries where the device has `timestamp-query` (written by empty compute passes around the
 // recorded work: WebGPU has no timestamps between passes), wall time otherwise.
