@@ -9,9 +9,9 @@ use crate::tensor::Tensor;
 /// Threads per workgroup of every deepml kernel (shaders/common.wgsl `WG`).
 pub const WG: u32 = 256;
 
-const COMMON: &str = include_str!("../shaders/common.wgsl");
-const WG_TREE: &str = include_str!("../shaders/wg_tree.wgsl");
-const WG_SUBGROUP: &str = include_str!("../shaders/wg_subgroup.wgsl");
+const COMMON: &str = include_str!(concat!(env!("OUT_DIR"), "/shaders/common.wgsl"));
+const WG_TREE: &str = include_str!(concat!(env!("OUT_DIR"), "/shaders/wg_tree.wgsl"));
+const WG_SUBGROUP: &str = include_str!(concat!(env!("OUT_DIR"), "/shaders/wg_subgroup.wgsl"));
 
 /// A WGSL file of the crate with the constants it is composed with.
 #[derive(Debug, Clone)]
@@ -173,7 +173,7 @@ pub(crate) fn lanes_for(n: u64) -> u32 {
     }
 }
 
-pub(crate) const REDUCE: &str = include_str!("../shaders/reduce.wgsl");
+pub(crate) const REDUCE: &str = include_str!(concat!(env!("OUT_DIR"), "/shaders/reduce.wgsl"));
 
 /// One buffer range bound to a binding.
 #[derive(Clone)]

@@ -3,7 +3,7 @@
 
 use super::*;
 
-pub(crate) const OPS: &str = include_str!("../../shaders/ops.wgsl");
+pub(crate) const OPS: &str = include_str!(concat!(env!("OUT_DIR"), "/shaders/ops.wgsl"));
 pub(crate) const OPS_TILE: u64 = 4 * WG as u64;
 
 #[cfg(not(target_arch = "wasm32"))]

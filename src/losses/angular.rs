@@ -28,7 +28,7 @@ use crate::kernel::{Bind, Program, Scratch, ShaderSource, Window, WG};
 use crate::matmul::{MatmulSpec, Operand};
 use crate::tensor::{DType, Tensor};
 
-const BODY: &str = include_str!("../../shaders/angular.wgsl");
+const BODY: &str = include_str!(concat!(env!("OUT_DIR"), "/shaders/angular.wgsl"));
 /// Elements per workgroup of the SGD step (angular.wgsl `sgd`).
 const SGD_TILE: u64 = 4 * WG as u64;
 /// The most logits held at once (elements of the chunk buffer L, 48 MiB): the classes are

@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::kernel::{lanes_for, with_accumulate_variants, Bind, ShaderSource, Window, WG};
 use crate::tensor::{DType, Tensor};
 
-const BODY: &str = include_str!("../../shaders/bce.wgsl");
+const BODY: &str = include_str!(concat!(env!("OUT_DIR"), "/shaders/bce.wgsl"));
 /// Elements per workgroup tile (bce.wgsl `ITEMS * WG`).
 const TILE: u64 = 32 * WG as u64;
 

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::kernel::{Bind, Scratch, ShaderSource, WG};
 use crate::tensor::{DType, Tensor};
 
-const UTIL: &str = include_str!("../../shaders/util.wgsl");
+const UTIL: &str = include_str!(concat!(env!("OUT_DIR"), "/shaders/util.wgsl"));
 
 pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     vec![ShaderSource::new("util", UTIL)]

@@ -10,8 +10,8 @@ use crate::tensor::{DType, Tensor};
 
 /// The shader, after the row-segment reductions it shares with cross-entropy.
 const BODY: &str = concat!(
-    include_str!("../../shaders/segment.wgsl"),
-    include_str!("../../shaders/contrastive.wgsl")
+    include_str!(concat!(env!("OUT_DIR"), "/shaders/segment.wgsl")),
+    include_str!(concat!(env!("OUT_DIR"), "/shaders/contrastive.wgsl"))
 );
 const TPRS: [u32; 7] = [4, 8, 16, 32, 64, 128, 256];
 

@@ -15,8 +15,8 @@ use crate::tensor::{DType, Tensor};
 
 /// The shader, after the row-segment reductions it shares with contrastive.
 const BODY: &str = concat!(
-    include_str!("../../shaders/segment.wgsl"),
-    include_str!("../../shaders/cross_entropy.wgsl")
+    include_str!(concat!(env!("OUT_DIR"), "/shaders/segment.wgsl")),
+    include_str!(concat!(env!("OUT_DIR"), "/shaders/cross_entropy.wgsl"))
 );
 /// Labels per workgroup of `weight_sum` (`ITEMS * WG`).
 const TILE: u64 = 8 * WG as u64;

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::kernel::{with_accumulate_variants, Bind, ShaderSource, WG};
 use crate::tensor::{DType, Tensor};
 
-const BODY: &str = include_str!("../../shaders/focal.wgsl");
+const BODY: &str = include_str!(concat!(env!("OUT_DIR"), "/shaders/focal.wgsl"));
 const NAME: &str = "FocalLoss";
 /// Pixels per workgroup tile (focal.wgsl `ITEMS * WG`).
 const TILE: u64 = 16 * WG as u64;

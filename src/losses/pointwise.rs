@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::kernel::{lanes_for, with_accumulate_variants, Bind, ShaderSource, WG};
 use crate::tensor::{DType, Tensor};
 
-const BODY: &str = include_str!("../../shaders/pointwise.wgsl");
+const BODY: &str = include_str!(concat!(env!("OUT_DIR"), "/shaders/pointwise.wgsl"));
 /// Elements per workgroup tile (pointwise.wgsl `ITEMS * WG`).
 pub(crate) const TILE: u64 = 32 * WG as u64;
 

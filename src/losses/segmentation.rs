@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::kernel::{lanes_for, with_accumulate_variants, Bind, ShaderSource, WG};
 use crate::tensor::{DType, Tensor};
 
-const BODY: &str = include_str!("../../shaders/segmentation.wgsl");
+const BODY: &str = include_str!(concat!(env!("OUT_DIR"), "/shaders/segmentation.wgsl"));
 /// Pixels per workgroup tile (segmentation.wgsl `ITEMS * WG`).
 const TILE: u64 = 16 * WG as u64;
 

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::kernel::{with_accumulate_variants, Bind, ShaderSource, WG};
 use crate::tensor::{DType, Tensor};
 
-const BODY: &str = include_str!("../../shaders/tversky.wgsl");
+const BODY: &str = include_str!(concat!(env!("OUT_DIR"), "/shaders/tversky.wgsl"));
 const NAME: &str = "TverskyLoss";
 /// Pixels per workgroup tile (tversky.wgsl `ITEMS * WG`).
 const TILE: u64 = 16 * WG as u64;
