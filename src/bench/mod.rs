@@ -363,10 +363,12 @@ pub fn run(
             .grad_names()
             .iter()
             .map(|g| {
-                let i = names
-                    .iter()
-                    .position(|n| n == g)
-                    .expect("a gradient of an input");
+                let i = names.iter().position(|n| n == g).ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "{}: gradient {g} is not one of its inputs",
+                        loss.name()
+                    ))
+                })?;
                 ctx.empty(inputs[i].shape(), DType::F32).map(Some)
             })
             .collect::<Result<_>>()?;
