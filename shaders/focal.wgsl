@@ -104,15 +104,26 @@ fn focal(xv: f32, y: f32) -> vec4<f32> {
     let s_pos = select(e * r, r, xv >= 0.0); // sigmoid(x)
     let s_neg = select(r, e * r, xv >= 0.0); // sigmoid(-x)
     let dl = s_pos * (1.0 - y) - y * s_neg;
-    let pt = exp(-l);
-    let u = one_minus_exp_neg(l);
+    // pt = exp(-l) and u = 1 - pt. With a hard target (multiclass: y is 0 or 1) they are the
+    // two sigmoids: pt = sigmoid(x) where y = 1, sigmoid(-x) where y = 0 (no exp, no
+    // cancellation); a soft target (binary mode) takes the general form.
+    var pt: f32;
+    var u: f32;
+    if (MULTI == 1u) {
+        pt = select(s_neg, s_pos, y > 0.5);
+        u = select(s_pos, s_neg, y > 0.5);
+    } else {
+        pt = exp(-l);
+        u = one_minus_exp_neg(l);
+    }
     let gm = P.gamma;
     var f = 1.0;
     var g1 = 0.0; // df/dl = gamma u^(gamma - 1) pt
     if (gm != 0.0) {
         if (u > 0.0) {
+            // u^gamma from one log2, and u^(gamma - 1) = u^gamma / u.
             f = exp2(gm * log2(u));
-            g1 = gm * exp2((gm - 1.0) * log2(u)) * pt;
+            g1 = gm * f / u * pt;
         } else {
             f = 0.0;
             g1 = select(0.0, pt, gm == 1.0);
