@@ -812,17 +812,9 @@ impl WebTimer {
                 });
                 let mapped = rx.await;
                 drop(keep);
-                mapped
-                    .map_err(|_| Error::DeviceLost("timestamp read-back cancelled".into()))?
-                    .map_err(|e| Error::wgpu(format!("timestamp read-back: {e}")))?;
-                let ticks: Vec<u64> = {
-                    let view = read
-                        .get_mapped_range(..)
-                        .map_err(|e| Error::wgpu(format!("{e:?}")))?;
-                    bytemuck::pod_collect_to_vec(&view)
-                };
-                read.unmap();
-                Ok(ticks[1].saturating_sub(ticks[0]) as f64 * period / 1e6)
+                let mapped = mapped
+                    .map_err(|_| Error::DeviceLost("timestamp read-back cancelled".into()))?;
+                bench::timestamps_ms(mapped, read, *period)
             }
             None => {
                 wait_done(ctx).await.map_err(js_message)?;

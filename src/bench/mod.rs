@@ -145,6 +145,25 @@ pub struct BenchReport {
     pub results: Vec<BenchResult>,
 }
 
+/// Milliseconds between the two timestamps the benchmark resolved into `read` (ticks of
+/// `period` nanoseconds), once its mapping has ended with `mapped`; unmaps it. The native and the
+/// browser timers share it.
+pub(crate) fn timestamps_ms(
+    mapped: std::result::Result<(), wgpu::BufferAsyncError>,
+    read: &wgpu::Buffer,
+    period: f64,
+) -> Result<f64> {
+    mapped.map_err(|e| Error::wgpu(format!("timestamp read-back: {e}")))?;
+    let ticks: Vec<u64> = {
+        let view = read
+            .get_mapped_range(..)
+            .map_err(|e| Error::wgpu(format!("{e:?}")))?;
+        bytemuck::pod_collect_to_vec(&view)
+    };
+    read.unmap();
+    Ok(ticks[1].saturating_sub(ticks[0]) as f64 * period / 1e6)
+}
+
 /// The least wall time of the untimed runs before a measurement.
 pub(crate) const WARMUP_SECONDS: f64 = 0.25;
 pub(crate) const MAX_WARMUP_RUNS: usize = 5000;
@@ -214,17 +233,10 @@ impl Timer {
                 });
                 ctx.synchronize()?;
                 drop(keep);
-                rx.recv()
-                    .map_err(|_| Error::DeviceLost("timestamp read-back cancelled".into()))?
-                    .map_err(|e| Error::wgpu(format!("timestamp read-back: {e}")))?;
-                let ticks: Vec<u64> = {
-                    let view = read
-                        .get_mapped_range(..)
-                        .map_err(|e| Error::wgpu(format!("{e:?}")))?;
-                    bytemuck::pod_collect_to_vec(&view)
-                };
-                read.unmap();
-                Ok(ticks[1].saturating_sub(ticks[0]) as f64 * period / 1e6)
+                let mapped = rx
+                    .recv()
+                    .map_err(|_| Error::DeviceLost("timestamp read-back cancelled".into()))?;
+                timestamps_ms(mapped, read, *period)
             }
             None => {
                 ctx.synchronize()?;
