@@ -24,6 +24,18 @@ fn axpy(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
 }
 
+@compute @workgroup_size(256)
+fn fill_zero(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+             @builtin(num_workgroups) nwg: vec3<u32>) {
+    let base = group_index(wid, nwg) * 4u * WG;
+    for (var k = 0u; k < 4u; k = k + 1u) {
+        let i = base + k * WG + lid;
+        if (i < P.n) {
+            x[i] = 0.0;
+        }
+    }
+}
+
 @compute @workgroup_size(1)
 fn accumulate_scalar() {
     if (P.first != 0u) {

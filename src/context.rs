@@ -668,6 +668,33 @@ impl LossContext {
             self.queue.submit(Some(enc.finish()));
             Ok(())
         })?;
+        let mut out = self.map_staging(&staging, total).await?;
+        if let Some(f) = flag {
+            let at = padded as usize;
+            let words: Vec<u32> = bytemuck::pod_collect_to_vec(&out[at..at + FLAG_BYTES as usize]);
+            let what = &f.what;
+            if words[0] != 0 {
+                return Err(Error::LabelOutOfRange(format!(
+                    "{what}: a label on the device is outside the class range; the rows that hold one were skipped"
+                )));
+            }
+            if words[1] != 0 {
+                return Err(Error::InvalidInput(format!(
+                    "{what}: an input holds NaN or infinity (check_finite is on)"
+                )));
+            }
+        }
+        out.truncate(bytes as usize);
+        Ok(out)
+    }
+
+    /// Maps a staging buffer (MAP_READ) whose copies were submitted and reads its first
+    /// `total` bytes; it is unmapped again on every path.
+    pub(crate) async fn map_staging(
+        &self,
+        staging: &crate::pool::PoolBuf,
+        total: u64,
+    ) -> Result<Vec<u8>> {
         let (tx, rx) = futures_channel::oneshot::channel();
         let serial = self.serial();
         staging
@@ -705,24 +732,7 @@ impl LossContext {
         };
         waited?;
         self.check()?;
-        let mut out = out?;
-        if let Some(f) = flag {
-            let at = padded as usize;
-            let words: Vec<u32> = bytemuck::pod_collect_to_vec(&out[at..at + FLAG_BYTES as usize]);
-            let what = &f.what;
-            if words[0] != 0 {
-                return Err(Error::LabelOutOfRange(format!(
-                    "{what}: a label on the device is outside the class range; the rows that hold one were skipped"
-                )));
-            }
-            if words[1] != 0 {
-                return Err(Error::InvalidInput(format!(
-                    "{what}: an input holds NaN or infinity (check_finite is on)"
-                )));
-            }
-        }
-        out.truncate(bytes as usize);
-        Ok(out)
+        out
     }
 
     /// A zeroed error-flag buffer for one computation (see [`Flag`]).

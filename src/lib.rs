@@ -45,6 +45,7 @@ mod pool;
 pub mod reference;
 #[cfg(feature = "cases")]
 pub mod registry;
+pub mod shard;
 pub mod tensor;
 #[cfg(all(target_arch = "wasm32", feature = "web"))]
 pub mod web;

@@ -161,7 +161,7 @@ fn record(
     let cws = ctx.windows(c, f * 4, align)?;
 
     let (s, m) = (cfg.scale(), cfg.margin());
-    let nf = n as f64;
+    let nf = rec.count(n, 1) as f64;
     let red = match cfg.reduction {
         Reduction::Mean => 1.0 / nf,
         Reduction::Sum | Reduction::None => 1.0,
@@ -487,6 +487,10 @@ impl Loss for AngularPenaltySMConfig {
     }
     fn grad_names(&self) -> &'static [&'static str] {
         &["x", "weight"]
+    }
+    /// The weight is the same on every rank; its gradient is summed across them.
+    fn batched_input(&self, i: usize) -> bool {
+        i != 2
     }
     fn build(
         &self,

@@ -137,7 +137,7 @@ fn build(
     let src = source(s.kind, lanes_for(n), broadcast, exact).with_accumulate(opts.accumulate);
     let tiles = n.div_ceil(TILE);
     let scale = match s.reduction {
-        Reduction::Mean => 1.0 / n as f64,
+        Reduction::Mean => 1.0 / rec.count(n, super::per_row(x.shape())) as f64,
         Reduction::Sum | Reduction::None => 1.0,
     };
     let base = Params {

@@ -111,6 +111,61 @@ impl Combined {
         Ok(Self::output(out, rec))
     }
 
+    /// The combined loss of the whole batch when this rank holds one shard of it (see
+    /// [`Loss::compute_sharded`] and [`crate::shard`]). The terms' statistics travel in one
+    /// message per exchange: one all-reduce for the usual terms (two where a weighted
+    /// cross-entropy's mean first needs the summed weight of the whole batch).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn compute_sharded(
+        &self,
+        ctx: &LossContext,
+        inputs: &[&Tensor],
+        collective: &dyn crate::shard::Collective,
+        opts: &GradOpts,
+    ) -> Result<LossOutput> {
+        // An input is split along the batch unless a term holds it whole.
+        let batched = (0..inputs.len())
+            .map(|i| {
+                self.terms.iter().all(|t| {
+                    t.inputs
+                        .iter()
+                        .enumerate()
+                        .all(|(p, &ci)| ci != i || t.loss.batched_input(p))
+                })
+            })
+            .collect();
+        let config = self
+            .terms
+            .iter()
+            .map(|t| format!("{} x {:?} {}", t.weight, t.inputs, t.loss.config_key()))
+            .collect::<Vec<_>>()
+            .join(" + ");
+        let pre = (|| {
+            for (i, t) in inputs.iter().enumerate() {
+                ctx.owns("Combined", &format!("input {i}"), t)?;
+            }
+            Ok(())
+        })();
+        let grad_inputs = self.grad_inputs().into_iter().map(Some).collect();
+        let job = crate::shard::Job {
+            what: "Combined",
+            config,
+            batched,
+            pre,
+            grad_inputs,
+            build: Box::new(|ins, o, rec| {
+                let (total, terms, grads) = self.build(ctx, ins, o, rec)?;
+                Ok(crate::shard::Built {
+                    loss: total,
+                    grad_inputs: grads.iter().map(|(i, _)| Some(*i)).collect(),
+                    grads: grads.into_iter().map(|(_, g)| g).collect(),
+                    terms,
+                })
+            }),
+        };
+        crate::shard::run(ctx, inputs, collective, opts, job)
+    }
+
     /// Records the same work into the caller's encoder; the work runs when the caller submits
     /// it. Keep the returned output alive until then.
     #[must_use = "it holds the recorded work's buffers: keep it until the encoder is submitted"]
@@ -184,12 +239,25 @@ impl Combined {
         let grad_inputs = self.grad_inputs();
         let mut grads: Vec<Option<Tensor>> = vec![None; inputs.len()];
         let mut written = vec![false; inputs.len()];
+        // One shard of a batch split across several ranks: the terms' statistics are merged
+        // into one exchange (their steps interleaved by phase), so every term accumulates into
+        // gradients zeroed first, whatever order their gradient passes then run in.
+        let merge = rec.shard.as_ref().is_some_and(|p| p.world > 1);
+        if merge {
+            rec.flag_bind(ctx, 0, "Combined")?;
+        }
         for (k, &ci) in grad_inputs.iter().enumerate() {
             if let Some(x) = inputs.get(ci) {
-                grads[ci] = Some(opts.grad_for(ctx, k, x)?);
-                written[ci] = opts.accumulate;
+                let g = opts.grad_for(ctx, k, x)?;
+                if merge && !opts.accumulate {
+                    ctx.fill_zero_steps(rec, &g)?;
+                }
+                written[ci] = opts.accumulate || merge;
+                grads[ci] = Some(g);
             }
         }
+        let mut subs: Vec<Recorder> = Vec::new();
+        let mut totals = Vec::new();
         let total = ctx.empty(&[], DType::F32)?;
         let src = ShaderSource::new("util", UTIL);
         let mut term_values = Vec::new();
@@ -253,7 +321,18 @@ impl Combined {
                 into,
                 accumulate: accumulate.unwrap_or(false),
             };
-            let (value, _) = term.loss.build(ctx, &mine, &term_opts, rec)?;
+            let (value, _) = if merge {
+                let mut sub = Recorder {
+                    shard: rec.shard.as_ref().map(|p| p.child()),
+                    flag: rec.flag.clone(),
+                    ..Default::default()
+                };
+                let r = term.loss.build(ctx, &mine, &term_opts, &mut sub)?;
+                subs.push(sub);
+                r
+            } else {
+                term.loss.build(ctx, &mine, &term_opts, rec)?
+            };
             if value.numel() != 1 {
                 return Err(Error::InvalidConfig(format!(
                     "term {k} ({}) must reduce to a scalar (reduction mean or sum), its loss has shape {:?}",
@@ -277,8 +356,16 @@ impl Combined {
                 vec![Bind::tensor(1, &total), Bind::tensor(2, &value)],
                 1,
             )?;
-            rec.prog.steps.push(step);
+            if merge {
+                totals.push(step);
+            } else {
+                rec.prog.steps.push(step);
+            }
             term_values.push(value);
+        }
+        if merge {
+            interleave(rec, subs);
+            rec.prog.steps.extend(totals);
         }
         let grads = grad_inputs
             .into_iter()
@@ -288,7 +375,54 @@ impl Combined {
     }
 }
 
+/// Moves the terms' recorded work into `rec`, phase by phase: the steps of every term up to
+/// its first exchange, one exchange of all their first statistics, and so on; then the rest
+/// of every term.
+fn interleave(rec: &mut Recorder, subs: Vec<Recorder>) {
+    let mut parts = Vec::with_capacity(subs.len());
+    for mut sub in subs {
+        rec.scratch.bufs.append(&mut sub.scratch.bufs);
+        let cuts = sub.shard.take().map(|p| p.cuts).unwrap_or_default();
+        parts.push((sub.prog.steps.into_iter(), cuts, 0usize));
+    }
+    let levels = parts.iter().map(|(_, c, _)| c.len()).max().unwrap_or(0);
+    for j in 0..levels {
+        for (steps, cuts, done) in parts.iter_mut() {
+            if let Some(c) = cuts.get(j) {
+                rec.prog.steps.extend(steps.by_ref().take(c.at - *done));
+                *done = c.at;
+            }
+        }
+        for (_, cuts, _) in &parts {
+            for p in cuts.get(j).map(|c| c.parts.as_slice()).unwrap_or(&[]) {
+                rec.exchange(&p.buffer, p.first, p.len, p.merge);
+            }
+        }
+    }
+    for (steps, _, _) in parts {
+        rec.prog.steps.extend(steps);
+    }
+}
+
 impl LossContext {
+    /// Records the zeroing of an f32 tensor.
+    pub(crate) fn fill_zero_steps(&self, rec: &mut Recorder, x: &Tensor) -> Result<()> {
+        let src = ShaderSource::new("util", UTIL);
+        let per = 4 * WG as u64;
+        for w in self.windows(x.numel() as u64, 4, per)? {
+            let p = Params {
+                n: w.count as u32,
+                first: 0,
+                a: 0.0,
+                pad: 0,
+            };
+            let binds = vec![Bind::window(1, x, w.first, w.count)];
+            let step = self.step(&src, "fill_zero", &p, binds, w.count.div_ceil(per))?;
+            rec.prog.steps.push(step);
+        }
+        Ok(())
+    }
+
     /// `x += a * y` in place, on the device (an SGD step: `a = -lr`). One submission.
     pub fn axpy(&self, x: &Tensor, a: f32, y: &Tensor) -> Result<()> {
         let mut rec = Recorder::default();

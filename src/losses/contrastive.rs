@@ -103,7 +103,7 @@ impl Loss for ContrastiveLoss {
         let src = source(tpr, lanes_for(d), cosine).with_accumulate(opts.accumulate);
         let rpw = (WG / tpr) as u64;
         let mean_scale = match self.reduction {
-            Reduction::Mean => 1.0 / n as f64,
+            Reduction::Mean => 1.0 / rec.count(n, 1) as f64,
             Reduction::Sum | Reduction::None => 1.0,
         };
         let base = Params {

@@ -196,7 +196,10 @@ impl CrossEntropyLoss {
                 )?);
                 part_base += w.count.div_ceil(tile);
             }
-            Some(rec.reduce(ctx, &partials, 1, tiles)?)
+            let wtot = rec.reduce(ctx, &partials, 1, tiles)?;
+            // In sharded work, the summed weight of the whole batch.
+            rec.exchange(&wtot.buffer, 0, 1, crate::shard::Merge::Sum);
+            Some(wtot)
         } else {
             None
         };

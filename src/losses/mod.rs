@@ -169,6 +169,9 @@ pub struct Recorder {
     pub(crate) prog: Program,
     pub(crate) scratch: Scratch,
     pub(crate) flag: Option<std::sync::Arc<crate::context::Flag>>,
+    /// Set when the work is one shard of a batch split across ranks (`crate::shard`): the
+    /// global batch size, and the points where the statistics are all-reduced.
+    pub(crate) shard: Option<crate::shard::Plan>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -177,6 +180,7 @@ impl std::fmt::Debug for Recorder {
             .field("steps", &self.prog.steps.len())
             .field("scratch", &self.scratch)
             .field("flag", &self.flag.as_ref().map(|fl| fl.what.as_str()))
+            .field("sharded", &self.shard.is_some())
             .finish()
     }
 }
@@ -200,6 +204,32 @@ impl Recorder {
             offset: 0,
             size: crate::context::FLAG_BYTES,
         })
+    }
+
+    /// The batch size a loss divides by: `local` for unsharded work; for one shard of a batch
+    /// split along dimension 0, the global count, `per_row` (the count per row of dimension 0)
+    /// times the global number of rows.
+    pub(crate) fn count(&self, local: u64, per_row: u64) -> u64 {
+        match &self.shard {
+            Some(p) => per_row * p.rows,
+            None => local,
+        }
+    }
+
+    /// Marks `len` f32 statistics of `buffer` from element `first` as exchanged here: in
+    /// sharded work they are all-reduced (merged by `merge`) across the ranks before the steps
+    /// recorded after this point run; otherwise nothing happens.
+    pub(crate) fn exchange(
+        &mut self,
+        buffer: &wgpu::Buffer,
+        first: u64,
+        len: u64,
+        merge: crate::shard::Merge,
+    ) {
+        let at = self.prog.steps.len();
+        if let Some(p) = &mut self.shard {
+            p.cut(at, buffer.clone(), first, len, merge);
+        }
     }
 
     /// A zeroed-or-not scratch buffer of `bytes` bytes that lives until the recorded work has
@@ -257,6 +287,7 @@ impl Recorder {
         tail: Tail,
     ) -> Result<Finalized> {
         let totals = self.reduce(ctx, &tail.partials, tail.rows, tail.cols)?;
+        self.exchange(&totals.buffer, 0, tail.rows, crate::shard::Merge::Sum);
         let mut binds = vec![totals.bind(tail.totals), tail.loss];
         let coef = match tail.coef {
             Some((binding, len)) => {
@@ -331,7 +362,7 @@ pub(crate) struct Tail {
 
 /// A loss that runs on the GPU. `inputs` follow the Python originals' forward arguments
 /// (see `input_names`).
-pub trait Loss {
+pub trait Loss: std::fmt::Debug {
     /// The deepml / PyTorch class name.
     fn name(&self) -> &'static str;
     /// The forward arguments, in order.
@@ -347,6 +378,34 @@ pub trait Loss {
         opts: &GradOpts,
         rec: &mut Recorder,
     ) -> Result<(Tensor, Vec<Tensor>)>;
+
+    /// Whether input `i` holds rows of the batch, split along dimension 0 across the ranks of
+    /// [`Self::compute_sharded`] (the default), rather than a value every rank holds whole.
+    fn batched_input(&self, i: usize) -> bool {
+        let _ = i;
+        true
+    }
+
+    /// What ranks running this loss together must agree on (its name and config).
+    fn config_key(&self) -> String {
+        format!("{}:{:?}", self.name(), self)
+    }
+
+    /// The loss of the whole batch when this rank holds one shard of it: `inputs` are this
+    /// rank's rows (dimension 0; a rank may hold none), and every rank of `collective` calls
+    /// this with the same loss. The statistics are all-reduced (see [`crate::shard`]); the
+    /// value is the whole batch's on every rank, the gradients are `dL/d(this rank's rows)`,
+    /// and the gradient of a replicated input or owned weight is summed across the ranks.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn compute_sharded(
+        &self,
+        ctx: &LossContext,
+        inputs: &[&Tensor],
+        collective: &dyn crate::shard::Collective,
+        opts: &GradOpts,
+    ) -> Result<LossOutput> {
+        crate::shard::run_loss(self, ctx, inputs, collective, opts)
+    }
 
     /// Value and gradients in one submission; nothing is read back.
     fn compute(&self, ctx: &LossContext, inputs: &[&Tensor]) -> Result<LossOutput> {
@@ -440,6 +499,11 @@ pub trait Loss {
         }
         Ok(())
     }
+}
+
+/// The elements per row of dimension 0 (the batch dimension a sharded batch is split along).
+pub(crate) fn per_row(shape: &[usize]) -> u64 {
+    shape.iter().skip(1).map(|&d| d as u64).product()
 }
 
 /// Checks float inputs that share one element type: all f32, or all f16 (which needs the

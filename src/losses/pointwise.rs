@@ -67,10 +67,12 @@ fn build(
     let src = source(kind, f16, lanes_for(n)).with_accumulate(opts.accumulate);
     let grad = opts.grad_for(ctx, 0, a)?;
     let tiles = n.div_ceil(TILE);
+    // The element count of the mean: of the whole batch when this is one shard of it.
+    let big_n = rec.count(n, super::per_row(a.shape()));
     let (loss_scale, red_scale) = match reduction {
         // RMSE's gradient kernel divides by N itself.
         _ if kind == Kind::Rmse => (1.0, 1.0),
-        Reduction::Mean => (1.0 / n as f64, 1.0 / n as f64),
+        Reduction::Mean => (1.0 / big_n as f64, 1.0 / big_n as f64),
         Reduction::Sum | Reduction::None => (1.0, 1.0),
     };
     let base = Params {
@@ -79,7 +81,7 @@ fn build(
         tiles: tiles as u32,
         flags: opts.flags(),
         grad_scale: (opts.scale as f64 * red_scale) as f32,
-        inv_n: (1.0 / n as f64) as f32,
+        inv_n: (1.0 / big_n as f64) as f32,
         eps: eps as f32,
         loss_scale: loss_scale as f32,
     };
