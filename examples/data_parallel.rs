@@ -153,6 +153,37 @@ fn main() -> Result<()> {
         calls,
     });
 
+    // 3. ArcFace, classes split (PartialFC): every rank the whole batch, a slice of W.
+    let first_c = classes * rank / size;
+    let count_c = classes * (rank + 1) / size - first_c;
+    let local = AngularPenaltySMConfig::arcface(d, count_c);
+    let wslice = ctx.upload(&wt[first_c * d..(first_c + count_c) * d], &[count_c, d])?;
+    mpi.take();
+    let got = local.compute_class_sharded(
+        &ctx,
+        &xa,
+        &ya,
+        &wslice,
+        first_c,
+        &mpi,
+        &GradOpts::default(),
+    )?;
+    let (bytes, calls) = mpi.take();
+    let gv = got.value(&ctx)?;
+    let wgw = ctx.read(&want.grads[1])?;
+    let grad_rel = rel(&ctx.read(&got.grads[0])?, &wgx).max(rel(
+        &ctx.read(&got.grads[1])?,
+        &wgw[first_c * d..(first_c + count_c) * d],
+    ));
+    reports.push(Report {
+        what: "ArcFace, classes split (PartialFC), [24, 32] x 40 classes",
+        value: gv,
+        value_rel: rel(&[gv], &[wv]),
+        grad_rel,
+        bytes,
+        calls,
+    });
+
     let mut worst: f64 = 0.0;
     for r in &reports {
         println!(

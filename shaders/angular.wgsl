@@ -39,8 +39,8 @@ struct Params {
     mode: u32,      // bit 0: add to the output instead of overwriting
     loss_type: u32, // 0 arcface, 1 sphereface, 2 cosface
     normw: u32,     // normalize_weight
-    pad0: u32,
-    pad1: u32,
+    cbase: u32,     // the global index of this rank's first class (class-sharded; else 0)
+    labels_out: u32, // the range of the labels: all classes of all ranks (else C)
     pad2: u32,
     s: f32,
     m: f32,
@@ -162,7 +162,7 @@ fn nan() -> f32 {
 
 // The clamped label of row i (and whether it was out of range).
 fn label_of(i: u32) -> vec2<u32> {
-    let C = P.out;
+    let C = P.labels_out;
     var y = labels[i];
     let bad = y < 0 || u32(y) >= C;
     if (bad) {
@@ -183,7 +183,8 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     let yl = label_of(i);
     let base = i * P.ld;
     // The target's column in this chunk, or past its end.
-    let yc = select(P.classes, yl.x - P.c0, yl.x >= P.c0 && yl.x < P.c0 + P.classes);
+    let g0 = P.cbase + P.c0;
+    let yc = select(P.classes, yl.x - g0, yl.x >= g0 && yl.x < g0 + P.classes);
     var mx = -3.0e38;
     var sm = 0.0;
     let quads = (P.classes + 3u) / 4u;
@@ -299,7 +300,8 @@ fn grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let b = i * RS;
     let lse = rstat[b + RS_LSE];
     let dy = rstat[b + RS_DY];
-    let yc = select(P.classes, yl.x - P.c0, yl.x >= P.c0 && yl.x < P.c0 + P.classes);
+    let g0 = P.cbase + P.c0;
+    let yc = select(P.classes, yl.x - g0, yl.x >= g0 && yl.x < g0 + P.classes);
     var r = 0.0;
     let quads = (P.classes + 3u) / 4u;
     for (var q = lid; q < quads; q = q + WG) {

@@ -71,5 +71,9 @@ cargo run --release -q --example train_segmentation -- --steps 150 --print 50
 cargo run --release -q --example train_arcface -- --steps 60 --print 20
 cargo run --release -q --example combined_loss -- --steps 60
 
+echo "== scale-out: examples/data_parallel on 4 MPI ranks (lavapipe, one core each)"
+# Every rank checks its value and gradients against the whole batch on one device.
+LP_NUM_THREADS=1 WGPU_BACKEND=vulkan mpiexec -n 4 "${CARGO_TARGET_DIR:-target}/release/examples/data_parallel"
+
 echo "== browser (wasm build, headless Chromium, WebGPU on SwiftShader)"
 DEEPML_BIN="$(cd "$(dirname "$DEEPML")" && pwd)/deepml" bash web/test.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what deepml's demo and tests need on a fresh Debian machine, skipping what is there:
-# a Rust toolchain, a software GPU (Mesa's lavapipe for Vulkan, llvmpipe through EGL for GL), and
+# a Rust toolchain, a software GPU (Mesa's lavapipe for Vulkan, llvmpipe through EGL for GL), MPICH
+# with libclang (the scale-out example), and
 # Debian's Chromium (SwiftShader's Vulkan, the validation layer, the browser test's browser;
 # DEEPML_SETUP_CHROMIUM=0 skips it, as tests/demo.sh does).
 set -euo pipefail
@@ -25,6 +26,13 @@ ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1 || missing+=(libgl1-mesa-dri)
 # driver and the Khronos validation layer that tests/run_all.sh also runs the suite on.
 if [ "${DEEPML_SETUP_CHROMIUM:-1}" = 1 ] && ! dpkg -L chromium-common 2>/dev/null | grep -q '/vk_swiftshader_icd\.json$'; then
   missing+=(chromium)
+fi
+# MPI for the scale-out example (feature `mpi`: rsmpi over MPICH; its bindings need libclang).
+# DEEPML_SETUP_MPI=0 skips it, as tests/demo.sh does.
+if [ "${DEEPML_SETUP_MPI:-1}" = 1 ]; then
+  command -v mpiexec >/dev/null 2>&1 || missing+=(mpich)
+  dpkg -s libmpich-dev >/dev/null 2>&1 || missing+=(libmpich-dev)
+  ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"

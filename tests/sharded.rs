@@ -689,3 +689,89 @@ fn the_thread_group_detects_mismatches_and_departures() {
     let e = waiter.join().unwrap().unwrap_err();
     assert!(e.to_string().contains("left"), "{e}");
 }
+
+/// PartialFC: the classes of the angular losses split across worlds of 1 to 4 ranks (uneven
+/// slices, in any order), every rank holding the whole batch: the value and the gradient of
+/// `x` of the unsharded loss on every rank, each rank's slice of the weight's gradient.
+#[test]
+fn class_sharded_angular_losses_agree_with_the_whole_weight() {
+    let ctx = common::ctx();
+    let mut rng = common::rng(0xfc);
+    let (n, d, c) = (13usize, 24usize, 37usize);
+    let x = common::uniform(&mut rng, n * d, -1.0, 1.0);
+    let y: Vec<i32> = (0..n).map(|_| rng.gen_range(0..c as i32)).collect();
+    let w = common::uniform(&mut rng, c * d, -0.3, 0.3);
+    let configs = [
+        AngularPenaltySMConfig::arcface(d, c),
+        AngularPenaltySMConfig::cosface(d, c),
+        AngularPenaltySMConfig {
+            reduction: Reduction::Sum,
+            normalize_weight: false,
+            ..AngularPenaltySMConfig::sphereface(d, c)
+        },
+    ];
+    let xt = ctx.upload(&x, &[n, d]).unwrap();
+    let yt = ctx.upload_labels(&y, &[n]).unwrap();
+    let wt = ctx.upload(&w, &[c, d]).unwrap();
+    // Slices (offset, count) of each rank: uneven, one of a single class, not in rank order.
+    let layouts: [&[(usize, usize)]; 4] = [
+        &[(0, 37)],
+        &[(20, 17), (0, 20)],
+        &[(0, 1), (1, 30), (31, 6)],
+        &[(10, 9), (0, 10), (30, 7), (19, 11)],
+    ];
+    // ArcFace on every world; CosFace and SphereFace (sum, unnormalised weight) on one each.
+    let runs = [(0, 0), (0, 1), (0, 2), (0, 3), (1, 2), (2, 3)];
+    for (ci, li) in runs {
+        let cfg = &configs[ci];
+        let want = read(ctx, &cfg.compute(ctx, &[&xt, &yt, &wt]).unwrap());
+        {
+            let slices = layouts[li];
+            let k = slices.len();
+            let got = on_world(k, |rank, m| {
+                let ctx = LossContext::new().unwrap();
+                let (o, cnt) = slices[rank];
+                let local = AngularPenaltySMConfig {
+                    out_features: cnt,
+                    ..cfg.clone()
+                };
+                let xt = ctx.upload(&x, &[n, d]).unwrap();
+                let yt = ctx.upload_labels(&y, &[n]).unwrap();
+                let wt = ctx.upload(&w[o * d..(o + cnt) * d], &[cnt, d]).unwrap();
+                let out = local
+                    .compute_class_sharded(&ctx, &xt, &yt, &wt, o, m, &GradOpts::default())
+                    .unwrap();
+                read(&ctx, &out)
+            });
+            for (rank, g) in got.iter().enumerate() {
+                let what = format!("{:?} world {k} rank {rank}", cfg.loss_type);
+                let (o, cnt) = slices[rank];
+                close(&format!("{what} loss"), &g.loss, &want.loss, 1e-6);
+                close(&format!("{what} dx"), &g.grads[0].1, &want.grads[0].1, 2e-6);
+                close(
+                    &format!("{what} dW slice"),
+                    &g.grads[1].1,
+                    &want.grads[1].1[o * d..(o + cnt) * d],
+                    2e-6,
+                );
+            }
+        }
+    }
+    // Overlapping slices, a gap, and a label that no rank owns: errors on every rank.
+    for (slices, label, kind) in [
+        (&[(0, 20), (15, 22)][..], 3, "InvalidConfig"),
+        (&[(0, 20), (21, 16)][..], 3, "InvalidConfig"),
+        (&[(0, 20), (20, 17)][..], 40, "LabelOutOfRange"),
+    ] {
+        let r = on_world(2, |rank, m| {
+            let (o, cnt) = slices[rank];
+            let local = AngularPenaltySMConfig::arcface(d, cnt);
+            let mut yy = y.clone();
+            yy[5] = label;
+            let yt = ctx.upload_labels(&yy, &[n]).unwrap();
+            let wt = ctx.upload(&w[..cnt * d], &[cnt, d]).unwrap();
+            local.compute_class_sharded(ctx, &xt, &yt, &wt, o, m, &GradOpts::default())
+        });
+        assert_eq!(kinds(&r), [kind, kind], "{slices:?} label {label}");
+    }
+}

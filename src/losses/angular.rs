@@ -57,8 +57,8 @@ struct Params {
     mode: u32,
     loss_type: u32,
     normw: u32,
-    pad0: u32,
-    pad1: u32,
+    cbase: u32,
+    labels_out: u32,
     pad2: u32,
     s: f32,
     m: f32,
@@ -111,6 +111,7 @@ fn record(
     flag: &wgpu::Buffer,
     flag_offset: u64,
     opts: &GradOpts,
+    split: Option<ClassSplit>,
     rec: &mut Recorder,
 ) -> Result<(Tensor, Vec<Tensor>)> {
     const WHAT: &str = "AngularPenaltySMLoss";
@@ -169,6 +170,8 @@ fn record(
     let base = Params {
         features: f as u32,
         out: c as u32,
+        cbase: split.map_or(0, |s| s.offset) as u32,
+        labels_out: split.map_or(c, |s| s.total) as u32,
         loss_type: match cfg.loss_type {
             LossType::ArcFace => 0,
             LossType::SphereFace => 1,
@@ -307,7 +310,9 @@ fn record(
             rw.count,
         )?);
     }
-    // Pass 1: the row statistics, chunk by chunk.
+    // Pass 1: the row statistics, chunk by chunk (with the classes split across ranks, each
+    // rank's (M, O, c) are merged before `finish`).
+    let mut lse_cuts = Vec::new();
     for rw in &rws {
         for cc in &chunks {
             forward(prog, rw, cc)?;
@@ -315,6 +320,7 @@ fn record(
             prog.steps
                 .push(ctx.step(&src, "stats", &per_row(rw, cc), binds, rw.count)?);
         }
+        lse_cuts.push((prog.steps.len(), *rw));
         let binds = vec![label_rows(rw), rstat_rows(rw), sloss_bind(rw), flag_bind()];
         let p = per_row(rw, &chunks[0]);
         prog.steps
@@ -442,6 +448,23 @@ fn record(
         prog.steps
             .push(ctx.step(&src, "proj", &p, binds, rw.count)?);
     }
+    if let (Some(_), Some(plan)) = (split, rec.shard.as_mut()) {
+        for (at, rw) in lse_cuts {
+            let merge = crate::shard::Merge::Lse {
+                stride: RS,
+                m: 1,
+                o: 2,
+                add: (3, 4),
+            };
+            plan.cut(
+                at,
+                rstat.buffer.clone(),
+                rw.first * RS,
+                rw.count * RS,
+                merge,
+            );
+        }
+    }
     // The loss.
     let loss = match sloss {
         Ok(t) => t,
@@ -465,6 +488,84 @@ fn record(
         }
     };
     Ok((loss, vec![gx, gw]))
+}
+
+impl AngularPenaltySMConfig {
+    /// The loss of the whole batch when its classes are split across the ranks of
+    /// `collective` (InsightFace's PartialFC): every rank holds the whole batch `x [N, in]`
+    /// and its global `labels [N]`, and `weight [out_features, in]` holds this rank's classes
+    /// `[class_offset, class_offset + out_features)` (the config's `out_features` is this
+    /// rank's count). The slices of the ranks must tile the classes without overlap or gap; a
+    /// label outside them is `Error::LabelOutOfRange` on every rank.
+    ///
+    /// Each row's running maximum and sum of exponentials over a rank's classes are merged
+    /// across the ranks (one MAX and one SUM of `2 N` values, with the target logit), then
+    /// every rank computes the same value and the gradient of its own weight rows; the
+    /// gradient with respect to `x` is summed across the ranks (`N x in` values).
+    #[cfg(not(target_arch = "wasm32"))]
+    #[allow(clippy::too_many_arguments)]
+    pub fn compute_class_sharded(
+        &self,
+        ctx: &LossContext,
+        x: &Tensor,
+        labels: &Tensor,
+        weight: &Tensor,
+        class_offset: usize,
+        collective: &dyn crate::shard::Collective,
+        opts: &GradOpts,
+    ) -> Result<LossOutput> {
+        const WHAT: &str = "AngularPenaltySMLoss";
+        let checked = (|| {
+            for (name, t) in [("x", x), ("labels", labels), ("weight", weight)] {
+                ctx.owns(WHAT, name, t)?;
+            }
+            self.check_shapes(x.shape(), labels.shape(), weight.shape())
+        })();
+        let local = AngularPenaltySMConfig {
+            out_features: 0,
+            ..self.clone()
+        };
+        let job = crate::shard::ClassJob {
+            what: WHAT,
+            config: format!("{local:?}|{:?}|{:?}", x.shape(), labels.shape()),
+            slice: checked
+                .as_ref()
+                .map(|_| (class_offset as u64, self.out_features as u64))
+                .map_err(Clone::clone),
+            rows: x.shape().first().copied().unwrap_or(0) as u64,
+            grads: vec![(Some(0), true), (Some(2), false)],
+            build: Box::new(move |total, rec| {
+                let n = checked?;
+                let flag = rec.flag_bind(ctx, 10, WHAT)?.buffer;
+                let split = ClassSplit {
+                    offset: class_offset as u64,
+                    total,
+                };
+                record(
+                    ctx,
+                    self,
+                    n,
+                    x,
+                    labels,
+                    weight,
+                    &flag,
+                    0,
+                    opts,
+                    Some(split),
+                    rec,
+                )
+            }),
+        };
+        crate::shard::run_classes(ctx, collective, opts, job)
+    }
+}
+
+/// This rank's classes when the classes are split across ranks (PartialFC): its weight rows
+/// are the global classes `[offset, offset + out_features)` of `total`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClassSplit {
+    pub offset: u64,
+    pub total: u64,
 }
 
 /// The rows of x of a row window as the B operand of dW^ (B(k = row, n = feature)).
@@ -502,7 +603,7 @@ impl Loss for AngularPenaltySMConfig {
         let n = self.check_shapes(inputs[0].shape(), inputs[1].shape(), inputs[2].shape())?;
         let flag = rec.flag_bind(ctx, 10, "AngularPenaltySMLoss")?.buffer;
         record(
-            ctx, self, n, inputs[0], inputs[1], inputs[2], &flag, 0, opts, rec,
+            ctx, self, n, inputs[0], inputs[1], inputs[2], &flag, 0, opts, None, rec,
         )
     }
 }
@@ -643,6 +744,33 @@ impl AngularPenaltySMLoss {
         ctx.submit(prog, &mut scratch)
     }
 
+    /// The loss of the whole batch with this rank's weight holding the classes
+    /// `[class_offset, class_offset + out_features)` of all the ranks' (PartialFC; see
+    /// [`AngularPenaltySMConfig::compute_class_sharded`]). The weight's gradient is this
+    /// rank's slice, ready for [`Self::sgd_step`]; the gradient of `x` is summed across ranks.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn compute_class_sharded(
+        &self,
+        ctx: &LossContext,
+        x: &Tensor,
+        labels: &Tensor,
+        class_offset: usize,
+        collective: &dyn crate::shard::Collective,
+        opts: &GradOpts,
+    ) -> Result<LossOutput> {
+        let mut out = self.config.compute_class_sharded(
+            ctx,
+            x,
+            labels,
+            &self.weight,
+            class_offset,
+            collective,
+            opts,
+        )?;
+        out.grad_inputs[1] = None;
+        Ok(out)
+    }
+
     /// Checks `labels` on the host (`Error::LabelOutOfRange` before any GPU work), uploads them
     /// and computes value and gradients.
     pub fn compute_with_labels(
@@ -698,6 +826,7 @@ impl Loss for AngularPenaltySMLoss {
             &flag,
             0,
             opts,
+            None,
             rec,
         )
     }

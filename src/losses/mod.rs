@@ -287,7 +287,10 @@ impl Recorder {
         tail: Tail,
     ) -> Result<Finalized> {
         let totals = self.reduce(ctx, &tail.partials, tail.rows, tail.cols)?;
-        self.exchange(&totals.buffer, 0, tail.rows, crate::shard::Merge::Sum);
+        // With the classes split across ranks every rank holds every row: nothing to add up.
+        if !self.shard.as_ref().is_some_and(|p| p.class_split) {
+            self.exchange(&totals.buffer, 0, tail.rows, crate::shard::Merge::Sum);
+        }
         let mut binds = vec![totals.bind(tail.totals), tail.loss];
         let coef = match tail.coef {
             Some((binding, len)) => {

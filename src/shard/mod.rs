@@ -50,7 +50,7 @@
 //! ```
 //! For results that are identical on every rank, the engine's SUM must give every rank the
 //! same bits (sum in a fixed order); MPI's and NCCL's reductions do not promise it, which is why
-//! [`Mpi`] gathers and sums in rank order.
+//! `Mpi` (feature `mpi`) gathers and sums in rank order.
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -62,7 +62,7 @@ mod run;
 mod threads;
 
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) use run::{run, run_loss, Job};
+pub(crate) use run::{run, run_classes, run_loss, ClassJob, Job};
 
 #[cfg(all(feature = "mpi", not(target_arch = "wasm32")))]
 pub use self::mpi::Mpi;
@@ -156,6 +156,15 @@ pub(crate) enum Merge {
     Sum,
     /// The largest.
     Max,
+    /// Rows of `stride` floats holding a running log-sum-exp: the maxima at slot `m` are
+    /// merged by MAX, the sums of exponentials at slot `o` rescaled to the global maximum and
+    /// added, the slots `add.0..add.1` added; the others stay this rank's.
+    Lse {
+        stride: u64,
+        m: u64,
+        o: u64,
+        add: (u64, u64),
+    },
 }
 
 /// One exchanged range: `len` f32 values of `buffer` from element `first`.
@@ -181,6 +190,9 @@ pub(crate) struct Plan {
     pub world: usize,
     /// This rank holds no rows: its work runs on a stand-in row and contributes zeros.
     pub zero: bool,
+    /// The classes, not the rows, are split: every rank holds every row, so the reductions
+    /// over the rows are not added up across ranks.
+    pub class_split: bool,
     pub cuts: Vec<Cut>,
 }
 
@@ -190,6 +202,7 @@ impl Plan {
             rows,
             world,
             zero,
+            class_split: false,
             cuts: Vec::new(),
         }
     }
@@ -220,7 +233,10 @@ impl Plan {
 
     /// The same sharding, without cuts (a term's recorder inside a combined loss).
     pub(crate) fn child(&self) -> Plan {
-        Plan::new(self.rows, self.world, self.zero)
+        Plan {
+            class_split: self.class_split,
+            ..Plan::new(self.rows, self.world, self.zero)
+        }
     }
 
     /// Numbers that ranks recording the same work agree on: the cuts and their lengths.
@@ -285,14 +301,16 @@ fn ranks_text(flags: &[f64]) -> String {
     r.join(", ")
 }
 
-/// The header exchange: checks that every rank runs the same work (`key`), gathers the row
-/// counts, and fails on every rank if one of them failed already (`local`).
-pub(crate) fn agree(
+/// The header exchange: checks that every rank runs the same work (`key`), gathers `k`
+/// numbers of each rank (`local`: its row count, or its class slice), and fails on every rank
+/// if one of them failed already. Returns the numbers of every rank, in rank order.
+fn gather(
     coll: &dyn Collective,
     what: &str,
     key: &str,
-    local: Result<u64>,
-) -> Result<Agreed> {
+    local: Result<Vec<f64>>,
+    k: usize,
+) -> Result<Vec<Vec<f64>>> {
     let (w, r) = (coll.size(), coll.rank());
     if w == 0 || r >= w {
         return Err(Error::InvalidConfig(format!(
@@ -301,20 +319,18 @@ pub(crate) fn agree(
     }
     let h = fingerprint(key);
     let (hi, lo) = ((h >> 32) as f64, (h & 0xffff_ffff) as f64);
-    // [hi, lo, -hi, -lo, world, -world, failed per rank, rows per rank]
-    let mut msg = vec![0.0; 6 + 2 * w];
+    // [hi, lo, -hi, -lo, world, -world, failed per rank, k numbers per rank]
+    let mut msg = vec![0.0; 6 + (1 + k) * w];
     msg[..6].copy_from_slice(&[hi, lo, -hi, -lo, w as f64, -(w as f64)]);
-    let rows = match &local {
-        Ok(n) => *n,
-        Err(_) => 0,
-    };
     msg[6 + r] = local.is_err() as u32 as f64;
-    msg[6 + w + r] = rows as f64;
+    if let Ok(v) = &local {
+        msg[6 + w + r * k..6 + w + (r + 1) * k].copy_from_slice(v);
+    }
     coll.all_reduce(&mut msg, ReduceOp::Max)?;
-    let local_rows = local?;
+    local?;
     if msg[0] != -msg[2] || msg[1] != -msg[3] {
         return Err(Error::InvalidConfig(format!(
-            "{what}: the ranks disagree on the loss, its config or the shapes of its inputs past dimension 0 (rank {r}: {key})"
+            "{what}: the ranks disagree on the loss, its config or the shapes of its inputs (rank {r}: {key})"
         )));
     }
     if msg[4] != -msg[5] {
@@ -329,13 +345,69 @@ pub(crate) fn agree(
             ranks_text(failed)
         )));
     }
-    let rows = msg[6 + w..].iter().map(|&v| v as u64).sum();
+    Ok(msg[6 + w..].chunks(k).map(|c| c.to_vec()).collect())
+}
+
+/// [`gather`] of the row counts of a batch split along dimension 0.
+pub(crate) fn agree(
+    coll: &dyn Collective,
+    what: &str,
+    key: &str,
+    local: Result<u64>,
+) -> Result<Agreed> {
+    let all = gather(coll, what, key, local.map(|n| vec![n as f64]), 1)?;
+    let local_rows = all[coll.rank()][0] as u64;
+    let rows = all.iter().map(|v| v[0] as u64).sum();
     if rows == 0 {
         return Err(Error::EmptyInput(format!(
             "{what}: every rank's shard is empty"
         )));
     }
     Ok(Agreed { rows, local_rows })
+}
+
+/// [`gather`] of the class slices `(offset, count)` of a loss whose classes are split across
+/// the ranks: they must tile `[0, total)` without overlap or gap. Returns `total`.
+pub(crate) fn agree_classes(
+    coll: &dyn Collective,
+    what: &str,
+    key: &str,
+    local: Result<(u64, u64)>,
+) -> Result<u64> {
+    let all = gather(
+        coll,
+        what,
+        key,
+        local.map(|(o, c)| vec![o as f64, c as f64]),
+        2,
+    )?;
+    let mut slices: Vec<(u64, u64, usize)> = all
+        .iter()
+        .enumerate()
+        .map(|(r, v)| (v[0] as u64, v[1] as u64, r))
+        .collect();
+    slices.sort();
+    let mut end = 0;
+    for &(o, c, r) in &slices {
+        if c == 0 {
+            return Err(Error::InvalidConfig(format!(
+                "{what}: rank {r} holds no classes"
+            )));
+        }
+        if o != end {
+            let how = if o < end {
+                "overlaps"
+            } else {
+                "leaves a gap before"
+            };
+            return Err(Error::InvalidConfig(format!(
+                "{what}: the class slice [{o}, {}) of rank {r} {how} the classes of the other ranks (which end at {end})",
+                o + c
+            )));
+        }
+        end = o + c;
+    }
+    Ok(end)
 }
 
 /// The exchange after recording: fails on every rank if one rank could not record its work,

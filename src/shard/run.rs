@@ -89,64 +89,121 @@ fn exchange(
     cut: &Cut,
 ) -> Result<()> {
     let flag = rec.flag.as_ref().map(|f| &f.buf.buffer);
-    let (values, flags) = read_parts(ctx, &cut.parts, flag)?;
-    for merge in [Merge::Sum, Merge::Max] {
-        let idx: Vec<usize> = (0..cut.parts.len())
-            .filter(|&i| cut.parts[i].merge == merge)
-            .collect();
-        if idx.is_empty() && merge == Merge::Max {
+    let (read, flags) = read_parts(ctx, &cut.parts, flag)?;
+    // This rank's contributions in float64 (neutral ones on a rank without rows).
+    let mut vals: Vec<Vec<f64>> = read
+        .iter()
+        .zip(&cut.parts)
+        .map(|(v, p)| match (plan.zero, p.merge) {
+            (false, _) => v.iter().map(|&x| x as f64).collect(),
+            (true, Merge::Max) => vec![f64::NEG_INFINITY; v.len()],
+            (true, _) => vec![0.0; v.len()],
+        })
+        .collect();
+    // Rows of an Lse part: (part, stride, m, o, add).
+    type LsePart = (usize, u64, u64, u64, (u64, u64));
+    let lse: Vec<LsePart> = cut
+        .parts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| match p.merge {
+            Merge::Lse { stride, m, o, add } => Some((i, stride, m, o, add)),
+            _ => None,
+        })
+        .collect();
+    let rows = |v: &Vec<f64>, stride: u64| v.len() / stride as usize;
+
+    // 1. The maxima: the MAX parts and the Lse parts' running maxima; each rank's sums of
+    //    exponentials are then rescaled to the global maxima (in float64).
+    let mut msg: Vec<f64> = Vec::new();
+    for (p, v) in cut.parts.iter().zip(&vals) {
+        if p.merge == Merge::Max {
+            msg.extend(v);
+        }
+    }
+    for &(i, stride, m, _, _) in &lse {
+        let v = &vals[i];
+        msg.extend((0..rows(v, stride)).map(|r| v[r * stride as usize + m as usize]));
+    }
+    if !msg.is_empty() {
+        coll.all_reduce(&mut msg, ReduceOp::Max)?;
+        let mut at = 0;
+        for (p, v) in cut.parts.iter().zip(vals.iter_mut()) {
+            if p.merge == Merge::Max {
+                let n = v.len();
+                v.copy_from_slice(&msg[at..at + n]);
+                at += n;
+            }
+        }
+        for &(i, stride, m, o, _) in &lse {
+            let v = &mut vals[i];
+            for r in 0..rows(v, stride) {
+                let b = r * stride as usize;
+                let (mine, all) = (v[b + m as usize], msg[at]);
+                if v[b + o as usize] != 0.0 {
+                    v[b + o as usize] *= (mine - all).exp();
+                }
+                v[b + m as usize] = all;
+                at += 1;
+            }
+        }
+    }
+
+    // 2. The sums: the SUM parts, the Lse parts' rescaled sums and added slots, and the
+    //    device's error flags of every rank ([labels out of range, non-finite inputs]).
+    let mut msg: Vec<f64> = Vec::new();
+    for (p, v) in cut.parts.iter().zip(&vals) {
+        if p.merge == Merge::Sum {
+            msg.extend(v);
+        }
+    }
+    let summed = |o: u64, add: (u64, u64)| std::iter::once(o).chain(add.0..add.1);
+    for &(i, stride, _, o, add) in &lse {
+        let v = &vals[i];
+        for r in 0..rows(v, stride) {
+            msg.extend(summed(o, add).map(|k| v[r * stride as usize + k as usize]));
+        }
+    }
+    msg.extend(flags.iter().map(|&f| (f != 0) as u32 as f64));
+    coll.all_reduce(&mut msg, ReduceOp::Sum)?;
+    let f = &msg[msg.len() - 2..];
+    let what = rec.flag.as_ref().map(|f| f.what.as_str()).unwrap_or("loss");
+    if f[0] > 0.0 {
+        return Err(Error::LabelOutOfRange(format!(
+            "{what}: a label on the device of one of the ranks is outside the class range"
+        )));
+    }
+    if f[1] > 0.0 {
+        return Err(Error::InvalidInput(format!(
+            "{what}: an input of one of the ranks holds NaN or infinity (check_finite is on)"
+        )));
+    }
+    let mut at = 0;
+    for (p, v) in cut.parts.iter().zip(vals.iter_mut()) {
+        if p.merge == Merge::Sum {
+            let n = v.len();
+            v.copy_from_slice(&msg[at..at + n]);
+            at += n;
+        }
+    }
+    for &(i, stride, _, o, add) in &lse {
+        let v = &mut vals[i];
+        for r in 0..rows(v, stride) {
+            for k in summed(o, add) {
+                v[r * stride as usize + k as usize] = msg[at];
+                at += 1;
+            }
+        }
+    }
+
+    // 3. Back to the device, rounded to float32 once.
+    for (p, v) in cut.parts.iter().zip(&vals) {
+        if v.is_empty() {
             continue;
         }
-        let mut msg: Vec<f64> = Vec::new();
-        for &i in &idx {
-            if plan.zero {
-                let fill = if merge == Merge::Max {
-                    f64::NEG_INFINITY
-                } else {
-                    0.0
-                };
-                msg.extend(std::iter::repeat_n(fill, values[i].len()));
-            } else {
-                msg.extend(values[i].iter().map(|&v| v as f64));
-            }
-        }
-        // The flags travel with the sums: [labels out of range, non-finite inputs].
-        if merge == Merge::Sum {
-            msg.extend(flags.iter().map(|&f| (f != 0) as u32 as f64));
-        }
-        let op = if merge == Merge::Sum {
-            ReduceOp::Sum
-        } else {
-            ReduceOp::Max
-        };
-        coll.all_reduce(&mut msg, op)?;
-        if merge == Merge::Sum {
-            let f = &msg[msg.len() - 2..];
-            let what = rec.flag.as_ref().map(|f| f.what.as_str()).unwrap_or("loss");
-            if f[0] > 0.0 {
-                return Err(Error::LabelOutOfRange(format!(
-                    "{what}: a label on the device of one of the ranks is outside the class range"
-                )));
-            }
-            if f[1] > 0.0 {
-                return Err(Error::InvalidInput(format!(
-                    "{what}: an input of one of the ranks holds NaN or infinity (check_finite is on)"
-                )));
-            }
-        }
-        let mut at = 0;
-        for &i in &idx {
-            let p = &cut.parts[i];
-            let out: Vec<f32> = msg[at..at + p.len as usize]
-                .iter()
-                .map(|&v| v as f32)
-                .collect();
-            at += p.len as usize;
-            if !out.is_empty() {
-                ctx.queue
-                    .write_buffer(&p.buffer, p.first * 4, bytemuck::cast_slice(&out));
-            }
-        }
+        let out: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        ctx.queue
+            .write_buffer(&p.buffer, p.first * 4, bytemuck::cast_slice(&out));
     }
     Ok(())
 }
@@ -359,4 +416,76 @@ pub(crate) fn finish(
         terms: terms.into_iter().map(|t| rec.flagged(t)).collect(),
         _scratch: rec.scratch,
     })
+}
+
+/// What [`run_classes`] needs of a loss whose classes are split across the ranks.
+pub(crate) struct ClassJob<'a> {
+    /// The name in errors.
+    pub what: &'a str,
+    /// What the ranks must agree on: the config without this rank's class count, the shapes.
+    pub config: String,
+    /// This rank's classes `(offset, count)`, or why its input is refused.
+    pub slice: Result<(u64, u64)>,
+    /// The rows (the whole batch, on every rank).
+    pub rows: u64,
+    /// For each gradient, the input it differentiates (`None`: a weight the loss owns), and
+    /// whether it is summed across the ranks (an input every rank holds whole).
+    pub grads: Vec<(Option<usize>, bool)>,
+    /// Records the work, given the number of classes of all ranks.
+    #[allow(clippy::type_complexity)]
+    pub build: Box<dyn FnOnce(u64, &mut Recorder) -> Result<(Tensor, Vec<Tensor>)> + 'a>,
+}
+
+/// A loss whose classes are split across the ranks: agreement on the slices, recording, the
+/// phased run (the per-row log-sum-exp statistics merged), the gradients of the inputs every
+/// rank holds summed.
+pub(crate) fn run_classes(
+    ctx: &LossContext,
+    coll: &dyn Collective,
+    opts: &crate::GradOpts,
+    job: ClassJob<'_>,
+) -> Result<crate::LossOutput> {
+    let ClassJob {
+        what,
+        config,
+        slice,
+        rows,
+        grads,
+        build,
+    } = job;
+    let total = super::agree_classes(coll, what, &config, slice)?;
+    let mut rec = Recorder {
+        shard: Some(Plan {
+            class_split: true,
+            ..Plan::new(rows, coll.size(), false)
+        }),
+        ..Default::default()
+    };
+    let built = (|| {
+        let sums = coll.size() > 1 && grads.iter().any(|g| g.1);
+        if sums && opts.accumulate {
+            return Err(Error::InvalidConfig(format!(
+                "{what}: a class-sharded loss sums the gradient of the inputs every rank holds across the ranks, which accumulate = true would sum too; accumulate on the host side instead"
+            )));
+        }
+        let (l, g) = ctx.scoped(|| build(total, &mut rec))?;
+        if sums {
+            for (t, &(_, summed)) in g.iter().zip(&grads) {
+                if summed {
+                    rec.exchange(t.buffer(), t.offset() / 4, t.numel() as u64, Merge::Sum);
+                }
+            }
+        }
+        Ok(Built {
+            loss: l,
+            grads: g,
+            grad_inputs: grads.iter().map(|g| g.0).collect(),
+            terms: Vec::new(),
+        })
+    })();
+    let confirmed = confirm(coll, what, rec.shard.as_ref(), built.is_err());
+    let built = built?;
+    confirmed?;
+    execute(ctx, coll, &mut rec)?;
+    finish(ctx, rec, built, &[], &[], false, opts)
 }
