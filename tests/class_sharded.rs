@@ -491,3 +491,42 @@ fn class_sharded_unbatched_input() {
         );
     }
 }
+
+/// With `check_finite`, a NaN or infinite logit on one rank is an error on every rank.
+#[test]
+fn non_finite_logits_on_one_rank_fail_every_rank() {
+    let ce = CrossEntropyLoss::default();
+    let members = ThreadGroup::new(2);
+    let errs: Vec<Error> = std::thread::scope(|sc| {
+        let handles: Vec<_> = members
+            .into_iter()
+            .map(|m| {
+                let ce = &ce;
+                sc.spawn(move || {
+                    let ctx = LossContext::with_options(ContextOptions {
+                        check_finite: true,
+                        ..Default::default()
+                    })
+                    .unwrap();
+                    let (off, cnt) = [(0, 3), (3, 4)][m.rank()];
+                    let mut v = vec![0.5; 4 * cnt];
+                    if m.rank() == 1 {
+                        v[5] = f32::INFINITY;
+                    }
+                    let x = ctx.upload(&v, &[4, cnt]).unwrap();
+                    let t = ctx.upload_labels(&[0, 1, 2, 3], &[4]).unwrap();
+                    ce.compute_class_sharded(&ctx, &x, &t, off, &m, &GradOpts::default())
+                        .map(|_| ())
+                        .expect_err("must fail")
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        errs[1].to_string().contains("NaN or infinity"),
+        "{}",
+        errs[1]
+    );
+    assert!(errs[0].to_string().contains("statistics"), "{}", errs[0]);
+}

@@ -144,7 +144,9 @@ impl CrossEntropyLoss {
     /// same from run to run; a world of one agrees with [`crate::Loss::compute`] to float32
     /// rounding. The merge reads the per-position statistics back to the host (it blocks); the
     /// all-reduces carry about `24 P` bytes (`32 P` with label smoothing) for `P` positions,
-    /// whatever the number of classes (see the module `deepml::losses::ce_sharded`).
+    /// whatever the number of classes (see the module `deepml::losses::ce_sharded`). With the
+    /// context's `check_finite`, logits holding NaN or infinity on one rank are an error on
+    /// every rank.
     pub fn compute_class_sharded(
         &self,
         ctx: &LossContext,
@@ -397,6 +399,10 @@ impl CrossEntropyLoss {
         let stats = (|| {
             let weight_t = rec.buf_from(ctx, &weight_slice)?;
             let stats_t = ctx.empty(&[positions, 4], DType::F32)?;
+            // With check_finite, the scan of the logits sets the flags that the read checks.
+            if ctx.check_finite {
+                ctx.scoped(|| ctx.finite_steps(&mut rec, WHAT, &[input]))?;
+            }
             let step = ctx.scoped(|| {
                 ctx.step(
                     &source(false),
@@ -411,8 +417,9 @@ impl CrossEntropyLoss {
                     groups,
                 )
             })?;
-            ctx.submit(Program { steps: vec![step] }, &mut rec.scratch)?;
-            let s = ctx.read(&stats_t)?;
+            rec.prog.steps.push(step);
+            ctx.submit(std::mem::take(&mut rec.prog), &mut rec.scratch)?;
+            let s = ctx.read(&rec.flagged(stats_t))?;
             Ok::<_, Error>((s, weight_t))
         })();
 
@@ -428,7 +435,7 @@ impl CrossEntropyLoss {
         let (s, weight_t) = stats?;
         if msg[positions] > 0.0 {
             return Err(Error::InvalidInput(format!(
-                "{WHAT}: a rank failed to compute its statistics (see the error there)"
+                "{WHAT}: a rank failed to compute its statistics (non-finite logits with check_finite on, or a device error: see the error there)"
             )));
         }
         let big_m: Vec<f64> = msg[..positions].to_vec();
