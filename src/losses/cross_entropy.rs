@@ -31,9 +31,14 @@ fn source(tpr: u32, lanes: u32) -> ShaderSource {
 }
 
 pub(crate) fn shader_variants() -> Vec<ShaderSource> {
-    TPRS.iter()
+    #[allow(unused_mut)]
+    let mut v: Vec<ShaderSource> = TPRS
+        .iter()
         .flat_map(|&t| [source(t, 1), source(t, 4)])
-        .collect()
+        .collect();
+    #[cfg(not(target_arch = "wasm32"))]
+    v.extend(super::ce_sharded::shader_variants());
+    v
 }
 
 /// Threads per row for C classes: a thread per row for small C (coalesced over the positions

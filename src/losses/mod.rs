@@ -9,6 +9,8 @@ use crate::tensor::{DType, Tensor};
 
 pub mod angular;
 pub mod bce;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod ce_sharded;
 pub mod combined;
 pub mod contrastive;
 pub mod cross_entropy;
