@@ -759,8 +759,8 @@ fn class_sharded_angular_losses_agree_with_the_whole_weight() {
     }
     // Overlapping slices, a gap, and a label that no rank owns: errors on every rank.
     for (slices, label, kind) in [
-        (&[(0, 20), (15, 22)][..], 3, "InvalidConfig"),
-        (&[(0, 20), (21, 16)][..], 3, "InvalidConfig"),
+        (&[(0, 20), (15, 22)][..], 3, "InvalidInput"),
+        (&[(0, 20), (21, 16)][..], 3, "InvalidInput"),
         (&[(0, 20), (20, 17)][..], 40, "LabelOutOfRange"),
     ] {
         let r = on_world(2, |rank, m| {

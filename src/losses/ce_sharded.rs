@@ -76,52 +76,8 @@ struct Local {
     labels: Vec<i32>,
 }
 
-/// FNV-1a over bytes (the labels' fingerprint).
-fn fnv(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 fn halves(h: u64) -> (f64, f64) {
     ((h >> 32) as f64, (h & 0xffff_ffff) as f64)
-}
-
-/// The ranks whose flag is set, as text.
-fn ranks_text(flags: &[f64]) -> String {
-    let r: Vec<String> = flags
-        .iter()
-        .enumerate()
-        .filter(|(_, &f)| f > 0.0)
-        .map(|(i, _)| i.to_string())
-        .collect();
-    r.join(", ")
-}
-
-/// Checks that the slices `(offset, count)` of the ranks tile `[0, total)`; returns the total.
-fn tiling(slices: &[(u64, u64)]) -> Result<u64> {
-    let mut order: Vec<usize> = (0..slices.len()).collect();
-    order.sort_by_key(|&r| (slices[r].0, r));
-    let mut next = 0u64;
-    for &r in &order {
-        let (first, count) = slices[r];
-        if first > next {
-            return Err(Error::InvalidInput(format!(
-                "{WHAT}: the class slices leave a gap: no rank holds classes [{next}, {first}) (rank {r} starts at {first}); slices (offset, count) per rank: {slices:?}"
-            )));
-        }
-        if first < next {
-            return Err(Error::InvalidInput(format!(
-                "{WHAT}: the class slices overlap: rank {r} holds [{first}, {}), which overlaps classes below {next}; slices (offset, count) per rank: {slices:?}",
-                first + count
-            )));
-        }
-        next = first + count;
-    }
-    Ok(next)
 }
 
 impl CrossEntropyLoss {
@@ -182,7 +138,9 @@ impl CrossEntropyLoss {
         key.push_str(&format!("|{rest:?}|{:?}", target.shape()));
         let (kh, kl) = halves(crate::shard::fingerprint(&key));
         let (lh, ll) = match &local {
-            Ok(l) => halves(fnv(bytemuck::cast_slice(&l.labels))),
+            Ok(l) => halves(crate::shard::fingerprint_bytes(bytemuck::cast_slice(
+                &l.labels,
+            ))),
             Err(_) => (0.0, 0.0),
         };
         // [key hi, lo, -hi, -lo, labels hi, lo, -hi, -lo, world, -world,
@@ -200,7 +158,7 @@ impl CrossEntropyLoss {
         if failed.iter().any(|&f| f > 0.0) {
             return Err(Error::InvalidInput(format!(
                 "{WHAT}: rank(s) {} refused their input (see the error there)",
-                ranks_text(failed)
+                crate::shard::ranks_text(failed)
             )));
         }
         if msg[0] != -msg[2] || msg[1] != -msg[3] {
@@ -221,7 +179,7 @@ impl CrossEntropyLoss {
         let slices: Vec<(u64, u64)> = (0..w)
             .map(|i| (msg[10 + w + i] as u64, msg[10 + 2 * w + i] as u64))
             .collect();
-        let total = tiling(&slices)?;
+        let total = crate::shard::tiling(WHAT, &slices)?;
         // From here on every rank decides on the same data: the same errors everywhere.
         let weights: Vec<f64> = match &self.weight {
             Some(wt) => {

@@ -267,8 +267,13 @@ pub(crate) struct Agreed {
 
 /// FNV-1a, 64 bits: a fingerprint that is the same in every process.
 pub(crate) fn fingerprint(text: &str) -> u64 {
+    fingerprint_bytes(text.as_bytes())
+}
+
+/// [`fingerprint`] of bytes.
+pub(crate) fn fingerprint_bytes(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
+    for &b in bytes {
         h ^= b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -290,8 +295,8 @@ pub(crate) fn key_of(config: &str, inputs: &[&Tensor], batched: &[bool]) -> Stri
     k
 }
 
-/// Ranks' flags (1 on the ranks in `bad`), as the text of an error.
-fn ranks_text(flags: &[f64]) -> String {
+/// The ranks whose flag is set, as the text of an error.
+pub(crate) fn ranks_text(flags: &[f64]) -> String {
     let r: Vec<String> = flags
         .iter()
         .enumerate()
@@ -381,33 +386,36 @@ pub(crate) fn agree_classes(
         local.map(|(o, c)| vec![o as f64, c as f64]),
         2,
     )?;
-    let mut slices: Vec<(u64, u64, usize)> = all
-        .iter()
-        .enumerate()
-        .map(|(r, v)| (v[0] as u64, v[1] as u64, r))
-        .collect();
-    slices.sort();
-    let mut end = 0;
-    for &(o, c, r) in &slices {
-        if c == 0 {
-            return Err(Error::InvalidConfig(format!(
-                "{what}: rank {r} holds no classes"
-            )));
-        }
-        if o != end {
-            let how = if o < end {
-                "overlaps"
-            } else {
-                "leaves a gap before"
-            };
-            return Err(Error::InvalidConfig(format!(
-                "{what}: the class slice [{o}, {}) of rank {r} {how} the classes of the other ranks (which end at {end})",
-                o + c
-            )));
-        }
-        end = o + c;
+    let slices: Vec<(u64, u64)> = all.iter().map(|v| (v[0] as u64, v[1] as u64)).collect();
+    if let Some(r) = slices.iter().position(|s| s.1 == 0) {
+        return Err(Error::InvalidInput(format!(
+            "{what}: rank {r} holds no classes"
+        )));
     }
-    Ok(end)
+    tiling(what, &slices)
+}
+
+/// Checks that the slices `(offset, count)` of the ranks tile `[0, total)`; returns the total.
+pub(crate) fn tiling(what: &str, slices: &[(u64, u64)]) -> Result<u64> {
+    let mut order: Vec<usize> = (0..slices.len()).collect();
+    order.sort_by_key(|&r| (slices[r].0, r));
+    let mut next = 0u64;
+    for &r in &order {
+        let (first, count) = slices[r];
+        if first > next {
+            return Err(Error::InvalidInput(format!(
+                "{what}: the class slices leave a gap: no rank holds classes [{next}, {first}) (rank {r} starts at {first}); slices (offset, count) per rank: {slices:?}"
+            )));
+        }
+        if first < next {
+            return Err(Error::InvalidInput(format!(
+                "{what}: the class slices overlap: rank {r} holds [{first}, {}), which overlaps classes below {next}; slices (offset, count) per rank: {slices:?}",
+                first + count
+            )));
+        }
+        next = first + count;
+    }
+    Ok(next)
 }
 
 /// The exchange after recording: fails on every rank if one rank could not record its work,
