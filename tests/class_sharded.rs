@@ -172,35 +172,6 @@ fn rank_run(
     Ok(read(ctx, &out))
 }
 
-/// Runs `f` on every rank of a world of `k` threads, each with its own context.
-fn world<T: Send>(k: usize, f: impl Fn(&LossContext, &ThreadRank) -> T + Sync) -> Vec<T> {
-    let members = ThreadGroup::new(k);
-    std::thread::scope(|sc| {
-        let handles: Vec<_> = members
-            .into_iter()
-            .map(|m| {
-                let f = &f;
-                sc.spawn(move || {
-                    let ctx = LossContext::new().unwrap();
-                    f(&ctx, &m)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
-}
-
-fn close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= rtol * scale,
-            "{what}[{i}]: {g} vs {w} (scale {scale})"
-        );
-    }
-}
-
 #[test]
 fn class_sharded_agrees_with_the_unsharded_loss_on_worlds_of_one_to_four() {
     let ctx = common::ctx();
@@ -221,7 +192,7 @@ fn class_sharded_agrees_with_the_unsharded_loss_on_worlds_of_one_to_four() {
             let what = format!("{} {:?} (world {k})", c.name, c.shape);
             for (r, per_case) in results.iter().enumerate() {
                 let got = &per_case[i];
-                close(
+                common::close_to_max(
                     &format!("{what} rank {r} loss"),
                     &got.loss,
                     &want.loss,
@@ -297,8 +268,8 @@ fn class_sharded_scales_and_accumulates() {
             .iter()
             .map(|v| 1.0 + 2.0 * v)
             .collect();
-        close(&format!("rank {r} value"), &g.loss, &want.loss, 1e-6);
-        close(&format!("rank {r} gradient"), &g.grad, &want_g, 2e-6);
+        common::close_to_max(&format!("rank {r} value"), &g.loss, &want.loss, 1e-6);
+        common::close_to_max(&format!("rank {r} gradient"), &g.grad, &want_g, 2e-6);
     }
 }
 
@@ -482,8 +453,8 @@ fn class_sharded_unbatched_input() {
     });
     for (r, g) in got.iter().enumerate() {
         let (off, cnt) = sl[r];
-        close(&format!("rank {r} value"), &g.loss, &want.loss, 1e-6);
-        close(
+        common::close_to_max(&format!("rank {r} value"), &g.loss, &want.loss, 1e-6);
+        common::close_to_max(
             &format!("rank {r} gradient"),
             &g.grad,
             &want.grad[off..off + cnt],
@@ -529,4 +500,12 @@ fn non_finite_logits_on_one_rank_fail_every_rank() {
         errs[1]
     );
     assert!(errs[0].to_string().contains("statistics"), "{}", errs[0]);
+}
+
+/// Runs `f` on every rank of a world of `k` threads, each with its own context.
+fn world<T: Send>(k: usize, f: impl Fn(&LossContext, &ThreadRank) -> T + Sync) -> Vec<T> {
+    common::on_world(k, |_, m| {
+        let ctx = LossContext::new().unwrap();
+        f(&ctx, m)
+    })
 }

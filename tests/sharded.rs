@@ -5,7 +5,7 @@
 
 mod common;
 
-use deepml::shard::{Collective, ReduceOp, ThreadGroup, ThreadRank, WorldOfOne};
+use deepml::shard::{Collective, ReduceOp, ThreadGroup, WorldOfOne};
 use deepml::*;
 use rand::Rng;
 
@@ -402,40 +402,20 @@ fn shards(k: usize) -> Vec<(usize, usize)> {
 /// setup's per-rank results.
 fn world(setups: &[Setup], k: usize) -> Vec<Vec<Got>> {
     let ranges = shards(k);
-    let members = ThreadGroup::new(k);
-    let per_rank: Vec<Vec<Got>> = std::thread::scope(|sc| {
-        let handles: Vec<_> = members
-            .into_iter()
-            .zip(&ranges)
-            .map(|(m, &(a, b))| {
-                sc.spawn(move || {
-                    let ctx = LossContext::new().unwrap();
-                    setups
-                        .iter()
-                        .map(|s| {
-                            run_rank(&ctx, s, Some(&m), a, b)
-                                .unwrap_or_else(|e| panic!("{}: rank {}: {e}", s.name, m.rank()))
-                        })
-                        .collect::<Vec<_>>()
-                })
+    let per_rank: Vec<Vec<Got>> = common::on_world(k, |r, m| {
+        let ctx = LossContext::new().unwrap();
+        let (a, b) = ranges[r];
+        setups
+            .iter()
+            .map(|s| {
+                run_rank(&ctx, s, Some(m), a, b)
+                    .unwrap_or_else(|e| panic!("{}: rank {r}: {e}", s.name))
             })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+            .collect()
     });
     (0..setups.len())
         .map(|i| per_rank.iter().map(|r| r[i].clone()).collect())
         .collect()
-}
-
-fn close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= rtol * scale,
-            "{what}[{i}]: {g} vs {w} (scale {scale})"
-        );
-    }
 }
 
 /// Worlds of 1, 2, 3 and 4: the loss of the whole batch on every rank, each rank's gradient
@@ -456,7 +436,7 @@ fn every_loss_agrees_with_the_unsharded_batch_on_worlds_of_one_to_four() {
             for (r, got) in per_rank.iter().enumerate() {
                 let (a, b) = ranges[r];
                 if want.loss.len() == 1 {
-                    close(
+                    common::close_to_max(
                         &format!("{what} rank {r} loss"),
                         &got.loss,
                         &want.loss,
@@ -465,7 +445,7 @@ fn every_loss_agrees_with_the_unsharded_batch_on_worlds_of_one_to_four() {
                 } else {
                     // `none`: this rank's rows of the per-element losses.
                     let per = want.loss.len() / N;
-                    close(
+                    common::close_to_max(
                         &format!("{what} rank {r} loss rows"),
                         &got.loss,
                         &want.loss[a * per..b * per],
@@ -476,14 +456,19 @@ fn every_loss_agrees_with_the_unsharded_batch_on_worlds_of_one_to_four() {
                     match gi {
                         Some(i) if s.inputs[*i].batched => {
                             let per = w.len() / N;
-                            close(
+                            common::close_to_max(
                                 &format!("{what} rank {r} grad of input {i}"),
                                 g,
                                 &w[a * per..b * per],
                                 2e-6,
                             );
                         }
-                        _ => close(&format!("{what} rank {r} replicated grad"), g, w, 2e-6),
+                        _ => common::close_to_max(
+                            &format!("{what} rank {r} replicated grad"),
+                            g,
+                            w,
+                            2e-6,
+                        ),
                     }
                 }
             }
@@ -526,22 +511,6 @@ fn a_world_of_one_is_bit_identical_and_worlds_are_deterministic() {
     }
 }
 
-/// Runs `f(rank, member)` on a world of `k` threads and returns each rank's result.
-fn on_world<T: Send>(k: usize, f: impl Fn(usize, &ThreadRank) -> T + Sync) -> Vec<T> {
-    let members = ThreadGroup::new(k);
-    std::thread::scope(|sc| {
-        let handles: Vec<_> = members
-            .into_iter()
-            .enumerate()
-            .map(|(r, m)| {
-                let f = &f;
-                sc.spawn(move || f(r, &m))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
-}
-
 fn kinds(results: &[Result<LossOutput>]) -> Vec<String> {
     results
         .iter()
@@ -577,7 +546,7 @@ fn bad_input_on_one_rank_is_an_error_on_every_rank() {
     let opts = GradOpts::default();
 
     // Another config on rank 1.
-    let r = on_world(2, |rank, m| {
+    let r = common::on_world(2, |rank, m| {
         let eps = if rank == 1 { 1e-5 } else { 1e-7 };
         JaccardLoss::multiclass()
             .eps(eps)
@@ -585,7 +554,7 @@ fn bad_input_on_one_rank_is_an_error_on_every_rank() {
     });
     assert_eq!(kinds(&r), ["InvalidConfig", "InvalidConfig"], "config");
     // Another loss on rank 0.
-    let r = on_world(2, |rank, m| {
+    let r = common::on_world(2, |rank, m| {
         if rank == 0 {
             MSELoss::default().compute_sharded(ctx, &[&x, &t], m, &opts)
         } else {
@@ -594,7 +563,7 @@ fn bad_input_on_one_rank_is_an_error_on_every_rank() {
     });
     assert_eq!(kinds(&r), ["InvalidConfig", "InvalidConfig"], "loss");
     // Per-class statistics of another length (4 classes on rank 2).
-    let r = on_world(3, |rank, m| {
+    let r = common::on_world(3, |rank, m| {
         let (a, b) = if rank == 2 { (&x4, &t4) } else { (&x, &t) };
         DiceLoss::multiclass()
             .per_class(true)
@@ -604,7 +573,7 @@ fn bad_input_on_one_rank_is_an_error_on_every_rank() {
     // A target with other rows than the output on rank 1 (refused before the header): its
     // own error there, a clear one elsewhere.
     let t_short = ctx.empty(&[3, 3, 8], DType::F32).unwrap();
-    let r = on_world(3, |rank, m| {
+    let r = common::on_world(3, |rank, m| {
         let b = if rank == 1 { &t_short } else { &t };
         MSELoss::default().compute_sharded(ctx, &[&x, b], m, &opts)
     });
@@ -620,7 +589,7 @@ fn bad_input_on_one_rank_is_an_error_on_every_rank() {
         into: vec![Some(t_bad.clone())],
         ..Default::default()
     };
-    let r = on_world(3, |rank, m| {
+    let r = common::on_world(3, |rank, m| {
         let o = if rank == 2 { &wrong } else { &opts };
         MSELoss::default().compute_sharded(ctx, &[&x, &t], m, o)
     });
@@ -632,7 +601,7 @@ fn bad_input_on_one_rank_is_an_error_on_every_rank() {
     let msg = r[1].as_ref().unwrap_err().to_string();
     assert!(msg.contains("rank(s) 2"), "{msg}");
     // A target of another shape past dimension 0 on rank 1: the ranks disagree.
-    let r = on_world(2, |rank, m| {
+    let r = common::on_world(2, |rank, m| {
         let b = if rank == 1 { &t_bad } else { &t };
         MSELoss::default().compute_sharded(ctx, &[&x, b], m, &opts)
     });
@@ -643,14 +612,14 @@ fn bad_input_on_one_rank_is_an_error_on_every_rank() {
     let logits = ctx
         .upload(&common::uniform(&mut rng, 12, -2.0, 2.0), &[4, 3])
         .unwrap();
-    let r = on_world(2, |rank, m| {
+    let r = common::on_world(2, |rank, m| {
         let l = if rank == 0 { &bad } else { &good };
         CrossEntropyLoss::default().compute_sharded(ctx, &[&logits, l], m, &opts)
     });
     assert_eq!(kinds(&r), ["LabelOutOfRange", "LabelOutOfRange"], "label");
     // Every shard empty.
     let ex = ctx.empty(&[0, 3, 8], DType::F32).unwrap();
-    let r = on_world(2, |_, m| {
+    let r = common::on_world(2, |_, m| {
         MSELoss::default().compute_sharded(ctx, &[&ex, &ex], m, &opts)
     });
     assert_eq!(kinds(&r), ["EmptyInput", "EmptyInput"], "all empty");
@@ -660,19 +629,19 @@ fn bad_input_on_one_rank_is_an_error_on_every_rank() {
 /// rank that leaves makes the others fail instead of waiting forever.
 #[test]
 fn the_thread_group_detects_mismatches_and_departures() {
-    let sums = on_world(3, |rank, m| {
+    let sums = common::on_world(3, |rank, m| {
         let mut v = vec![rank as f64, 1.0, -(rank as f64)];
         m.all_reduce(&mut v, ReduceOp::Sum).map(|_| v)
     });
     for s in &sums {
         assert_eq!(s.as_ref().unwrap(), &vec![3.0, 3.0, -3.0]);
     }
-    let maxes = on_world(2, |rank, m| {
+    let maxes = common::on_world(2, |rank, m| {
         let mut v = vec![rank as f64, -(rank as f64)];
         m.all_reduce(&mut v, ReduceOp::Max).map(|_| v)
     });
     assert_eq!(maxes[0].as_ref().unwrap(), &vec![1.0, 0.0]);
-    let bad = on_world(2, |rank, m| {
+    let bad = common::on_world(2, |rank, m| {
         let mut v = vec![0.0; 2 + rank];
         m.all_reduce(&mut v, ReduceOp::Sum)
     });
@@ -728,7 +697,7 @@ fn class_sharded_angular_losses_agree_with_the_whole_weight() {
         {
             let slices = layouts[li];
             let k = slices.len();
-            let got = on_world(k, |rank, m| {
+            let got = common::on_world(k, |rank, m| {
                 let ctx = LossContext::new().unwrap();
                 let (o, cnt) = slices[rank];
                 let local = AngularPenaltySMConfig {
@@ -746,9 +715,9 @@ fn class_sharded_angular_losses_agree_with_the_whole_weight() {
             for (rank, g) in got.iter().enumerate() {
                 let what = format!("{:?} world {k} rank {rank}", cfg.loss_type);
                 let (o, cnt) = slices[rank];
-                close(&format!("{what} loss"), &g.loss, &want.loss, 1e-6);
-                close(&format!("{what} dx"), &g.grads[0].1, &want.grads[0].1, 2e-6);
-                close(
+                common::close_to_max(&format!("{what} loss"), &g.loss, &want.loss, 1e-6);
+                common::close_to_max(&format!("{what} dx"), &g.grads[0].1, &want.grads[0].1, 2e-6);
+                common::close_to_max(
                     &format!("{what} dW slice"),
                     &g.grads[1].1,
                     &want.grads[1].1[o * d..(o + cnt) * d],
@@ -763,7 +732,7 @@ fn class_sharded_angular_losses_agree_with_the_whole_weight() {
         (&[(0, 20), (21, 16)][..], 3, "InvalidInput"),
         (&[(0, 20), (20, 17)][..], 40, "LabelOutOfRange"),
     ] {
-        let r = on_world(2, |rank, m| {
+        let r = common::on_world(2, |rank, m| {
             let (o, cnt) = slices[rank];
             let local = AngularPenaltySMConfig::arcface(d, cnt);
             let mut yy = y.clone();

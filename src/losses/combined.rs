@@ -407,17 +407,31 @@ fn interleave(rec: &mut Recorder, subs: Vec<Recorder>) {
 impl LossContext {
     /// Records the zeroing of an f32 tensor.
     pub(crate) fn fill_zero_steps(&self, rec: &mut Recorder, x: &Tensor) -> Result<()> {
+        self.util_steps(rec, "fill_zero", x.numel() as u64, 0.0, |w| {
+            vec![Bind::window(1, x, w.first, w.count)]
+        })
+    }
+
+    /// Records util.wgsl's element-wise entry `entry` over `n` elements (four per invocation),
+    /// windowed, with `binds` of each window.
+    fn util_steps(
+        &self,
+        rec: &mut Recorder,
+        entry: &str,
+        n: u64,
+        a: f32,
+        binds: impl Fn(&crate::kernel::Window) -> Vec<Bind>,
+    ) -> Result<()> {
         let src = ShaderSource::new("util", UTIL);
         let per = 4 * WG as u64;
-        for w in self.windows(x.numel() as u64, 4, per)? {
+        for w in self.windows(n, 4, per)? {
             let p = Params {
                 n: w.count as u32,
                 first: 0,
-                a: 0.0,
+                a,
                 pad: 0,
             };
-            let binds = vec![Bind::window(1, x, w.first, w.count)];
-            let step = self.step(&src, "fill_zero", &p, binds, w.count.div_ceil(per))?;
+            let step = self.step(&src, entry, &p, binds(&w), w.count.div_ceil(per))?;
             rec.prog.steps.push(step);
         }
         Ok(())
@@ -453,21 +467,11 @@ impl LossContext {
         what: &str,
         inputs: &[&Tensor],
     ) -> Result<()> {
-        let src = ShaderSource::new("util", UTIL);
-        let per = 4 * WG as u64;
         for t in inputs.iter().filter(|t| t.dtype() == DType::F32) {
             let flags = rec.flag_bind(self, 3, what)?;
-            for w in self.windows(t.numel() as u64, 4, per)? {
-                let p = Params {
-                    n: w.count as u32,
-                    first: 0,
-                    a: 0.0,
-                    pad: 0,
-                };
-                let binds = vec![Bind::window(2, t, w.first, w.count), flags.clone()];
-                let step = self.step(&src, "check_finite", &p, binds, w.count.div_ceil(per))?;
-                rec.prog.steps.push(step);
-            }
+            self.util_steps(rec, "check_finite", t.numel() as u64, 0.0, |w| {
+                vec![Bind::window(2, t, w.first, w.count), flags.clone()]
+            })?;
         }
         Ok(())
     }
@@ -487,22 +491,11 @@ impl LossContext {
         if !a.is_finite() {
             return Err(Error::InvalidConfig(format!("axpy: a = {a} is not finite")));
         }
-        let src = ShaderSource::new("util", UTIL);
-        let per = 4 * WG as u64;
-        for w in self.windows(x.numel() as u64, 4, per)? {
-            let p = Params {
-                n: w.count as u32,
-                first: 0,
-                a,
-                pad: 0,
-            };
-            let binds = vec![
+        self.util_steps(rec, "axpy", x.numel() as u64, a, |w| {
+            vec![
                 Bind::window(1, x, w.first, w.count),
                 Bind::window(2, y, w.first, w.count),
-            ];
-            let step = self.step(&src, "axpy", &p, binds, w.count.div_ceil(per))?;
-            rec.prog.steps.push(step);
-        }
-        Ok(())
+            ]
+        })
     }
 }

@@ -52,6 +52,9 @@
 //! same bits (sum in a fixed order); MPI's and NCCL's reductions do not promise it, which is why
 //! `Mpi` (feature `mpi`) gathers and sums in rank order.
 
+// The phased run is native only (it blocks on read-backs); on the web only the types remain.
+#![cfg_attr(target_arch = "wasm32", allow(dead_code))]
+
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 

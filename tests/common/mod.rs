@@ -136,3 +136,35 @@ pub fn case(loss: &str, config: Value, inputs: Vec<(&str, TensorData)>) -> Case 
         },
     }
 }
+
+/// Runs `f(rank, member)` on every member of a new thread group of `k` ranks, one thread each,
+/// and returns their results in rank order (tests of `deepml::shard`).
+pub fn on_world<T: Send>(
+    k: usize,
+    f: impl Fn(usize, &deepml::shard::ThreadRank) -> T + Sync,
+) -> Vec<T> {
+    let members = deepml::shard::ThreadGroup::new(k);
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = members
+            .into_iter()
+            .enumerate()
+            .map(|(r, m)| {
+                let f = &f;
+                sc.spawn(move || f(r, &m))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Asserts `|got - want| <= rtol * max |want|` element-wise.
+pub fn close_to_max(what: &str, got: &[f32], want: &[f32], rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= rtol * scale,
+            "{what}[{i}]: {g} vs {w} (scale {scale})"
+        );
+    }
+}
