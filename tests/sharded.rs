@@ -690,38 +690,47 @@ fn class_sharded_angular_losses_agree_with_the_whole_weight() {
         &[(10, 9), (0, 10), (30, 7), (19, 11)],
     ];
     // ArcFace on every world; CosFace and SphereFace (sum, unnormalised weight) on one each.
-    let runs = [(0, 0), (0, 1), (0, 2), (0, 3), (1, 2), (2, 3)];
-    for (ci, li) in runs {
-        let cfg = &configs[ci];
-        let want = read(ctx, &cfg.compute(ctx, &[&xt, &yt, &wt]).unwrap());
-        {
-            let slices = layouts[li];
-            let k = slices.len();
-            let got = common::on_world(k, |rank, m| {
-                let ctx = LossContext::new().unwrap();
-                let (o, cnt) = slices[rank];
-                let local = AngularPenaltySMConfig {
-                    out_features: cnt,
-                    ..cfg.clone()
-                };
-                let xt = ctx.upload(&x, &[n, d]).unwrap();
-                let yt = ctx.upload_labels(&y, &[n]).unwrap();
-                let wt = ctx.upload(&w[o * d..(o + cnt) * d], &[cnt, d]).unwrap();
-                let out = local
-                    .compute_class_sharded(&ctx, &xt, &yt, &wt, o, m, &GradOpts::default())
-                    .unwrap();
-                read(&ctx, &out)
-            });
-            for (rank, g) in got.iter().enumerate() {
-                let what = format!("{:?} world {k} rank {rank}", cfg.loss_type);
+    // For each world, the configs it runs (one context a rank for all of them).
+    let runs: [&[usize]; 4] = [&[0], &[0], &[0, 1], &[0, 2]];
+    let wants: Vec<Got> = configs
+        .iter()
+        .map(|cfg| read(ctx, &cfg.compute(ctx, &[&xt, &yt, &wt]).unwrap()))
+        .collect();
+    for (slices, cfgs) in layouts.iter().zip(runs) {
+        let k = slices.len();
+        let got = common::on_world(k, |rank, m| {
+            let ctx = LossContext::new().unwrap();
+            let (o, cnt) = slices[rank];
+            let xt = ctx.upload(&x, &[n, d]).unwrap();
+            let yt = ctx.upload_labels(&y, &[n]).unwrap();
+            let wt = ctx.upload(&w[o * d..(o + cnt) * d], &[cnt, d]).unwrap();
+            cfgs.iter()
+                .map(|&ci| {
+                    let local = AngularPenaltySMConfig {
+                        out_features: cnt,
+                        ..configs[ci].clone()
+                    };
+                    let out = local
+                        .compute_class_sharded(&ctx, &xt, &yt, &wt, o, m, &GradOpts::default())
+                        .unwrap();
+                    read(&ctx, &out)
+                })
+                .collect::<Vec<_>>()
+        });
+        for (rank, per_cfg) in got.iter().enumerate() {
+            for (&ci, g) in cfgs.iter().zip(per_cfg) {
+                let want = &wants[ci];
+                let what = format!("{:?} world {k} rank {rank}", configs[ci].loss_type);
                 let (o, cnt) = slices[rank];
                 common::close_to_max(&format!("{what} loss"), &g.loss, &want.loss, 1e-6);
-                common::close_to_max(&format!("{what} dx"), &g.grads[0].1, &want.grads[0].1, 2e-6);
+                // s = 64 scales the cosines before the exponentials, whose float32 rounding
+                // differs between implementations (SwiftShader's most): 1e-5 of the largest.
+                common::close_to_max(&format!("{what} dx"), &g.grads[0].1, &want.grads[0].1, 1e-5);
                 common::close_to_max(
                     &format!("{what} dW slice"),
                     &g.grads[1].1,
                     &want.grads[1].1[o * d..(o + cnt) * d],
-                    2e-6,
+                    1e-5,
                 );
             }
         }
@@ -742,5 +751,39 @@ fn class_sharded_angular_losses_agree_with_the_whole_weight() {
             local.compute_class_sharded(ctx, &xt, &yt, &wt, o, m, &GradOpts::default())
         });
         assert_eq!(kinds(&r), [kind, kind], "{slices:?} label {label}");
+    }
+}
+
+/// The gradient convention: each rank gets `dL_global / dx_local` (the rows of the whole
+/// batch's gradient, above), so a framework that averages the ranks' gradients multiplies by
+/// the world size with `GradOpts::scaled`: exactly twice the gradient on a world of two.
+#[test]
+fn gradients_scale_for_frameworks_that_average_across_ranks() {
+    let ctx = common::ctx();
+    let mut rng = common::rng(11);
+    let x = ctx
+        .upload(&common::uniform(&mut rng, 6 * 5, -2.0, 2.0), &[6, 5])
+        .unwrap();
+    let t = ctx
+        .upload(&common::uniform(&mut rng, 6 * 5, -2.0, 2.0), &[6, 5])
+        .unwrap();
+    let loss = Combined::new()
+        .term(1.0, RMSELoss::default(), &[0, 1])
+        .term(0.5, MSELoss::default(), &[0, 1]);
+    let got = common::on_world(2, |_, m| {
+        let one = loss
+            .compute_sharded(ctx, &[&x, &t], m, &GradOpts::default())
+            .unwrap();
+        let two = loss
+            .compute_sharded(ctx, &[&x, &t], m, &GradOpts::scaled(2.0))
+            .unwrap();
+        (
+            ctx.read(&one.grads[0]).unwrap(),
+            ctx.read(&two.grads[0]).unwrap(),
+        )
+    });
+    for (one, two) in got {
+        let doubled: Vec<f32> = one.iter().map(|v| 2.0 * v).collect();
+        assert_eq!(two, doubled);
     }
 }
