@@ -669,12 +669,14 @@ fn upstream_view(loss: &[usize], input: &[usize]) -> Option<Vec<usize>> {
         v.resize(input.len(), 1);
         return Some(v);
     }
-    if input.len() >= 2 && loss.len() + 1 == input.len() && loss[0] == input[0] {
-        if loss[1..] == input[2..] {
-            let mut v = loss.to_vec();
-            v.insert(1, 1);
-            return Some(v);
-        }
+    if input.len() >= 2
+        && loss.len() + 1 == input.len()
+        && loss[0] == input[0]
+        && loss[1..] == input[2..]
+    {
+        let mut v = loss.to_vec();
+        v.insert(1, 1);
+        return Some(v);
     }
     None
 }

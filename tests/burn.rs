@@ -176,13 +176,14 @@ fn burn_work_runs_before_and_after_the_loss() {
     let dev = b.device().clone();
     let n = 1 << 14;
     for step in 0..3 {
-        // Burn writes the logits right before the loss: several queued kernels, no flush.
+        // Burn writes the logits right before the loss: kernels queued in Burn's encoder (made
+        // after the mask, whose upload would submit them), no flush of Burn's own.
+        let mask = Tensor::<4>::ones([4, 1, 64, 64], &dev);
         let base = Tensor::<4>::zeros([4, 1, 64, 64], &dev);
         let logits = base
             .add_scalar(0.25 * step as f32)
             .mul_scalar(2.0)
             .sub_scalar(1.0);
-        let mask = Tensor::<4>::ones([4, 1, 64, 64], &dev);
         let out = b
             .forward(&seg_loss(), [Input::from(logits), Input::from(mask)])
             .unwrap();
@@ -205,7 +206,8 @@ fn burn_work_runs_before_and_after_the_loss() {
 
 #[test]
 fn a_training_step_moves_no_tensor_across_the_host() {
-    let b = bctx();
+    // A context of its own: the other tests upload and read through theirs meanwhile.
+    let b = &BurnContext::new(&ContextOptions::default()).unwrap();
     let ctx = b.loss_context();
     let dev = b.autodiff_device();
     let mask = Tensor::<4>::random([2, 1, 32, 32], Distribution::Bernoulli(0.5), &dev);
