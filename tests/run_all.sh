@@ -71,5 +71,13 @@ cargo run --release -q --example train_segmentation -- --steps 150 --print 50
 cargo run --release -q --example train_arcface -- --steps 60 --print 20
 cargo run --release -q --example combined_loss -- --steps 60
 
+echo "== burn: deepml inside Burn 0.22.1 on lavapipe (the burn test, then the example)"
+# Burn is built once, here: the test and the example resolve the same features (the tests'
+# dev-dependencies shape the example's build too).
+export WGPU_BACKEND=vulkan DEEPML_EXPECT_BACKEND=vulkan DEEPML_EXPECT_ADAPTER=llvmpipe
+cargo test --release --features burn --test burn
+cargo run --release -q --features burn --example burn_segmentation
+unset WGPU_BACKEND DEEPML_EXPECT_BACKEND DEEPML_EXPECT_ADAPTER
+
 echo "== browser (wasm build, headless Chromium, WebGPU on SwiftShader)"
 DEEPML_BIN="$(cd "$(dirname "$DEEPML")" && pwd)/deepml" bash web/test.sh
