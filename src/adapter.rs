@@ -99,7 +99,13 @@ pub(crate) fn make_instance(backends: wgpu::Backends) -> wgpu::Instance {
 /// Metal and DX12 before GL).
 pub async fn list_adapters(opts: &ContextOptions) -> Vec<wgpu::Adapter> {
     let backends = backends_from(opts);
-    let instance = make_instance(backends);
+    list_adapters_of(&make_instance(backends), backends).await
+}
+
+async fn list_adapters_of(
+    instance: &wgpu::Instance,
+    backends: wgpu::Backends,
+) -> Vec<wgpu::Adapter> {
     let mut adapters = instance.enumerate_adapters(backends).await;
     adapters.sort_by_key(|a| {
         let i = a.get_info();
@@ -108,17 +114,19 @@ pub async fn list_adapters(opts: &ContextOptions) -> Vec<wgpu::Adapter> {
     adapters
 }
 
-pub(crate) async fn pick_adapter(opts: &ContextOptions) -> Result<wgpu::Adapter> {
+/// The best adapter that `opts` allow, and the wgpu instance it was found through (what a
+/// runtime that shares the device, such as Burn's, is handed with it).
+pub(crate) async fn pick_adapter(opts: &ContextOptions) -> Result<(wgpu::Instance, wgpu::Adapter)> {
     let backends = backends_from(opts);
     let name = opts
         .adapter_name
         .clone()
         .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
         .map(|n| n.to_lowercase());
-    let mut adapters = list_adapters(opts).await;
+    let instance = make_instance(backends);
+    let mut adapters = list_adapters_of(&instance, backends).await;
     if adapters.is_empty() {
         // enumerate_adapters is not available everywhere (WebGPU): ask for one.
-        let instance = make_instance(backends);
         if let Ok(a) = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: wgpu::PowerPreference::HighPerformance,
@@ -163,6 +171,7 @@ pub(crate) async fn pick_adapter(opts: &ContextOptions) -> Result<wgpu::Adapter>
                 found.join("; ")
             ))
         })
+        .map(|a| (instance, a))
 }
 
 /// The probe of `LossContext::subgroup_size`: every invocation of two workgroups reports the

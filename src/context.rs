@@ -117,6 +117,30 @@ struct DeviceState {
     sticky: Mutex<Option<crate::error::WgpuError>>,
 }
 
+/// What crossed between the host and the device through a context: tensors uploaded
+/// ([`LossContext::upload`] and its kin) and tensors read back ([`LossContext::read`] and its
+/// kin), counted since the context was made. The few bytes of each kernel's parameters are not
+/// tensors and are not counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TransferStats {
+    /// Tensors uploaded from the host.
+    pub uploads: u64,
+    /// Their bytes.
+    pub upload_bytes: u64,
+    /// Tensors read back to the host.
+    pub reads: u64,
+    /// Their bytes.
+    pub read_bytes: u64,
+}
+
+#[derive(Default)]
+struct Transfers {
+    uploads: AtomicU64,
+    upload_bytes: AtomicU64,
+    reads: AtomicU64,
+    read_bytes: AtomicU64,
+}
+
 /// Owns the device, the pipelines and the device buffers. `Send + Sync`: one context can serve
 /// several threads.
 pub struct LossContext {
@@ -134,6 +158,7 @@ pub struct LossContext {
     state: Arc<DeviceState>,
     gl_serial: Option<parking_lot::ReentrantMutex<()>>,
     pub(crate) home: Home,
+    transfers: Transfers,
 }
 
 impl std::fmt::Debug for LossContext {
@@ -176,7 +201,7 @@ impl LossContext {
     /// the optional features it has (subgroups, shader-f16; timestamp queries where
     /// `opts.timestamps` asks for them).
     pub async fn new_async(opts: ContextOptions) -> Result<Self> {
-        let adapter = pick_adapter(&opts).await?;
+        let (_, adapter) = pick_adapter(&opts).await?;
         let mut wanted = wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16;
         if opts.timestamps {
             wanted |=
@@ -200,7 +225,7 @@ impl LossContext {
             })?;
         let report = AdapterReport::of(&adapter);
         let home = Home::fresh(&report.name);
-        Ok(Self::build(device, queue, report, home, &opts))
+        Ok(Self::build(device, queue, report, home, &opts, true))
     }
 
     /// Wraps a caller's device and queue, so that a model on that device hands its buffers over
@@ -210,35 +235,56 @@ impl LossContext {
     /// passed to the other. A tensor of any other context is refused with
     /// `Error::InvalidInput`. (wgpu tells devices apart by an id that is unique within one wgpu
     /// instance; wrap devices of one instance.)
+    ///
+    /// The caller's device keeps its own uncaptured-error handler and device-lost callback (wgpu
+    /// replaces handlers rather than chaining them, so installing deepml's would silence the
+    /// caller's): deepml's own errors are captured by the error scopes around its every call,
+    /// and a lost device shows as `DeviceLost` from the next wait on it.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
-        let report = AdapterReport::from_parts(info, device.limits(), device.features());
-        let home = Home::of_wrapped(&device, &report.name);
-        Self::build(device, queue, report, home, &ContextOptions::default())
+        Self::from_device_with(device, queue, info, &ContextOptions::default())
     }
 
-    fn build(
+    /// [`Self::from_device`] with options (`backends` and `adapter_name` do not apply: the
+    /// device is the caller's).
+    pub fn from_device_with(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        opts: &ContextOptions,
+    ) -> Self {
+        let report = AdapterReport::from_parts(info, device.limits(), device.features());
+        let home = Home::of_wrapped(&device, &report.name);
+        Self::build(device, queue, report, home, opts, false)
+    }
+
+    /// A context over `device`; `handlers`: install deepml's uncaptured-error handler and
+    /// device-lost callback (only on a device deepml made and nobody else shares).
+    pub(crate) fn build(
         device: wgpu::Device,
         queue: wgpu::Queue,
         report: AdapterReport,
         home: Home,
         opts: &ContextOptions,
+        handlers: bool,
     ) -> Self {
         let state = Arc::new(DeviceState {
             lost: Mutex::new(None),
             sticky: Mutex::new(None),
         });
-        let s = state.clone();
-        device.set_device_lost_callback(move |reason, msg| {
-            if let Ok(mut l) = s.lost.lock() {
-                *l = Some(format!("{reason:?}: {msg}"));
-            }
-        });
-        let s = state.clone();
-        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            if let Ok(mut st) = s.sticky.lock() {
-                st.get_or_insert_with(|| crate::error::WgpuError::capture(&e));
-            }
-        }));
+        if handlers {
+            let s = state.clone();
+            device.set_device_lost_callback(move |reason, msg| {
+                if let Ok(mut l) = s.lost.lock() {
+                    *l = Some(format!("{reason:?}: {msg}"));
+                }
+            });
+            let s = state.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                if let Ok(mut st) = s.sticky.lock() {
+                    st.get_or_insert_with(|| crate::error::WgpuError::capture(&e));
+                }
+            }));
+        }
         let limits = device.limits();
         let features = device.features();
         // Windows stay under the binding limit and under 2^30 elements so u32 indices are safe.
@@ -272,6 +318,7 @@ impl LossContext {
             pool: Arc::new(Pool::new(opts.pool_cap)),
             state,
             home,
+            transfers: Transfers::default(),
         }
     }
 
@@ -330,6 +377,17 @@ impl LossContext {
             buffers_created: self.pool.created.load(Ordering::Relaxed),
             pool_hits: self.pool.hits.load(Ordering::Relaxed),
             buffers_released: self.pool.released.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The tensors that crossed between host and device through this context so far.
+    pub fn transfers(&self) -> TransferStats {
+        let t = &self.transfers;
+        TransferStats {
+            uploads: t.uploads.load(Ordering::Relaxed),
+            upload_bytes: t.upload_bytes.load(Ordering::Relaxed),
+            reads: t.reads.load(Ordering::Relaxed),
+            read_bytes: t.read_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -558,6 +616,10 @@ impl LossContext {
             )));
         }
         let t = self.empty(shape, dtype)?;
+        self.transfers.uploads.fetch_add(1, Ordering::Relaxed);
+        self.transfers
+            .upload_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         if !bytes.is_empty() {
             self.scoped(|| {
                 if bytes.len().is_multiple_of(4) {
@@ -648,6 +710,10 @@ impl LossContext {
         // The error flags of the computation that made this tensor are read in the same copy.
         let flag = t.flag();
         let armed = flag.is_some();
+        self.transfers.reads.fetch_add(1, Ordering::Relaxed);
+        self.transfers
+            .read_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
         if bytes == 0 && !armed {
             return Ok(Vec::new());
         }

@@ -24,6 +24,8 @@ mod adapter;
     all(target_arch = "wasm32", feature = "web")
 ))]
 pub mod bench;
+#[cfg(all(feature = "burn", not(target_arch = "wasm32")))]
+pub mod burn;
 #[cfg(feature = "cases")]
 pub mod cases;
 pub mod config;
@@ -51,7 +53,7 @@ pub mod tensor;
 pub mod web;
 
 pub use config::*;
-pub use context::{AdapterReport, AllocStats, ContextOptions, LossContext};
+pub use context::{AdapterReport, AllocStats, ContextOptions, LossContext, TransferStats};
 pub use error::{Error, ErrorKind, Result, WgpuError};
 pub use losses::angular::AngularPenaltySMLoss;
 pub use losses::combined::{Combined, Term};

@@ -75,5 +75,13 @@ echo "== scale-out: examples/data_parallel on 4 MPI ranks (lavapipe, one core ea
 # Every rank checks its value and gradients against the whole batch on one device.
 LP_NUM_THREADS=1 WGPU_BACKEND=vulkan mpiexec -n 4 "${CARGO_TARGET_DIR:-target}/release/examples/data_parallel"
 
+echo "== burn: deepml inside Burn 0.22.1 on lavapipe (the burn test, then the example)"
+# Burn is built once, here: the test and the example resolve the same features (the tests'
+# dev-dependencies shape the example's build too).
+export WGPU_BACKEND=vulkan DEEPML_EXPECT_BACKEND=vulkan DEEPML_EXPECT_ADAPTER=llvmpipe
+cargo test --release --features burn --test burn
+cargo run --release -q --features burn --example burn_segmentation
+unset WGPU_BACKEND DEEPML_EXPECT_BACKEND DEEPML_EXPECT_ADAPTER
+
 echo "== browser (wasm build, headless Chromium, WebGPU on SwiftShader)"
 DEEPML_BIN="$(cd "$(dirname "$DEEPML")" && pwd)/deepml" bash web/test.sh
