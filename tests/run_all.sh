@@ -16,8 +16,9 @@ for c in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
 done
 cargo fmt --check
-cargo clippy --release --all-targets -- -D warnings
-RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps -q
+# With `burn`: every module and target (Burn is checked once here, built once below).
+cargo clippy --release --all-targets --features burn -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps -q --features burn
 
 echo "== a dependent with the default features: what it pulls, and that it builds"
 # Only wgpu, bytemuck, half, parking_lot, futures-channel and pollster: no clap, serde or naga
@@ -46,10 +47,12 @@ DEEPML="${CARGO_TARGET_DIR:-target}/release/deepml"
 
 for backend in vulkan gl; do
   echo "== tests on $backend (llvmpipe)"
-  # The portability test translates every shader with naga alone (no adapter): once is enough.
-  skip=()
-  [ "$backend" = vulkan ] || skip=(-- --skip every_shader_translates_to_every_backend)
-  WGPU_BACKEND=$backend DEEPML_EXPECT_BACKEND=$backend DEEPML_EXPECT_ADAPTER=llvmpipe cargo test --release "${skip[@]}"
+  # On Vulkan, the whole suite with the `burn` feature (tests/burn.rs among it; Burn is built
+  # here, once, with the features the example below uses too). The portability test translates
+  # every shader with naga alone (no adapter): once is enough.
+  args=(--features burn)
+  [ "$backend" = vulkan ] || args=(-- --skip every_shader_translates_to_every_backend)
+  WGPU_BACKEND=$backend DEEPML_EXPECT_BACKEND=$backend DEEPML_EXPECT_ADAPTER=llvmpipe cargo test --release "${args[@]}"
   echo "== conformance on $backend"
   "$DEEPML" --backend "$backend" check -q
 done
@@ -75,13 +78,8 @@ echo "== scale-out: examples/data_parallel on 4 MPI ranks (lavapipe, one core ea
 # Every rank checks its value and gradients against the whole batch on one device.
 LP_NUM_THREADS=1 WGPU_BACKEND=vulkan mpiexec -n 4 "${CARGO_TARGET_DIR:-target}/release/examples/data_parallel"
 
-echo "== burn: deepml inside Burn 0.22.1 on lavapipe (the burn test, then the example)"
-# Burn is built once, here: the test and the example resolve the same features (the tests'
-# dev-dependencies shape the example's build too).
-export WGPU_BACKEND=vulkan DEEPML_EXPECT_BACKEND=vulkan DEEPML_EXPECT_ADAPTER=llvmpipe
-cargo test --release --features burn --test burn
-cargo run --release -q --features burn --example burn_segmentation
-unset WGPU_BACKEND DEEPML_EXPECT_BACKEND DEEPML_EXPECT_ADAPTER
+echo "== burn: examples/burn_segmentation on lavapipe (built by the Vulkan test pass)"
+WGPU_BACKEND=vulkan cargo run --release -q --features burn --example burn_segmentation
 
 echo "== browser (wasm build, headless Chromium, WebGPU on SwiftShader)"
 DEEPML_BIN="$(cd "$(dirname "$DEEPML")" && pwd)/deepml" bash web/test.sh
