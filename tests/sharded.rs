@@ -787,3 +787,52 @@ fn gradients_scale_for_frameworks_that_average_across_ranks() {
         assert_eq!(two, doubled);
     }
 }
+
+/// Accumulating into the caller's gradients: a rank with an empty shard (and empty gradient
+/// tensors) takes part too.
+#[test]
+fn accumulating_with_an_empty_shard() {
+    let ctx = common::ctx();
+    let rng = common::rng(12);
+    let rows = [3usize, 0];
+    let got = common::on_world(2, |r, m| {
+        let n = rows[r];
+        let x = ctx
+            .upload(
+                &common::uniform(&mut rng.clone(), n * 4, -2.0, 2.0),
+                &[n, 4],
+            )
+            .unwrap();
+        let t = ctx.upload(&vec![0.5; n * 4], &[n, 4]).unwrap();
+        let g = ctx.upload(&vec![1.0; n * 4], &[n, 4]).unwrap();
+        let opts = GradOpts {
+            into: vec![Some(g.clone())],
+            accumulate: true,
+            ..Default::default()
+        };
+        let loss = Combined::new().term(1.0, DiceLoss::binary(), &[0, 1]).term(
+            1.0,
+            MSELoss::default(),
+            &[0, 1],
+        );
+        loss.compute_sharded(ctx, &[&x, &t], m, &opts).unwrap();
+        (ctx.read(&x).unwrap(), ctx.read(&g).unwrap())
+    });
+    let (x0, g0) = &got[0];
+    assert!(got[1].1.is_empty());
+    // The rank with rows: 1 + its gradient (the whole batch is its rows).
+    let x = ctx.upload(x0, &[3, 4]).unwrap();
+    let t = ctx.upload(&[0.5; 12], &[3, 4]).unwrap();
+    let want = Combined::new()
+        .term(1.0, DiceLoss::binary(), &[0, 1])
+        .term(1.0, MSELoss::default(), &[0, 1])
+        .compute(ctx, &[&x, &t])
+        .unwrap();
+    let w: Vec<f32> = ctx
+        .read(&want.grads[0])
+        .unwrap()
+        .iter()
+        .map(|v| 1.0 + v)
+        .collect();
+    common::close_to_max("accumulated", g0, &w, 1e-6);
+}

@@ -310,6 +310,8 @@ pub(crate) fn run(
                 held.iter().collect(),
                 crate::GradOpts {
                     into,
+                    // Nothing of the caller's is written: the stand-ins' gradients are new.
+                    accumulate: false,
                     ..opts.clone()
                 },
             )
