@@ -609,11 +609,7 @@ impl<L: Loss + ?Sized> BurnLoss for L {
         self.name()
     }
     fn grad_positions(&self) -> Vec<Option<usize>> {
-        let names = self.input_names();
-        self.grad_names()
-            .iter()
-            .map(|g| names.iter().position(|n| n == g))
-            .collect()
+        self.grad_inputs()
     }
     fn record_into(
         &self,

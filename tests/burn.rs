@@ -4,6 +4,8 @@
 //! deepml's own result.
 #![cfg(feature = "burn")]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
@@ -25,21 +27,7 @@ fn bctx() -> &'static BurnContext {
         let ctx = BurnContext::new(&ContextOptions::default()).expect("no GPU adapter");
         let a = ctx.loss_context().adapter();
         eprintln!("deepml burn tests on: {}", a.summary());
-        if let Ok(want) = std::env::var("DEEPML_EXPECT_ADAPTER") {
-            assert!(
-                a.name.to_lowercase().contains(&want.to_lowercase()),
-                "tests ran on {} but an adapter named {want} was expected",
-                a.summary()
-            );
-        }
-        if let Ok(want) = std::env::var("DEEPML_EXPECT_BACKEND") {
-            assert_eq!(
-                format!("{:?}", a.backend).to_lowercase(),
-                want.to_lowercase(),
-                "tests ran on {} but {want} was expected",
-                a.summary()
-            );
-        }
+        common::expect_adapter(a);
         ctx
     })
 }

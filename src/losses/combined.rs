@@ -79,11 +79,10 @@ impl Combined {
             .terms
             .iter()
             .flat_map(|t| {
-                let names = t.loss.input_names();
                 t.loss
-                    .grad_names()
-                    .iter()
-                    .filter_map(move |g| names.iter().position(|n| n == g))
+                    .grad_inputs()
+                    .into_iter()
+                    .flatten()
                     .filter_map(|p| t.inputs.get(p).copied())
             })
             .collect();
@@ -293,9 +292,9 @@ impl Combined {
             // term to touch an input writes its gradient, the others add to it.
             let targets: Vec<Option<usize>> = term
                 .loss
-                .grad_names()
-                .iter()
-                .map(|g| names.iter().position(|n| n == g).map(|p| term.inputs[p]))
+                .grad_inputs()
+                .into_iter()
+                .map(|p| p.map(|p| term.inputs[p]))
                 .collect();
             let mut into = Vec::new();
             let mut accumulate = None;

@@ -384,6 +384,16 @@ pub trait Loss: std::fmt::Debug {
         rec: &mut Recorder,
     ) -> Result<(Tensor, Vec<Tensor>)>;
 
+    /// For each gradient (in the order of `grad_names`), the position of the input it
+    /// differentiates, `None` for a parameter the loss owns: [`LossOutput::grad_inputs`].
+    fn grad_inputs(&self) -> Vec<Option<usize>> {
+        let names = self.input_names();
+        self.grad_names()
+            .iter()
+            .map(|g| names.iter().position(|n| n == g))
+            .collect()
+    }
+
     /// Whether input `i` holds rows of the batch, split along dimension 0 across the ranks of
     /// [`Self::compute_sharded`] (the default), rather than a value every rank holds whole.
     fn batched_input(&self, i: usize) -> bool {
@@ -475,15 +485,10 @@ pub trait Loss: std::fmt::Debug {
             }
             self.build(ctx, inputs, opts, &mut rec)
         })?;
-        let names = self.input_names();
         let out = LossOutput {
             loss: rec.flagged(loss),
             grads: grads.into_iter().map(|g| rec.flagged(g)).collect(),
-            grad_inputs: self
-                .grad_names()
-                .iter()
-                .map(|g| names.iter().position(|n| n == g))
-                .collect(),
+            grad_inputs: self.grad_inputs(),
             terms: Vec::new(),
             _scratch: Scratch::default(),
         };

@@ -346,11 +346,7 @@ pub(crate) fn run_loss<L: crate::Loss + ?Sized>(
 ) -> Result<crate::LossOutput> {
     let what = loss.name();
     let names = loss.input_names();
-    let grad_inputs: Vec<Option<usize>> = loss
-        .grad_names()
-        .iter()
-        .map(|g| names.iter().position(|n| n == g))
-        .collect();
+    let grad_inputs = loss.grad_inputs();
     let job = Job {
         what,
         config: loss.config_key(),

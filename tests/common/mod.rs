@@ -19,26 +19,31 @@ pub fn ctx() -> &'static LossContext {
     CTX.get_or_init(|| {
         let ctx = LossContext::with_options(ContextOptions::default())
             .expect("no GPU adapter: install mesa-vulkan-drivers");
-        let a = ctx.adapter();
-        eprintln!("deepml tests on: {}", a.summary());
-        if let Ok(want) = std::env::var("DEEPML_EXPECT_ADAPTER") {
-            assert!(
-                a.name.to_lowercase().contains(&want.to_lowercase()),
-                "tests ran on {} but an adapter named {want} was expected",
-                a.summary()
-            );
-        }
-        if let Ok(want) = std::env::var("DEEPML_EXPECT_BACKEND") {
-            let got = format!("{:?}", a.backend).to_lowercase();
-            assert_eq!(
-                got,
-                want.to_lowercase(),
-                "tests ran on {} but {want} was expected",
-                a.summary()
-            );
-        }
+        eprintln!("deepml tests on: {}", ctx.adapter().summary());
+        expect_adapter(ctx.adapter());
         ctx
     })
+}
+
+/// Asserts the backend (`DEEPML_EXPECT_BACKEND=vulkan|gl`) and a part of the adapter's name
+/// (`DEEPML_EXPECT_ADAPTER`: `llvmpipe`, `swiftshader`) that CI asks the tests to run on.
+pub fn expect_adapter(a: &deepml::AdapterReport) {
+    if let Ok(want) = std::env::var("DEEPML_EXPECT_ADAPTER") {
+        assert!(
+            a.name.to_lowercase().contains(&want.to_lowercase()),
+            "tests ran on {} but an adapter named {want} was expected",
+            a.summary()
+        );
+    }
+    if let Ok(want) = std::env::var("DEEPML_EXPECT_BACKEND") {
+        let got = format!("{:?}", a.backend).to_lowercase();
+        assert_eq!(
+            got,
+            want.to_lowercase(),
+            "tests ran on {} but {want} was expected",
+            a.summary()
+        );
+    }
 }
 
 /// A context whose storage bindings are capped at `bytes`, to drive the windowed path.
