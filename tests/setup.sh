@@ -32,7 +32,9 @@ fi
 if [ "${DEEPML_SETUP_MPI:-1}" = 1 ]; then
   command -v mpiexec >/dev/null 2>&1 || missing+=(mpich)
   dpkg -s libmpich-dev >/dev/null 2>&1 || missing+=(libmpich-dev)
-  ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+  # bindgen's libclang (libclang.so*, libclang-N.so*), not libclang-cpp, which other packages bring.
+  ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1 \
+    || ls /usr/lib/*/libclang-[0-9]*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
