@@ -1,5 +1,5 @@
-//! Copies `shaders/*.wgsl` into `OUT_DIR/shaders/` without comments, blank lines and
-//! indentation: the library embeds its shaders' text (the browser build too, where every byte
+//! Copies `shaders/*.wgsl` into `OUT_DIR/shaders/` without comments (but the `// #unroll` marks
+//! of loops that src/kernel.rs unrolls), blank lines and indentation: the library embeds its shaders' text (the browser build too, where every byte
 //! counts), and the comments are for the reader of `shaders/`, not for the GPU.
 
 use std::fs;
@@ -13,6 +13,10 @@ fn strip(text: &str) -> String {
         let code = line.find("//").map_or(line, |i| &line[..i]).trim();
         if !code.is_empty() {
             out.push_str(code);
+            // The one comment kept: a loop's mark for the unrolling (src/kernel.rs `unroll`).
+            if line.trim_end().ends_with("// #unroll") {
+                out.push_str(" // #unroll");
+            }
             out.push('\n');
         }
     }

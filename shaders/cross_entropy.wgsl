@@ -10,6 +10,7 @@
 //               gradient written; with smoothing also sum_c w_c (lse - x_c)), plus one load of
 //               x[y]. Logits are read twice (4 P C bytes each), the gradient written once (or
 //               read + written with accumulate); no N x C scratch, only one partial per workgroup.
+//               (rows_*_q with few classes reads each logit once: see below.)
 //   finalize    1 thread: loss = total / W (mean) or total (sum).
 // An out-of-range label that is not ignore_index is never used as an index: its row gets a zero
 // gradient, a NaN loss, and sets flag[0] = 1 (non-atomic store of the constant 1).
@@ -241,9 +242,10 @@ fn row_contiguous(lid: u32, r: u32, gscale: f32) -> f32 {
 // ---------------------------------------------------------------------------------------------
 // Spatial logits `[N, C, K]` with K a multiple of 4 (the host composes TPR 1, LANES 4 and binds
 // x, the gradient and the labels here): a thread owns four neighbouring positions, read four at
-// a time (one 16-byte access per class, coalesced across threads), with no branch on the data:
-// a sweep for the maximum, one for the exp-sum and the target's logit, one writing the gradient
-// (the second and third reread from cache: a thread's C accesses are a few KiB).
+// a time (one 16-byte access per class, coalesced across threads), with no branch on the data.
+// Up to the host's limit of classes (CC = C, loops unrolled by src/kernel.rs) the logits are
+// held: read once, exponentiated once. Beyond it, one online sweep for the maximum and the
+// exp-sum, one writing the gradient (rereading from cache: a thread's C accesses are a few KiB).
 @group(0) @binding(13) var<storage, read> labels4: array<VI>;
 
 // A workgroup owns WG accesses of one sample (blocks never straddle samples, so the sample is
@@ -276,19 +278,6 @@ fn quad(n: u32, j: u32, gscale: f32) -> V {
     let K4 = P.inner / LANES;
     let base = n * C * K4 + j;
 
-    // One online sweep: m = running maximum, s = sum exp(x - m) (rescaled as m grows).
-    var m = xc[base];
-    var s = V(1.0);
-    var xy = select(V(0.0), m, yc == VU(0u));
-    for (var c = 1u; c < C; c = c + 1u) {
-        let v = xc[base + c * K4];
-        let nm = max(m, v);
-        s = s * exp(m - nm) + exp(v - nm);
-        m = nm;
-        xy = select(xy, v, yc == VU(c));
-    }
-    let lse = m + log(s);
-
     var wy = V(1.0);
     if ((P.flags & 2u) != 0u) {
         wy = lanes(weight[ulane_of(yc, 0u)], weight[ulane_of(yc, 1u)], weight[ulane_of(yc, 2u)],
@@ -297,19 +286,71 @@ fn quad(n: u32, j: u32, gscale: f32) -> V {
     wy = select(V(0.0), wy, live);
     let cy = (1.0 - P.ls) * wy * gscale;
     let cs = select(V(0.0), V(P.ls_c * gscale), live);
-    var sm = V(0.0);
-    for (var c = 0u; c < C; c = c + 1u) {
-        let i = base + c * K4;
-        let v = xc[i];
-        let p = exp(v - lse);
-        let wc = class_weight(c);
-        let g = cy * p + cs * (p * P.wsum - wc) - select(V(0.0), cy, yc == VU(c));
-        put_grad_c(i, select(V(0.0), g, live));
-        sm = sm + wc * (lse - v);
-    }
-    var l = (1.0 - P.ls) * wy * (lse - xy);
-    if (P.ls > 0.0) {
-        l = l + P.ls_c * sm;
+    var l: V;
+    if (CC != 0u) {
+        // C = CC classes, few enough to hold: each logit read once, one exponential each.
+        var xs: array<V, CN>;
+        var m = xc[base];
+        xs[0] = m;
+        for (var c = 1u; c < CC; c = c + 1u) { // #unroll
+            let v = xc[base + c * K4];
+            xs[c] = v;
+            m = max(m, v);
+        }
+        // e_c = exp(x_c - m) replaces x_c; dy = m - x_y; sd = sum_c w_c (m - x_c).
+        var s = V(0.0);
+        var dy = V(0.0);
+        var sd = V(0.0);
+        for (var c = 0u; c < CC; c = c + 1u) { // #unroll
+            let d = m - xs[c];
+            let e = exp(-d);
+            xs[c] = e;
+            s = s + e;
+            dy = select(dy, d, yc == VU(c));
+            sd = sd + class_weight(c) * d;
+        }
+        let ls = log(s); // lse - m
+        let rs = 1.0 / s;
+        for (var c = 0u; c < CC; c = c + 1u) { // #unroll
+            let p = xs[c] * rs;
+            let g = cy * p + cs * (p * P.wsum - class_weight(c)) - select(V(0.0), cy, yc == VU(c));
+            put_grad_c(base + c * K4, select(V(0.0), g, live));
+        }
+        l = (1.0 - P.ls) * wy * (ls + dy);
+        if (P.ls > 0.0) {
+            // sum_c w_c (lse - x_c), as two sums of non-negative terms.
+            l = l + P.ls_c * (ls * P.wsum + sd);
+        }
+    } else {
+        // One online sweep, one exponential per element: m = running maximum, s = sum exp(x - m)
+        // (a new maximum rescales s by exp(m_old - m_new), an old one adds exp(x - m): the
+        // same exp(-|x - m|) either way).
+        var m = xc[base];
+        var s = V(1.0);
+        var xy = select(V(0.0), m, yc == VU(0u));
+        for (var c = 1u; c < C; c = c + 1u) {
+            let v = xc[base + c * K4];
+            let d = v - m;
+            let e = exp(-abs(d));
+            s = select(s + e, s * e + 1.0, d > V(0.0));
+            m = max(m, v);
+            xy = select(xy, v, yc == VU(c));
+        }
+        let lse = m + log(s);
+        var sm = V(0.0);
+        for (var c = 0u; c < C; c = c + 1u) {
+            let i = base + c * K4;
+            let v = xc[i];
+            let p = exp(v - lse);
+            let wc = class_weight(c);
+            let g = cy * p + cs * (p * P.wsum - wc) - select(V(0.0), cy, yc == VU(c));
+            put_grad_c(i, select(V(0.0), g, live));
+            sm = sm + wc * (lse - v);
+        }
+        l = (1.0 - P.ls) * wy * (lse - xy);
+        if (P.ls > 0.0) {
+            l = l + P.ls_c * sm;
+        }
     }
     l = select(V(0.0), l, live);
     return select(l, V(bitcast<f32>(P.nan_bits)), bad);

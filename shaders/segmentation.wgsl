@@ -393,22 +393,51 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
             if (jl < stride) {
                 let qg = q0 + jl;
                 let e0 = e00 + jl;
-                // One online sweep: m = running maximum, s = sum exp(x - m), v = sum exp(x - m) t.
-                var m = V(x_flat[e0]);
-                var s = V(1.0);
-                var v = V(t_flat[e0]);
-                var ts = v;
-                for (var c = 1u; c < C; c = c + 1u) {
-                    let e = e0 + c * stride;
-                    let xv = V(x_flat[e]);
-                    let tv = V(t_flat[e]);
-                    let nm = max(m, xv);
-                    let a = exp(m - nm);
-                    let b = exp(xv - nm);
-                    s = s * a + b;
-                    v = v * a + b * tv;
-                    m = nm;
-                    ts = ts + tv;
+                // m = the maximum, s = sum exp(x - m), v = sum exp(x - m) t, ts = sum t.
+                var m: V;
+                var s: V;
+                var v: V;
+                var ts: V;
+                if (CC != 0u) {
+                    // C = CC channels, few enough to hold: one read and one exponential each.
+                    var xs: array<V, CN>;
+                    m = V(x_flat[e0]);
+                    xs[0] = m;
+                    for (var c = 1u; c < CC; c = c + 1u) { // #unroll
+                        let xv = V(x_flat[e0 + c * stride]);
+                        xs[c] = xv;
+                        m = max(m, xv);
+                    }
+                    s = V(0.0);
+                    v = V(0.0);
+                    ts = V(0.0);
+                    for (var c = 0u; c < CC; c = c + 1u) { // #unroll
+                        let b = exp(xs[c] - m);
+                        let tv = V(t_flat[e0 + c * stride]);
+                        s = s + b;
+                        v = v + b * tv;
+                        ts = ts + tv;
+                    }
+                } else {
+                    // One online sweep (a running maximum), one exponential per element: a new
+                    // maximum rescales the sums by exp(m_old - m_new), an old one adds
+                    // exp(x - m), the same exp(-|x - m|) either way.
+                    m = V(x_flat[e0]);
+                    s = V(1.0);
+                    v = V(t_flat[e0]);
+                    ts = v;
+                    for (var c = 1u; c < C; c = c + 1u) {
+                        let e = e0 + c * stride;
+                        let xv = V(x_flat[e]);
+                        let tv = V(t_flat[e]);
+                        let d = xv - m;
+                        let a = exp(-abs(d));
+                        let up = d > V(0.0);
+                        s = select(s + a, s * a + 1.0, up);
+                        v = select(v + a * tv, v * a + tv, up);
+                        m = max(m, xv);
+                        ts = ts + tv;
+                    }
                 }
                 let pt = v / s;
                 pix[2u * qg] = m + log(s);
@@ -423,26 +452,65 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
         }
         return;
     }
-    // Per class: each pixel's softmax maximum and 1 / exp-sum first, then one channel at a time,
-    // one workgroup reduction per channel.
+    // Per class. With C = CC channels, few enough to hold, each access's pixels are finished
+    // at once (one read and one exponential per element) and the thread keeps its per-channel
+    // sums (ai, ap). Otherwise each pixel's softmax maximum and 1 / exp-sum first, then one
+    // channel at a time.
     var mx: array<V, FLAT_UNITS>;
     var rs: array<V, FLAT_UNITS>;
     var first: array<u32, FLAT_UNITS>; // e0 of each access
+    var ai: array<f32, CN>; // sum p t of channel c (CC != 0)
+    var ap: array<f32, CN>; // sum p + t of channel c (CC != 0)
     for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
         mx[k] = V(0.0);
         rs[k] = V(1.0);
         let jl = at.j0 + k * WG + lid;
         let qg = q0 + jl;
         first[k] = e00 + jl;
-        if (MULTI == 1u && jl < stride) {
+        if (CC != 0u && jl < stride) {
+            let e0 = first[k];
+            var xs: array<V, CN>;
+            if (MULTI == 1u) {
+                var m = V(x_flat[e0]);
+                xs[0] = m;
+                for (var c = 1u; c < CC; c = c + 1u) { // #unroll
+                    let xv = V(x_flat[e0 + c * stride]);
+                    xs[c] = xv;
+                    m = max(m, xv);
+                }
+                var s = V(0.0);
+                for (var c = 0u; c < CC; c = c + 1u) { // #unroll
+                    let b = exp(xs[c] - m);
+                    xs[c] = b;
+                    s = s + b;
+                }
+                let r = 1.0 / s;
+                for (var c = 0u; c < CC; c = c + 1u) { // #unroll
+                    xs[c] = xs[c] * r;
+                }
+                pix[2u * qg] = m + log(s);
+            } else {
+                for (var c = 0u; c < CC; c = c + 1u) { // #unroll
+                    xs[c] = sigmoid(V(x_flat[e0 + c * stride]));
+                }
+            }
+            for (var c = 0u; c < CC; c = c + 1u) { // #unroll
+                let p = xs[c];
+                let tv = V(t_flat[e0 + c * stride]);
+                ai[c] = ai[c] + hsum(p * tv);
+                ap[c] = ap[c] + hsum(p + tv);
+            }
+        } else if (MULTI == 1u && jl < stride) {
+            // One online sweep, one exponential per element (as in the global ratio's).
             let e0 = first[k];
             var m = V(x_flat[e0]);
             var s = V(1.0);
             for (var c = 1u; c < C; c = c + 1u) {
                 let xv = V(x_flat[e0 + c * stride]);
-                let nm = max(m, xv);
-                s = s * exp(m - nm) + exp(xv - nm);
-                m = nm;
+                let d = xv - m;
+                let a = exp(-abs(d));
+                s = select(s + a, s * a + 1.0, d > V(0.0));
+                m = max(m, xv);
             }
             mx[k] = m;
             rs[k] = 1.0 / s;
@@ -461,7 +529,10 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
                 break;
             }
             var acc = vec2<f32>(0.0);
-            for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
+            if (CC != 0u) {
+                acc = vec2<f32>(ai[c], ap[c]);
+            }
+            for (var k = 0u; CC == 0u && k < FLAT_UNITS; k = k + 1u) {
                 if (at.j0 + k * WG + lid < stride) {
                     let e = first[k] + c * stride;
                     let xv = V(x_flat[e]);
@@ -535,6 +606,22 @@ fn multi_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         } else if (MULTI == 1u) {
             // u = sum_c p_c dL/dp_c; dx_c = p_c (dL/dp_c - u).
             let lse = pix[2u * qg];
+            if (CC != 0u) {
+                // C = CC channels, few enough to hold: one exponential each.
+                var ps: array<V, CN>;
+                var u = V(0.0);
+                for (var c = 0u; c < CC; c = c + 1u) { // #unroll
+                    let e = e0 + c * stride;
+                    let p = exp(V(x_flat[e]) - lse);
+                    ps[c] = p;
+                    u = u + p * dl_dp_v(c, V(t_flat[e]));
+                }
+                for (var c = 0u; c < CC; c = c + 1u) { // #unroll
+                    let e = e0 + c * stride;
+                    put_flat(e, ps[c] * (dl_dp_v(c, V(t_flat[e])) - u));
+                }
+                continue;
+            }
             var u = V(0.0);
             for (var c = 0u; c < C; c = c + 1u) {
                 let e = e0 + c * stride;

@@ -150,9 +150,79 @@ impl ShaderSource {
         }
         s.push_str(COMMON);
         s.push('\n');
-        s.push_str(self.body);
+        s.push_str(&unroll(self.body, &self.consts));
         s
     }
+}
+
+/// Expands every loop marked `// #unroll`, `for (var i = A; i < B; i = i + 1u) { // #unroll`
+/// with A a literal and B a literal or one of `consts`, into B - A blocks
+/// `{ const i: u32 = k; .. }`. The body's indices by `i` are then constants: naga checks them
+/// when it compiles, not at run time, and a driver sees straight-line code, so arrays indexed
+/// by `i` stay in registers. A marked loop's body must not `break` or `continue` it. Nested
+/// marks expand too; a bound that is not a known constant leaves the loop as it is.
+pub(crate) fn unroll(body: &str, consts: &[(&str, u32)]) -> String {
+    let lines: Vec<&str> = body.lines().collect();
+    let mut out = String::with_capacity(body.len());
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let Some((name, from, to)) = unroll_header(line, consts) else {
+            out.push_str(line);
+            out.push('\n');
+            i += 1;
+            continue;
+        };
+        // The body: up to the line that closes the loop's brace.
+        let mut depth = 1i32;
+        let mut end = i + 1;
+        while end < lines.len() {
+            let code = lines[end].split("//").next().unwrap_or("");
+            depth += code.matches('{').count() as i32 - code.matches('}').count() as i32;
+            if depth <= 0 {
+                break;
+            }
+            end += 1;
+        }
+        let inner = unroll(&lines[i + 1..end.min(lines.len())].join("\n"), consts);
+        let indent = &line[..line.len() - line.trim_start().len()];
+        for k in from..to {
+            out.push_str(&format!(
+                "{indent}{{\n{indent}    const {name}: u32 = {k}u;\n"
+            ));
+            out.push_str(&inner);
+            out.push_str(&format!("{indent}}}\n"));
+        }
+        i = end + 1;
+    }
+    out
+}
+
+/// `(i, A, B)` of a marked loop's first line (see [`unroll`]).
+fn unroll_header<'a>(line: &'a str, consts: &[(&str, u32)]) -> Option<(&'a str, u32, u32)> {
+    let t = line.trim();
+    let head = t.strip_suffix("// #unroll")?.trim_end().strip_suffix('{')?;
+    let parts: Vec<&str> = head
+        .trim_end()
+        .strip_prefix("for (var ")?
+        .strip_suffix(')')?
+        .split(';')
+        .map(str::trim)
+        .collect();
+    let [init, cond, step] = parts[..] else {
+        return None;
+    };
+    let (name, from) = init.split_once('=')?;
+    let name = name.trim();
+    let number = |v: &str| v.trim().trim_end_matches('u').parse::<u32>().ok();
+    let from = number(from)?;
+    let to = cond.strip_prefix(name)?.trim().strip_prefix('<')?.trim();
+    let to = number(to).or_else(|| consts.iter().find(|(n, _)| *n == to).map(|&(_, v)| v))?;
+    debug_assert!(
+        !step.is_empty() && step.ends_with("+ 1u"),
+        "an unrolled loop steps by 1: {line}"
+    );
+    Some((name, from, to.max(from)))
 }
 
 /// Each variant twice: writing its gradient and adding to the gradient already there
@@ -507,5 +577,38 @@ impl LossContext {
             self.queue.submit(Some(encoder.finish()));
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod unroll_tests {
+    use super::unroll;
+
+    #[test]
+    fn marked_loops_become_blocks_with_constant_indices() {
+        let body = "var a: array<f32, N>;\n\
+                    for (var c = 1u; c < N; c = c + 1u) { // #unroll\n\
+                    for (var k = 0u; k < 2u; k = k + 1u) { // #unroll\n\
+                    a[c] = a[c] + f32(k); // {}\n\
+                    }\n\
+                    }\n\
+                    for (var j = 0u; j < P.n; j = j + 1u) { // #unroll\n\
+                    s = s + 1.0;\n\
+                    }\n";
+        let out = unroll(body, &[("N", 3)]);
+        // c in 1, 2; k in 0, 1 inside each: four copies of the statement.
+        assert_eq!(out.matches("a[c] = a[c] + f32(k);").count(), 4);
+        assert_eq!(out.matches("const c: u32 = 1u;").count(), 1);
+        assert_eq!(out.matches("const c: u32 = 2u;").count(), 1);
+        assert_eq!(out.matches("const k: u32 = 1u;").count(), 2);
+        assert!(!out.contains("for (var c"));
+        // A bound that is not a constant keeps its loop.
+        assert!(out.contains("for (var j = 0u; j < P.n; j = j + 1u) {"));
+        // Balanced braces.
+        assert_eq!(out.matches('{').count(), out.matches('}').count());
+        // No iterations: nothing of the body.
+        let none = unroll(body, &[("N", 0)]);
+        assert!(!none.contains("a[c]"));
+        assert!(none.contains("s = s + 1.0;"));
     }
 }

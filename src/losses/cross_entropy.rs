@@ -23,10 +23,14 @@ const TILE: u64 = 8 * WG as u64;
 /// The threads-per-row variants.
 const TPRS: [u32; 7] = [1, 8, 16, 32, 64, 128, 256];
 
-/// `lanes` 4: rows of contiguous classes read four at a time (rows_*_c).
-fn source(tpr: u32, lanes: u32) -> ShaderSource {
+/// `lanes` 4: rows of contiguous classes read four at a time (rows_*_c), or four positions of
+/// `[N, C, K]` (rows_*_q). `held`: C where a position's logits are held in registers
+/// (rows_*_q with at most [`held_classes`](super::held_classes) classes), else 0.
+fn source(tpr: u32, lanes: u32, held: u32) -> ShaderSource {
     ShaderSource::new("cross_entropy", BODY)
         .with("TPR", tpr)
+        .with("CC", held)
+        .with("CN", held.max(1))
         .with_lanes(lanes)
 }
 
@@ -34,7 +38,8 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     #[allow(unused_mut)]
     let mut v: Vec<ShaderSource> = TPRS
         .iter()
-        .flat_map(|&t| [source(t, 1), source(t, 4)])
+        .flat_map(|&t| [source(t, 1, 0), source(t, 4, 0)])
+        .chain([2, 19, 32].map(|c| source(1, 4, c)))
         .collect();
     #[cfg(not(target_arch = "wasm32"))]
     v.extend(super::ce_sharded::shader_variants());
@@ -116,7 +121,12 @@ impl CrossEntropyLoss {
         // positions, read and written four at a time (rows_*_q).
         let quads = k > 1 && k % 4 == 0;
         let tpr = if quads { 1 } else { tpr };
-        let src = source(tpr, if contiguous || quads { 4 } else { 1 });
+        let held = if quads && c <= super::held_classes(ctx) {
+            c as u32
+        } else {
+            0
+        };
+        let src = source(tpr, if contiguous || quads { 4 } else { 1 }, held);
         let (x_binding, grad_binding) = if contiguous || quads {
             (11, 12)
         } else {

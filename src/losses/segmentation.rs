@@ -20,11 +20,22 @@ enum Kind {
     Dice = 1,
 }
 
-fn source(kind: Kind, multi: bool, per_class: bool, f16: bool, lanes: u32) -> ShaderSource {
+/// `held`: C where the four-pixel kernels hold a pixel's channels (at most
+/// [`held_classes`](super::held_classes)), else 0.
+fn source(
+    kind: Kind,
+    multi: bool,
+    per_class: bool,
+    f16: bool,
+    lanes: u32,
+    held: u32,
+) -> ShaderSource {
     ShaderSource::new("segmentation", BODY)
         .with("KIND", kind as u32)
         .with("MULTI", multi as u32)
         .with("PER_CLASS", per_class as u32)
+        .with("CC", held)
+        .with("CN", held.max(1))
         .with_f16(f16)
         .with_lanes(lanes)
 }
@@ -35,8 +46,11 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
         for multi in [false, true] {
             for per_class in [false, true] {
                 for f16 in [false, true] {
-                    v.push(source(kind, multi, per_class, f16, 1));
-                    v.push(source(kind, multi, per_class, f16, 4));
+                    v.push(source(kind, multi, per_class, f16, 1, 0));
+                    v.push(source(kind, multi, per_class, f16, 4, 0));
+                    if multi || per_class {
+                        v.push(source(kind, multi, per_class, f16, 4, 19));
+                    }
                 }
             }
         }
@@ -144,7 +158,12 @@ fn build(
     } else {
         1
     };
-    let src = source(kind, multi, per_class, f16, lanes).with_accumulate(opts.accumulate);
+    let held = if quads && !flat && c <= super::held_classes(ctx) {
+        c as u32
+    } else {
+        0
+    };
+    let src = source(kind, multi, per_class, f16, lanes, held).with_accumulate(opts.accumulate);
     let (b_x, b_t, b_grad) = if flat || quads { (8, 9, 10) } else { (1, 2, 3) };
     let (stats, grad_pass) = if flat {
         ("flat_stats", "flat_grad")
