@@ -159,6 +159,17 @@ pub struct LossContext {
     gl_serial: Option<parking_lot::ReentrantMutex<()>>,
     pub(crate) home: Home,
     transfers: Transfers,
+    /// A running step profile (`LossContext::profile_steps`), if any.
+    pub(crate) profile: parking_lot::Mutex<Option<StepProfile>>,
+}
+
+/// Timestamps around each recorded step while a profile runs.
+pub(crate) struct StepProfile {
+    pub(crate) queries: wgpu::QuerySet,
+    /// Timestamps the query set holds (two per step).
+    pub(crate) capacity: u32,
+    /// The label of each step timed so far, in order.
+    pub(crate) labels: Vec<String>,
 }
 
 impl std::fmt::Debug for LossContext {
@@ -319,6 +330,7 @@ impl LossContext {
             state,
             home,
             transfers: Transfers::default(),
+            profile: parking_lot::Mutex::new(None),
         }
     }
 
@@ -378,6 +390,85 @@ impl LossContext {
             pool_hits: self.pool.hits.load(Ordering::Relaxed),
             buffers_released: self.pool.released.load(Ordering::Relaxed),
         }
+    }
+
+    /// Milliseconds of each step that `record` puts into an encoder, timed with timestamps
+    /// around a compute pass per step (the benchmark's `--steps`): `(label, ms)` in order, the
+    /// label `shader:CONST=value..::entry`. Needs [`wgpu::Features::TIMESTAMP_QUERY`]; at
+    /// most `max_steps` steps are timed (the rest run untimed).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn profile_steps<K>(
+        &self,
+        max_steps: u32,
+        record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<K>,
+    ) -> Result<Vec<(String, f64)>> {
+        if !self.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Err(Error::InvalidInput(
+                "a step profile needs timestamp queries, which this context did not request".into(),
+            ));
+        }
+        let capacity = 2 * max_steps.max(1);
+        let queries = self.scoped(|| {
+            Ok(self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("deepml steps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: capacity,
+            }))
+        })?;
+        *self.profile.lock() = Some(StepProfile {
+            queries,
+            capacity,
+            labels: Vec::new(),
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        let recorded = record(&mut enc);
+        let profile = self.profile.lock().take();
+        let keep = recorded?;
+        let Some(p) = profile.filter(|p| !p.labels.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        let n = 2 * p.labels.len() as u64;
+        let (resolve, read) = self.scoped(|| {
+            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: 8 * n,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let read = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: 8 * n,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            enc.resolve_query_set(&p.queries, 0..n as u32, &resolve, 0);
+            enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, 8 * n);
+            self.queue.submit(Some(enc.finish()));
+            Ok((resolve, read))
+        })?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        read.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.synchronize()?;
+        drop(keep);
+        drop(resolve);
+        rx.recv()
+            .map_err(|_| Error::DeviceLost("step profile read-back cancelled".into()))?
+            .map_err(|e| Error::wgpu(format!("step profile read-back: {e}")))?;
+        let ticks: Vec<u64> = {
+            let view = read
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::wgpu(format!("{e:?}")))?;
+            bytemuck::pod_collect_to_vec(&view)
+        };
+        let period = self.queue.get_timestamp_period() as f64;
+        Ok(p.labels
+            .into_iter()
+            .zip(ticks.chunks_exact(2))
+            .map(|(l, t)| (l, t[1].saturating_sub(t[0]) as f64 * period / 1e6))
+            .collect())
     }
 
     /// The tensors that crossed between host and device through this context so far.

@@ -289,6 +289,8 @@ impl Bind {
 /// One dispatch: a pipeline, its uniform parameters (binding 0), its storage bindings and grid.
 pub(crate) struct Step {
     pub pipeline: wgpu::ComputePipeline,
+    /// `shader:CONST=v..::entry`: what a step profile calls it.
+    pub label: String,
     pub params: Vec<u8>,
     pub binds: Vec<Bind>,
     pub groups: [u32; 3],
@@ -405,9 +407,11 @@ impl LossContext {
         } else {
             src.clone().with_subgroup(self.subgroup_size)
         };
-        let pipeline = self.pipeline_of(&src.key(), || src.compose(), entry, src.trusted)?;
+        let key = src.key();
+        let pipeline = self.pipeline_of(&key, || src.compose(), entry, src.trusted)?;
         Ok(Step {
             pipeline,
+            label: format!("{key}::{entry}"),
             params: bytemuck::bytes_of(params).to_vec(),
             binds,
             groups: self.grid(groups)?,
@@ -476,6 +480,7 @@ impl LossContext {
             };
             prog.steps.push(Step {
                 pipeline,
+                label: "reduce::reduce_rows".into(),
                 params: bytemuck::bytes_of(&p).to_vec(),
                 binds: vec![input, Bind::scratch(2, &dst)],
                 groups: [out_cols as u32, rows as u32, 1],
@@ -550,6 +555,31 @@ impl LossContext {
                     })
                 })
                 .collect();
+            // With a step profile running (the benchmark's --steps), a pass per step between
+            // two timestamps; otherwise one pass for the whole program.
+            let mut profile = self.profile.lock();
+            if let Some(p) = profile.as_mut() {
+                for (s, g) in prog.steps.iter().zip(&groups) {
+                    let i = p.labels.len() as u32;
+                    let writes =
+                        (2 * i + 2 <= p.capacity).then(|| wgpu::ComputePassTimestampWrites {
+                            query_set: &p.queries,
+                            beginning_of_pass_write_index: Some(2 * i),
+                            end_of_pass_write_index: Some(2 * i + 1),
+                        });
+                    if writes.is_some() {
+                        p.labels.push(s.label.clone());
+                    }
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(&s.label),
+                        timestamp_writes: writes,
+                    });
+                    pass.set_pipeline(&s.pipeline);
+                    pass.set_bind_group(0, g, &[]);
+                    pass.dispatch_workgroups(s.groups[0], s.groups[1], s.groups[2]);
+                }
+                return Ok(());
+            }
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("deepml"),
                 timestamp_writes: None,

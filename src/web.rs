@@ -1034,8 +1034,9 @@ impl RawContext {
                     .filter(|s| !s.is_empty())
                     .map(String::from)
                     .collect(),
-                // The page runs the default suite.
+                // The page runs the default suite, without step profiles.
                 suite: bench::Suite::Default,
+                steps: false,
             };
             let say = |line: &str| {
                 if let Some(f) = &progress {

@@ -41,6 +41,9 @@ pub struct BenchOptions {
     pub only: Vec<String>,
     /// Which losses at which shapes: [`Suite::Default`] or [`Suite::Segmentation`].
     pub suite: Suite,
+    /// Also time each step of each loss alone (a compute pass per step between timestamps;
+    /// the least of three runs per step): where its time goes. Native only.
+    pub steps: bool,
 }
 
 /// The sets of losses and shapes `deepml bench` can time.
@@ -75,6 +78,7 @@ impl Default for BenchOptions {
             warmup: 2,
             only: Vec::new(),
             suite: Suite::Default,
+            steps: false,
         }
     }
 }
@@ -114,6 +118,10 @@ pub struct BenchResult {
     /// For matrix-product losses: each product alone at the loss's shapes (name, ms, GFLOP/s).
     #[serde(default)]
     pub products: Vec<(String, f64, f64)>,
+    /// With `--steps`: each step of the loss's program alone (its shader, constants and entry
+    /// point; ms), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<(String, f64)>,
 }
 
 /// A whole run.
@@ -462,6 +470,14 @@ pub fn run(
                 "  {name} product {p}: {pms:.3} ms, {g:.1} GFLOP/s"
             ));
         }
+        let steps = if opts.steps {
+            step_profile(ctx, |enc| loss.record(ctx, enc, &refs, &gopts))?
+        } else {
+            Vec::new()
+        };
+        for (label, sms) in &steps {
+            progress(&format!("  {name} step {label}: {sms:.3} ms"));
+        }
         let r = BenchResult {
             loss: name.to_string(),
             shape: inputs[0].shape().to_vec(),
@@ -476,6 +492,7 @@ pub fn run(
             mse_ms,
             of_mse,
             products,
+            steps,
         };
         progress(&row(&r, r.mse_ms.is_some()));
         results.push(r);
@@ -494,6 +511,27 @@ pub fn run(
         copy_gbps: copy,
         results,
     })
+}
+
+/// Each step of the program `record` puts into an encoder, timed alone: the least of three
+/// profiled runs per step (the steps are the same each run).
+#[cfg(not(target_arch = "wasm32"))]
+fn step_profile<K>(
+    ctx: &LossContext,
+    mut record: impl FnMut(&mut wgpu::CommandEncoder) -> Result<K>,
+) -> Result<Vec<(String, f64)>> {
+    let mut best: Vec<(String, f64)> = Vec::new();
+    for _ in 0..3 {
+        let run = ctx.profile_steps(2048, &mut record)?;
+        if best.is_empty() {
+            best = run;
+        } else {
+            for (b, (_, ms)) in best.iter_mut().zip(run) {
+                b.1 = b.1.min(ms);
+            }
+        }
+    }
+    Ok(best)
 }
 
 /// The angular loss's three products alone (src/matmul.rs), at its shapes: `x W^T`

@@ -78,6 +78,19 @@ pub fn markdown(r: &BenchReport) -> String {
             s.push_str(&format!("- `{p}`: {ms:.3} ms, {g:.1} GFLOP/s\n"));
         }
     }
+    for x in r.results.iter().filter(|x| !x.steps.is_empty()) {
+        let total: f64 = x.steps.iter().map(|(_, ms)| ms).sum();
+        s.push_str(&format!(
+            "\n{} {:?}, each step alone ({total:.3} ms in all):\n\n",
+            x.loss, x.shape
+        ));
+        for (label, ms) in &x.steps {
+            s.push_str(&format!(
+                "- `{label}`: {ms:.3} ms ({:.0}%)\n",
+                100.0 * ms / total.max(1e-12)
+            ));
+        }
+    }
     s
 }
 

@@ -68,6 +68,9 @@ enum Cmd {
         /// 19, 21, 64, 150, each against MSELoss over as many elements).
         #[arg(long, default_value = "default")]
         suite: String,
+        /// Also time each step (shader entry point) of each loss alone: where the time goes.
+        #[arg(long)]
+        steps: bool,
         /// Compare two JSON reports instead of running.
         #[arg(long, num_args = 2, value_names = ["A", "B"])]
         compare: Option<Vec<PathBuf>>,
@@ -522,6 +525,7 @@ fn run_bench(
     markdown: &Option<PathBuf>,
     compare: &Option<Vec<PathBuf>>,
     suite: &str,
+    steps: bool,
 ) -> Result<()> {
     if let Some(files) = compare {
         let (a, b) = (read_report(&files[0])?, read_report(&files[1])?);
@@ -540,6 +544,7 @@ fn run_bench(
         runs,
         only: only.to_vec(),
         suite,
+        steps,
         ..Default::default()
     };
     let report = bench::run(&ctx, &opts, |line| eprintln!("  {line}"))?;
@@ -573,7 +578,11 @@ fn main() -> ExitCode {
             markdown,
             compare,
             suite,
-        } => run_bench(&cli, *size, *runs, only, json, markdown, compare, suite).map(|_| true),
+            steps,
+        } => run_bench(
+            &cli, *size, *runs, only, json, markdown, compare, suite, *steps,
+        )
+        .map(|_| true),
     };
     match r {
         Ok(true) => ExitCode::SUCCESS,
