@@ -517,6 +517,17 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
             pix[2u * qg] = m + log(s);
         }
     }
+    if (CC != 0u) {
+        // Held channels: each thread's sums are partials of their own (WG columns per tile,
+        // rows of P.tiles WG), reduced by reduce_rows like the others: no barrier here.
+        let row = P.tiles * WG;
+        let colt = col * WG + lid;
+        for (var c = 0u; c < CC; c = c + 1u) { // #unroll
+            partials[c * row + colt] = ai[c];
+            partials[(P.groups + c) * row + colt] = ap[c];
+        }
+        return;
+    }
     // With subgroups, a batch of SG channels shares one pair of barriers: each channel's
     // subgroup sums wait in workgroup memory (WG / SG of them), then SG threads add up one
     // channel each, in a fixed order. Without, a workgroup sum per channel.
@@ -529,10 +540,7 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
                 break;
             }
             var acc = vec2<f32>(0.0);
-            if (CC != 0u) {
-                acc = vec2<f32>(ai[c], ap[c]);
-            }
-            for (var k = 0u; CC == 0u && k < FLAT_UNITS; k = k + 1u) {
+            for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
                 if (at.j0 + k * WG + lid < stride) {
                     let e = first[k] + c * stride;
                     let xv = V(x_flat[e]);
@@ -609,16 +617,18 @@ fn multi_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
             if (CC != 0u) {
                 // C = CC channels, few enough to hold: one exponential each.
                 var ps: array<V, CN>;
+                var ds: array<V, CN>;
                 var u = V(0.0);
                 for (var c = 0u; c < CC; c = c + 1u) { // #unroll
                     let e = e0 + c * stride;
                     let p = exp(V(x_flat[e]) - lse);
+                    let d = dl_dp_v(c, V(t_flat[e]));
                     ps[c] = p;
-                    u = u + p * dl_dp_v(c, V(t_flat[e]));
+                    ds[c] = d;
+                    u = u + p * d;
                 }
                 for (var c = 0u; c < CC; c = c + 1u) { // #unroll
-                    let e = e0 + c * stride;
-                    put_flat(e, ps[c] * (dl_dp_v(c, V(t_flat[e])) - u));
+                    put_flat(e0 + c * stride, ps[c] * (ds[c] - u));
                 }
                 continue;
             }
@@ -641,3 +651,32 @@ fn multi_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         }
     }
 }
+
+// The global ratio's gradient (multiclass, four-pixel path) element by element in the tensor's
+// own order: a workgroup owns a tile of one (sample, channel) plane, so its accesses are
+// contiguous. (multi_grad's per-pixel sweep reads the C planes of a pixel at once: planes of a
+// power-of-two size put those accesses in one cache set of a CPU, whose caches they thrash.)
+// dx_c = a p_c (t_c - pt), p_c = exp(x_c - lse), with lse and pt from pix.
+@compute @workgroup_size(256)
+fn plane_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    let plane = g / P.tps;
+    let j0 = (g - plane * P.tps) * FLAT_UNITS * WG;
+    let n = plane / P.channels;
+    if (n * P.inner >= P.pixels) {
+        return;
+    }
+    let stride = P.inner / LANES;
+    let ca = coef[0];
+    for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
+        let jl = j0 + k * WG + lid;
+        if (jl < stride) {
+            let e = plane * stride + jl;
+            let qg = n * stride + jl;
+            let p = exp(V(x_flat[e]) - pix[2u * qg]);
+            put_flat(e, ca * p * (V(t_flat[e]) - pix[2u * qg + 1u]));
+        }
+    }
+}
+

@@ -158,10 +158,22 @@ fn build(
     } else {
         1
     };
-    let held = if quads && !flat && c <= super::held_classes(ctx) {
+    // Per class with held channels, every thread's sums are partials (WG columns per tile):
+    // where they fit one binding.
+    let thread_cols = WG as u64;
+    let held = if quads
+        && !flat
+        && c <= super::held_classes(ctx)
+        && (!per_class || 2 * groups * tiles * thread_cols * 4 <= ctx.max_window_bytes)
+    {
         c as u32
     } else {
         0
+    };
+    let cols = if held != 0 && per_class {
+        tiles * thread_cols
+    } else {
+        tiles
     };
     let src = source(kind, multi, per_class, f16, lanes, held).with_accumulate(opts.accumulate);
     let (b_x, b_t, b_grad) = if flat || quads { (8, 9, 10) } else { (1, 2, 3) };
@@ -192,7 +204,7 @@ fn build(
         ..base
     };
 
-    let partials = rec.buf(ctx, 2 * groups * tiles * 4)?;
+    let partials = rec.buf(ctx, 2 * groups * cols * 4)?;
     // `pix`: two floats per pixel (a placeholder where the path has none).
     let pixels: u64 = wins.iter().map(|w| w.pixels).sum();
     let pix = rec.buf(ctx, if quads { 8 * pixels.max(2) } else { 16 })?;
@@ -221,7 +233,7 @@ fn build(
         Tail {
             partials,
             rows: 2 * groups,
-            cols: tiles,
+            cols,
             totals: 5,
             loss: Bind::tensor(6, &loss),
             coef: Some((7, 2 * groups)),
@@ -239,7 +251,12 @@ fn build(
             coef.bind(7),
         ];
         binds.extend(pix_bind(w));
-        let step = ctx.step(&src, grad_pass, &per_window(w), binds, w.tiles)?;
+        // The global multiclass ratio's gradient goes plane by plane (plane_grad).
+        let step = if quads && multi && !per_class {
+            ctx.step(&src, "plane_grad", &per_window(w), binds, w.tiles * c)?
+        } else {
+            ctx.step(&src, grad_pass, &per_window(w), binds, w.tiles)?
+        };
         rec.prog.steps.push(step);
     }
     Ok((loss, vec![grad]))
