@@ -21,7 +21,9 @@ struct Params {
     rows: u32,       // positions (rows) in this window; targets in this window for weight_sum
     inner: u32,      // K: product of the spatial sizes (the class stride)
     classes: u32,    // C
-    flags: u32,      // bit 0 accumulate, bit 1 weighted, bit 2 mean, bit 3 ignore_index fits in i32
+    flags: u32,      // bit 2 mean (accumulate, weighted, ignore_index and smoothing are the
+                     // constants ACCUM, WEIGHTED, IGNORE (ignore_index fits in i32), SMOOTH: lavapipe
+                     // runs both sides of a branch on a uniform value, weight loads included)
     ignore: i32,     // ignore_index
     part_base: u32,  // index of this window's first workgroup among all partials
     nan_bits: u32,   // 0x7fc00000: a NaN made at run time
@@ -45,7 +47,7 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> loss_out: array<f32>;
 
 fn put_grad(i: u32, g: f32) {
-    if ((P.flags & 1u) != 0u) {
+    if (ACCUM == 1u) {
         grad[i] = grad[i] + g;
     } else {
         grad[i] = g;
@@ -53,7 +55,7 @@ fn put_grad(i: u32, g: f32) {
 }
 
 fn class_weight(c: u32) -> f32 {
-    if ((P.flags & 2u) != 0u) {
+    if (WEIGHTED == 1u) {
         return weight[c];
     }
     return 1.0;
@@ -66,7 +68,7 @@ fn classify(r: u32) -> vec2<u32> {
         return vec2<u32>(0u, 0u);
     }
     let y = labels[P.label_base + r];
-    if ((P.flags & 8u) != 0u && y == P.ignore) {
+    if (IGNORE == 1u && y == P.ignore) {
         return vec2<u32>(1u, 0u);
     }
     if (y < 0 || u32(y) >= P.classes) {
@@ -135,7 +137,7 @@ fn row(lid: u32, r: u32, gscale: f32) -> f32 {
         }
     }
     var smoothed = 0.0;
-    if (P.ls > 0.0) {
+    if (SMOOTH == 1u) {
         smoothed = seg_sum(lid, sm);
     }
     if (live) {
@@ -155,7 +157,7 @@ fn row(lid: u32, r: u32, gscale: f32) -> f32 {
 @group(0) @binding(12) var<storage, read_write> gc: array<V>;
 
 fn put_grad_c(j: u32, g: V) {
-    if ((P.flags & 1u) != 0u) {
+    if (ACCUM == 1u) {
         gc[j] = gc[j] + g;
     } else {
         gc[j] = g;
@@ -164,7 +166,7 @@ fn put_grad_c(j: u32, g: V) {
 
 // The weights of classes c .. c + LANES - 1.
 fn class_weights(c: u32) -> V {
-    if ((P.flags & 2u) != 0u) {
+    if (WEIGHTED == 1u) {
         return lanes(weight[c], weight[c + 1u], weight[c + 2u], weight[c + 3u]);
     }
     return V(1.0);
@@ -226,7 +228,7 @@ fn row_contiguous(lid: u32, r: u32, gscale: f32) -> f32 {
         }
     }
     var smoothed = 0.0;
-    if (P.ls > 0.0) {
+    if (SMOOTH == 1u) {
         smoothed = seg_sum(lid, sm);
     }
     if (live) {
@@ -264,7 +266,7 @@ fn quad(n: u32, j: u32, gscale: f32) -> V {
     let y = labels4[(P.label_base + r) / LANES];
     let C = P.classes;
     var ignored = VB(false);
-    if ((P.flags & 8u) != 0u) {
+    if (IGNORE == 1u) {
         ignored = y == VI(P.ignore);
     }
     // A negative label is a huge unsigned one: out of range unless ignored.
@@ -279,7 +281,7 @@ fn quad(n: u32, j: u32, gscale: f32) -> V {
     let base = n * C * K4 + j;
 
     var wy = V(1.0);
-    if ((P.flags & 2u) != 0u) {
+    if (WEIGHTED == 1u) {
         wy = lanes(weight[ulane_of(yc, 0u)], weight[ulane_of(yc, 1u)], weight[ulane_of(yc, 2u)],
                    weight[ulane_of(yc, 3u)]);
     }
@@ -317,7 +319,7 @@ fn quad(n: u32, j: u32, gscale: f32) -> V {
             put_grad_c(base + c * K4, select(V(0.0), g, live));
         }
         l = (1.0 - P.ls) * wy * (ls + dy);
-        if (P.ls > 0.0) {
+        if (SMOOTH == 1u) {
             // sum_c w_c (lse - x_c), as two sums of non-negative terms.
             l = l + P.ls_c * (ls * P.wsum + sd);
         }
@@ -348,7 +350,7 @@ fn quad(n: u32, j: u32, gscale: f32) -> V {
             sm = sm + wc * (lse - v);
         }
         l = (1.0 - P.ls) * wy * (lse - xy);
-        if (P.ls > 0.0) {
+        if (SMOOTH == 1u) {
             l = l + P.ls_c * sm;
         }
     }
@@ -434,14 +436,14 @@ fn weight_sum_q(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
         if (j < units) {
             let y = labels4[j];
             var ignored = VB(false);
-            if ((P.flags & 8u) != 0u) {
+            if (IGNORE == 1u) {
                 ignored = y == VI(P.ignore);
             }
             let yu = bitcast<VU>(y);
             let valid = (yu < VU(P.classes)) & !ignored;
             let yc = select(VU(0u), yu, valid);
             var w = V(1.0);
-            if ((P.flags & 2u) != 0u) {
+            if (WEIGHTED == 1u) {
                 w = lanes(weight[ulane_of(yc, 0u)], weight[ulane_of(yc, 1u)],
                           weight[ulane_of(yc, 2u)], weight[ulane_of(yc, 3u)]);
             }

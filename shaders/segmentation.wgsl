@@ -20,7 +20,9 @@
 //   grad:     binary: reads x and t once, writes the gradient once (reads it too with
 //             accumulate). multiclass: an online sweep over the pixel's channels gives
 //             dot = sum_c p_c g_c, then a second sweep over the same (cached) values writes
-//             dx_c = p_c (g_c - dot).
+//             dx_c = p_c (g_c - dot). Over four pixels per access, the global ratio's and binary
+//             per-class gradients go plane by plane (plane_grad), per class over a softmax
+//             pixel by pixel (multi_grad).
 // DRAM traffic is thus about 2 reads (x, t) for stats and 2 reads + 1 write for grad.
 
 const ITEMS: u32 = 16u;
@@ -332,7 +334,7 @@ fn flat_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
 // maximum); the later sweeps reread the same few KiB from cache. The same sums and
 // gradient as `stats` and `grad_pass`, up to rounding.
 
-// Per access of LANES pixels (window-local index qg), written by multi_stats for multi_grad:
+// Per access of LANES pixels (window-local index qg), written by multi_stats for the gradient:
 // pix[2 qg] = the pixels' log-sum-exp, pix[2 qg + 1] = sum_c p_c t_c (the global ratio only).
 // With them the gradient needs no maximum sweep, and the global ratio's one sweep.
 @group(0) @binding(11) var<storage, read_write> pix: array<V>;
@@ -517,14 +519,33 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
             pix[2u * qg] = m + log(s);
         }
     }
-    if (CC != 0u) {
-        // Held channels: each thread's sums are partials of their own (WG columns per tile,
-        // rows of P.tiles WG), reduced by reduce_rows like the others: no barrier here.
+    if (TPART == 1u) {
+        // Each thread's sums are partials of their own (WG columns per tile, rows of P.tiles WG
+        // columns), reduced by reduce_rows like the others: no barrier or subgroup sum here.
         let row = P.tiles * WG;
         let colt = col * WG + lid;
         for (var c = 0u; c < CC; c = c + 1u) { // #unroll
             partials[c * row + colt] = ai[c];
             partials[(P.groups + c) * row + colt] = ap[c];
+        }
+        for (var c = 0u; CC == 0u && c < C; c = c + 1u) {
+            var acc = vec2<f32>(0.0);
+            for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
+                if (at.j0 + k * WG + lid < stride) {
+                    let e = first[k] + c * stride;
+                    let xv = V(x_flat[e]);
+                    var p: V;
+                    if (MULTI == 1u) {
+                        p = exp(xv - mx[k]) * rs[k];
+                    } else {
+                        p = sigmoid(xv);
+                    }
+                    let tv = V(t_flat[e]);
+                    acc = acc + vec2<f32>(hsum(p * tv), hsum(p + tv));
+                }
+            }
+            partials[c * row + colt] = acc.x;
+            partials[(P.groups + c) * row + colt] = acc.y;
         }
         return;
     }
@@ -583,6 +604,7 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     }
 }
 
+// Per class over a softmax (MULTI 1, PER_CLASS 1), pixel by pixel.
 @compute @workgroup_size(256)
 fn multi_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
               @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -600,63 +622,48 @@ fn multi_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         }
         let qg = at.n * stride + jl;
         let e0 = at.n * C * stride + jl;
-        if (MULTI == 1u && PER_CLASS == 0u) {
-            // One global ratio: dL/dp_c = a t_c + b, so sum_c p_c dL/dp_c = a pt + b and
-            // dx_c = a p_c (t_c - pt).
-            let lse = pix[2u * qg];
-            let pt = pix[2u * qg + 1u];
-            let ca = coef[0];
-            for (var c = 0u; c < C; c = c + 1u) {
-                let e = e0 + c * stride;
-                let p = exp(V(x_flat[e]) - lse);
-                put_flat(e, ca * p * (V(t_flat[e]) - pt));
-            }
-        } else if (MULTI == 1u) {
-            // u = sum_c p_c dL/dp_c; dx_c = p_c (dL/dp_c - u).
-            let lse = pix[2u * qg];
-            if (CC != 0u) {
-                // C = CC channels, few enough to hold: one exponential each.
-                var ps: array<V, CN>;
-                var ds: array<V, CN>;
-                var u = V(0.0);
-                for (var c = 0u; c < CC; c = c + 1u) { // #unroll
-                    let e = e0 + c * stride;
-                    let p = exp(V(x_flat[e]) - lse);
-                    let d = dl_dp_v(c, V(t_flat[e]));
-                    ps[c] = p;
-                    ds[c] = d;
-                    u = u + p * d;
-                }
-                for (var c = 0u; c < CC; c = c + 1u) { // #unroll
-                    put_flat(e0 + c * stride, ps[c] * (ds[c] - u));
-                }
-                continue;
-            }
+        // u = sum_c p_c dL/dp_c; dx_c = p_c (dL/dp_c - u).
+        let lse = pix[2u * qg];
+        if (CC != 0u) {
+            // C = CC channels, few enough to hold: one exponential each.
+            var ps: array<V, CN>;
+            var ds: array<V, CN>;
             var u = V(0.0);
-            for (var c = 0u; c < C; c = c + 1u) {
-                let e = e0 + c * stride;
-                u = u + exp(V(x_flat[e]) - lse) * dl_dp_v(c, V(t_flat[e]));
-            }
-            for (var c = 0u; c < C; c = c + 1u) {
+            for (var c = 0u; c < CC; c = c + 1u) { // #unroll
                 let e = e0 + c * stride;
                 let p = exp(V(x_flat[e]) - lse);
-                put_flat(e, p * (dl_dp_v(c, V(t_flat[e])) - u));
+                let d = dl_dp_v(c, V(t_flat[e]));
+                ps[c] = p;
+                ds[c] = d;
+                u = u + p * d;
             }
-        } else {
-            // Binary per class: through each element's sigmoid.
-            for (var c = 0u; c < C; c = c + 1u) {
-                let e = e0 + c * stride;
-                put_flat(e, dl_dp_v(c, V(t_flat[e])) * dsigmoid(V(x_flat[e])));
+            for (var c = 0u; c < CC; c = c + 1u) { // #unroll
+                put_flat(e0 + c * stride, ps[c] * (ds[c] - u));
             }
+            continue;
+        }
+        var u = V(0.0);
+        for (var c = 0u; c < C; c = c + 1u) {
+            let e = e0 + c * stride;
+            u = u + exp(V(x_flat[e]) - lse) * dl_dp_v(c, V(t_flat[e]));
+        }
+        for (var c = 0u; c < C; c = c + 1u) {
+            let e = e0 + c * stride;
+            let p = exp(V(x_flat[e]) - lse);
+            put_flat(e, p * (dl_dp_v(c, V(t_flat[e])) - u));
         }
     }
 }
 
-// The global ratio's gradient (multiclass, four-pixel path) element by element in the tensor's
-// own order: a workgroup owns a tile of one (sample, channel) plane, so its accesses are
-// contiguous. (multi_grad's per-pixel sweep reads the C planes of a pixel at once: planes of a
-// power-of-two size put those accesses in one cache set of a CPU, whose caches they thrash.)
-// dx_c = a p_c (t_c - pt), p_c = exp(x_c - lse), with lse and pt from pix.
+// The gradient of the global ratio (multiclass) and of binary per-class ratios over the
+// four-pixel path, element by element in the tensor's own order: a workgroup owns a tile of one
+// (sample, channel) plane, so its accesses are contiguous. (multi_grad's per-pixel sweep reads
+// the C planes of a pixel at once: planes of a power-of-two size put those accesses in one
+// cache set of a CPU, whose caches they thrash.) The global ratio: dx_c = a p_c (t_c - pt),
+// p_c = exp(x_c - lse), with lse and pt from pix; binary: dx_c = dL/dp_c sigmoid'(x_c).
+// (Per class over a softmax, dx_c = p_c (dL/dp_c - u) needs u = sum_c p_c dL/dp_c first: a
+// sweep for u and then this pass measured no faster on lavapipe than multi_grad's, and slower
+// at two classes, so multi_grad keeps it.)
 @compute @workgroup_size(256)
 fn plane_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
               @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -667,16 +674,19 @@ fn plane_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     if (n * P.inner >= P.pixels) {
         return;
     }
+    let c = plane - n * P.channels;
     let stride = P.inner / LANES;
-    let ca = coef[0];
     for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
         let jl = j0 + k * WG + lid;
         if (jl < stride) {
             let e = plane * stride + jl;
-            let qg = n * stride + jl;
-            let p = exp(V(x_flat[e]) - pix[2u * qg]);
-            put_flat(e, ca * p * (V(t_flat[e]) - pix[2u * qg + 1u]));
+            if (MULTI == 1u) {
+                let qg = n * stride + jl;
+                let p = exp(V(x_flat[e]) - pix[2u * qg]);
+                put_flat(e, coef[0] * p * (V(t_flat[e]) - pix[2u * qg + 1u]));
+            } else {
+                put_flat(e, dl_dp_v(c, V(t_flat[e])) * dsigmoid(V(x_flat[e])));
+            }
         }
     }
 }
-

@@ -34,12 +34,34 @@ fn source(tpr: u32, lanes: u32, held: u32) -> ShaderSource {
         .with_lanes(lanes)
 }
 
+/// The options the shader takes as constants: class weights, an `ignore_index` that fits in
+/// i32, label smoothing, and adding to the gradient (each a pipeline variant).
+fn with_options(
+    s: ShaderSource,
+    weighted: bool,
+    ignore: bool,
+    smooth: bool,
+    accumulate: bool,
+) -> ShaderSource {
+    s.with("WEIGHTED", weighted as u32)
+        .with("IGNORE", ignore as u32)
+        .with("SMOOTH", smooth as u32)
+        .with_accumulate(accumulate)
+}
+
 pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     #[allow(unused_mut)]
+    // Every option off, and every option on.
     let mut v: Vec<ShaderSource> = TPRS
         .iter()
         .flat_map(|&t| [source(t, 1, 0), source(t, 4, 0)])
         .chain([2, 19, 32].map(|c| source(1, 4, c)))
+        .flat_map(|s| {
+            [
+                with_options(s.clone(), false, false, false, false),
+                with_options(s, true, true, true, true),
+            ]
+        })
         .collect();
     #[cfg(not(target_arch = "wasm32"))]
     v.extend(super::ce_sharded::shader_variants());
@@ -76,10 +98,8 @@ struct Params {
     grad_scale: f32,
 }
 
-const F_ACCUMULATE: u32 = 1;
-const F_WEIGHTED: u32 = 2;
+/// `Params::flags` bit 2: the mean reduction (the other options are shader constants).
 const F_MEAN: u32 = 4;
-const F_IGNORE: u32 = 8;
 
 impl CrossEntropyLoss {
     /// Checks host-side class labels: each in `[0, classes)` or equal to `ignore_index`.
@@ -126,7 +146,14 @@ impl CrossEntropyLoss {
         } else {
             0
         };
-        let src = source(tpr, if contiguous || quads { 4 } else { 1 }, held);
+        let ignore = i32::try_from(self.ignore_index).ok();
+        let src = with_options(
+            source(tpr, if contiguous || quads { 4 } else { 1 }, held),
+            self.weight.is_some(),
+            ignore.is_some(),
+            self.label_smoothing > 0.0,
+            opts.accumulate,
+        );
         let (x_binding, grad_binding) = if contiguous || quads {
             (11, 12)
         } else {
@@ -142,9 +169,9 @@ impl CrossEntropyLoss {
         };
 
         // Class weights (a 4-byte placeholder without weight: the binding must exist).
-        let (weighted, wsum) = match &self.weight {
-            Some(w) => (true, w.data.iter().map(|&v| v as f64).sum::<f64>()),
-            None => (false, c as f64),
+        let wsum = match &self.weight {
+            Some(w) => w.data.iter().map(|&v| v as f64).sum::<f64>(),
+            None => c as f64,
         };
         let weight_buf = match &self.weight {
             Some(w) => rec.buf_from(ctx, &w.data)?,
@@ -152,18 +179,8 @@ impl CrossEntropyLoss {
         };
         let flag = rec.flag_bind(ctx, 8, "CrossEntropyLoss")?;
 
-        let ignore = i32::try_from(self.ignore_index).ok();
         let mean = self.reduction == Reduction::Mean;
-        let mut flags = opts.flags() & F_ACCUMULATE;
-        if weighted {
-            flags |= F_WEIGHTED;
-        }
-        if mean {
-            flags |= F_MEAN;
-        }
-        if ignore.is_some() {
-            flags |= F_IGNORE;
-        }
+        let flags = if mean { F_MEAN } else { 0 };
         let ls = self.label_smoothing;
         let base = Params {
             rows: 0,

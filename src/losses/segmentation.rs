@@ -46,10 +46,17 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
         for multi in [false, true] {
             for per_class in [false, true] {
                 for f16 in [false, true] {
-                    v.push(source(kind, multi, per_class, f16, 1, 0));
-                    v.push(source(kind, multi, per_class, f16, 4, 0));
-                    if multi || per_class {
-                        v.push(source(kind, multi, per_class, f16, 4, 19));
+                    let part = |s: ShaderSource| s.with("TPART", 0);
+                    v.push(part(source(kind, multi, per_class, f16, 1, 0)));
+                    v.push(part(source(kind, multi, per_class, f16, 4, 0)));
+                    if multi && !per_class {
+                        v.push(part(source(kind, multi, per_class, f16, 4, 19)));
+                    }
+                    // Per class: thread partials, with and without held channels.
+                    if per_class {
+                        for held in [0, 19] {
+                            v.push(source(kind, multi, per_class, f16, 4, held).with("TPART", 1));
+                        }
                     }
                 }
             }
@@ -158,24 +165,25 @@ fn build(
     } else {
         1
     };
-    // Per class with held channels, every thread's sums are partials (WG columns per tile):
-    // where they fit one binding.
+    // Per class over four pixels per access, every thread's sums are partials (WG columns
+    // per tile) where they fit one binding; held channels need them.
     let thread_cols = WG as u64;
-    let held = if quads
-        && !flat
-        && c <= super::held_classes(ctx)
-        && (!per_class || 2 * groups * tiles * thread_cols * 4 <= ctx.max_window_bytes)
+    let thread_partials =
+        quads && per_class && 2 * groups * tiles * thread_cols * 4 <= ctx.max_window_bytes;
+    let held = if quads && !flat && c <= super::held_classes(ctx) && (!per_class || thread_partials)
     {
         c as u32
     } else {
         0
     };
-    let cols = if held != 0 && per_class {
+    let cols = if thread_partials {
         tiles * thread_cols
     } else {
         tiles
     };
-    let src = source(kind, multi, per_class, f16, lanes, held).with_accumulate(opts.accumulate);
+    let src = source(kind, multi, per_class, f16, lanes, held)
+        .with("TPART", thread_partials as u32)
+        .with_accumulate(opts.accumulate);
     let (b_x, b_t, b_grad) = if flat || quads { (8, 9, 10) } else { (1, 2, 3) };
     let (stats, grad_pass) = if flat {
         ("flat_stats", "flat_grad")
@@ -251,8 +259,9 @@ fn build(
             coef.bind(7),
         ];
         binds.extend(pix_bind(w));
-        // The global multiclass ratio's gradient goes plane by plane (plane_grad).
-        let step = if quads && multi && !per_class {
+        // The four-pixel path's gradient goes plane by plane (plane_grad) but per class over a
+        // softmax (multi_grad).
+        let step = if quads && !(multi && per_class) {
             ctx.step(&src, "plane_grad", &per_window(w), binds, w.tiles * c)?
         } else {
             ctx.step(&src, grad_pass, &per_window(w), binds, w.tiles)?
