@@ -627,18 +627,16 @@ fn multi_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         if (CC != 0u) {
             // C = CC channels, few enough to hold: one exponential each.
             var ps: array<V, CN>;
-            var ds: array<V, CN>;
             var u = V(0.0);
             for (var c = 0u; c < CC; c = c + 1u) { // #unroll
                 let e = e0 + c * stride;
                 let p = exp(V(x_flat[e]) - lse);
-                let d = dl_dp_v(c, V(t_flat[e]));
                 ps[c] = p;
-                ds[c] = d;
-                u = u + p * d;
+                u = u + p * dl_dp_v(c, V(t_flat[e]));
             }
             for (var c = 0u; c < CC; c = c + 1u) { // #unroll
-                put_flat(e0 + c * stride, ps[c] * (ds[c] - u));
+                let e = e0 + c * stride;
+                put_flat(e, ps[c] * (dl_dp_v(c, V(t_flat[e])) - u));
             }
             continue;
         }
