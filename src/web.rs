@@ -982,8 +982,9 @@ async fn web_bench(
             gflops: e.flops.map(|f| f / (ms * 1e6)),
             mse_ms: None,
             of_mse: None,
-            // The products alone are timed by the native benchmark only.
+            // The products alone and the step profile are the native benchmark's only.
             products: Vec::new(),
+            steps: Vec::new(),
         };
         progress(&format!(
             "{name}: {ms:.3} ms, {gbps:.2} GB/s, {:.0}% of the copy",
