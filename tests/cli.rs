@@ -152,3 +152,57 @@ fn a_callers_device_and_buffers_are_used_without_a_copy() {
     assert_eq!(r.value(&ctx).unwrap(), 0.25 + 1.0 + 4.0 + 16.0);
     assert_eq!(r.grad(&ctx, 0).unwrap(), vec![1.0, -2.0, 4.0, 8.0]);
 }
+
+#[test]
+fn bench_steps_time_each_step_of_a_loss() {
+    let dir = std::env::temp_dir().join(format!("deepml-steps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("steps.json");
+    let args = [
+        "bench", "--only", "DiceLoss", "--size", "65536", "--runs", "1", "--steps", "--json",
+    ];
+    let (code, out, err) = deepml(&[&args[..], &[json.to_str().unwrap()]].concat());
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = &report["results"][0];
+    assert_eq!(r["loss"], "DiceLoss");
+    let steps = r["steps"].as_array().cloned().unwrap_or_default();
+    if report["timer"] != "timestamp" {
+        // GL: no timestamp queries, no profile.
+        assert!(steps.is_empty(), "{steps:?}");
+        return;
+    }
+    // Dice: its statistics, the reduction, the finalize step and the gradient, in order.
+    let labels: Vec<&str> = steps.iter().map(|s| s[0].as_str().unwrap()).collect();
+    assert!(labels.len() >= 4, "{labels:?}");
+    assert!(
+        labels[0].starts_with("segmentation:") && labels[0].contains("::"),
+        "{labels:?}"
+    );
+    assert!(
+        labels.iter().any(|l| l.ends_with("::finalize")),
+        "{labels:?}"
+    );
+    assert!(
+        labels.iter().any(|l| l.starts_with("reduce::")),
+        "{labels:?}"
+    );
+    let times: Vec<f64> = steps.iter().map(|s| s[1].as_f64().unwrap()).collect();
+    assert!(
+        times.iter().all(|&t| t.is_finite() && t >= 0.0),
+        "{times:?}"
+    );
+    // The steps alone take about as long as the whole loss (launch gaps aside).
+    let total: f64 = times.iter().sum();
+    let ms = r["ms"].as_f64().unwrap();
+    assert!(
+        total > 0.2 * ms && total < 5.0 * ms,
+        "steps {total} ms, loss {ms} ms"
+    );
+    assert!(
+        out.contains("each step alone"),
+        "the Markdown lists them: {out}"
+    );
+}

@@ -42,7 +42,8 @@ pub struct BenchOptions {
     /// Which losses at which shapes: [`Suite::Default`] or [`Suite::Segmentation`].
     pub suite: Suite,
     /// Also time each step of each loss alone (a compute pass per step between timestamps;
-    /// the least of three runs per step): where its time goes. Native only.
+    /// the least of three runs per step): where its time goes. Native adapters with timestamp
+    /// queries only.
     pub steps: bool,
 }
 
@@ -514,12 +515,17 @@ pub fn run(
 }
 
 /// Each step of the program `record` puts into an encoder, timed alone: the least of three
-/// profiled runs per step (the steps are the same each run).
+/// profiled runs per step (the steps are the same each run); none on an adapter without
+/// timestamp queries.
 #[cfg(not(target_arch = "wasm32"))]
 fn step_profile<K>(
     ctx: &LossContext,
     mut record: impl FnMut(&mut wgpu::CommandEncoder) -> Result<K>,
 ) -> Result<Vec<(String, f64)>> {
+    // Without timestamp queries (wgpu's GL back end) there is nothing to profile with.
+    if !ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+        return Ok(Vec::new());
+    }
     let mut best: Vec<(String, f64)> = Vec::new();
     for _ in 0..3 {
         let run = ctx.profile_steps(2048, &mut record)?;
