@@ -561,7 +561,10 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
                 break;
             }
             var acc = vec2<f32>(0.0);
-            for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
+            if (CC != 0u) {
+                acc = vec2<f32>(ai[c], ap[c]);
+            }
+            for (var k = 0u; CC == 0u && k < FLAT_UNITS; k = k + 1u) {
                 if (at.j0 + k * WG + lid < stride) {
                     let e = first[k] + c * stride;
                     let xv = V(x_flat[e]);

@@ -39,6 +39,10 @@ pub struct ContextOptions {
     /// Request timestamp queries where the adapter has them (what `deepml bench` times kernels
     /// with); off by default, since some drivers pay for them on every submission.
     pub timestamps: bool,
+    /// Choose the kernels tuned for CPU adapters (`Some(true)`: lavapipe, SwiftShader) or for
+    /// GPUs (`Some(false)`) whatever the adapter is (default: by its device type). Every
+    /// choice computes the same results; this lets tests run both on one adapter.
+    pub cpu_kernels: Option<bool>,
 }
 
 /// The wgpu device a context works on, as tensors remember it: every tensor carries its
@@ -155,6 +159,8 @@ pub struct LossContext {
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
     pub(crate) pool: Arc<Pool>,
     pub(crate) check_finite: bool,
+    /// Whether the kernels tuned for CPU adapters are chosen (`ContextOptions::cpu_kernels`).
+    pub(crate) cpu_kernels: bool,
     state: Arc<DeviceState>,
     gl_serial: Option<parking_lot::ReentrantMutex<()>>,
     pub(crate) home: Home,
@@ -314,6 +320,9 @@ impl LossContext {
             };
         let gl_serial =
             (report.backend == wgpu::Backend::Gl).then(|| parking_lot::ReentrantMutex::new(()));
+        let cpu_kernels = opts
+            .cpu_kernels
+            .unwrap_or(report.device_type == wgpu::DeviceType::Cpu);
 
         LossContext {
             device,
@@ -325,6 +334,7 @@ impl LossContext {
             subgroup_size,
             pipelines: Mutex::new(HashMap::new()),
             check_finite: opts.check_finite,
+            cpu_kernels,
             gl_serial,
             pool: Arc::new(Pool::new(opts.pool_cap)),
             state,

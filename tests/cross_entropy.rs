@@ -298,8 +298,14 @@ fn segmentation_layout_with_ignore_index() {
 fn spatial_sizes_a_multiple_of_four_every_option() {
     // [N, C, H, W] with H W a multiple of 4: the four-positions-per-thread path, at 2, 19 and
     // 64 classes, with a sample spanning several blocks of 1024 positions (36 x 40), class
-    // weights, ignore_index, label smoothing and every reduction, against the float64 reference.
-    let ctx = common::ctx();
+    // weights, ignore_index, label smoothing and every reduction, against the float64 reference;
+    // with the kernels tuned for CPUs (19 classes held per thread) and for GPUs (up to 16).
+    for cpu in [true, false] {
+        four_positions_every_option(common::tuned_ctx(cpu));
+    }
+}
+
+fn four_positions_every_option(ctx: &LossContext) {
     let mut r = common::rng(11);
     let layouts: [(&[usize], &[usize]); 4] = [
         (&[3, 2, 36, 40], &[3, 36, 40]),

@@ -145,14 +145,22 @@ fn per_class_at_nineteen_classes_every_path() {
     // Cityscapes' 19 classes per class and globally: spatial sizes a multiple of 4 (four pixels
     // per access; 72 x 64 spans two tiles of a sample) and not (one pixel per access), binary
     // and multiclass, one-hot and soft targets, against the float64 reference. 40 channels are
-    // more than a thread holds (kernels' CC = 0 paths).
-    let ctx = ctx();
+    // more than a thread holds (kernels' CC = 0 paths). With the kernels tuned for CPUs
+    // (19 channels held, every thread's sums partials) and for GPUs (up to 16 held, subgroup
+    // sums), 12 channels held by both.
+    for cpu in [true, false] {
+        nineteen_classes_every_path(common::tuned_ctx(cpu));
+    }
+}
+
+fn nineteen_classes_every_path(ctx: &LossContext) {
     let mut r = rng(12);
-    let shapes: [&[usize]; 4] = [
+    let shapes: [&[usize]; 5] = [
         &[2, 19, 12, 20],
         &[2, 19, 11, 13],
         &[1, 3, 72, 64],
         &[2, 40, 6, 12],
+        &[3, 12, 8, 4],
     ];
     for shape in shapes {
         let n: usize = shape.iter().product();

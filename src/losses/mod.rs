@@ -562,10 +562,10 @@ pub fn gpu_loss(spec: &crate::cases::LossSpec) -> Option<Box<dyn Loss>> {
 /// The most classes (channels) whose values a thread of the four-position kernels over
 /// `[N, C, K]` (cross-entropy's rows_*_q, the segmentation losses' multi_*) holds in registers:
 /// each value is then read once and exponentiated once, where the streaming sweeps read and
-/// exponentiate it twice. A CPU adapter (lavapipe, SwiftShader) keeps them in its stack's
-/// cache, a GPU in registers, where fewer leave room for more threads.
+/// exponentiate it twice. With the CPU adapters' kernels (lavapipe, SwiftShader) they stay in
+/// the stack's cache, a GPU keeps them in registers, where fewer leave room for more threads.
 pub(crate) fn held_classes(ctx: &LossContext) -> u64 {
-    if ctx.adapter().device_type == wgpu::DeviceType::Cpu {
+    if ctx.cpu_kernels {
         32
     } else {
         16

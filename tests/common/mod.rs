@@ -46,6 +46,21 @@ pub fn expect_adapter(a: &deepml::AdapterReport) {
     }
 }
 
+/// A second context on the same adapter that chooses the kernels tuned for GPUs (and `cpu`:
+/// for CPU adapters), whatever the adapter is: each choice must compute the same results.
+pub fn tuned_ctx(cpu: bool) -> &'static LossContext {
+    static CTX: [OnceLock<LossContext>; 2] = [OnceLock::new(), OnceLock::new()];
+    CTX[cpu as usize].get_or_init(|| {
+        let ctx = LossContext::with_options(ContextOptions {
+            cpu_kernels: Some(cpu),
+            ..Default::default()
+        })
+        .unwrap();
+        expect_adapter(ctx.adapter());
+        ctx
+    })
+}
+
 /// A context whose storage bindings are capped at `bytes`, to drive the windowed path.
 pub fn windowed_ctx(bytes: u64) -> LossContext {
     LossContext::with_options(ContextOptions {
