@@ -59,7 +59,7 @@ struct Params {
     normw: u32,
     cbase: u32,
     labels_out: u32,
-    pad2: u32,
+    woff: u32,
     s: f32,
     m: f32,
     cos_m: f32,
@@ -334,10 +334,22 @@ fn record(
             if !reuse {
                 forward(prog, rw, cc)?;
             }
-            let binds = vec![label_rows(rw), l4_rows(rw.count), rstat_rows(rw)];
+            // G'' = diag(xinv) G diag(winv) in L.
+            let wo = winv_op(cc);
+            let binds = vec![
+                label_rows(rw),
+                l4_rows(rw.count),
+                rstat_rows(rw),
+                xinv_rows(16, rw),
+                wo.bind,
+            ];
+            let p = Params {
+                woff: wo.off as u32,
+                ..per_row(rw, cc)
+            };
             prog.steps
-                .push(ctx.step(&src, "grad", &per_row(rw, cc), binds, rw.count)?);
-            // dx_rw (+)= diag(xinv) G diag(winv) W_chunk.
+                .push(ctx.step(&src, "grad", &p, binds, rw.count)?);
+            // dx_rw (+)= G'' W_chunk.
             crate::matmul::record(
                 ctx,
                 prog,
@@ -362,17 +374,13 @@ fn record(
                         off: 0,
                         stride: f,
                     },
-                    rs: Some(Operand {
-                        bind: xinv_rows(4, rw),
-                        off: 0,
-                        stride: 1,
-                    }),
+                    rs: None,
                     cs: None,
-                    ks: Some(winv_op(cc)),
+                    ks: None,
                     add: qi > 0 || accumulate,
                 },
             )?;
-            // dW^_chunk (+)= G^T diag(xinv) x_rw.
+            // P_chunk (+)= G''^T x_rw (= dW^_chunk diag(winv)).
             let (out, add) = match &dwh {
                 Some(b) => (b.bind_window(3, 0, cc.count * f), ri > 0),
                 None => (
@@ -402,11 +410,7 @@ fn record(
                     },
                     rs: None,
                     cs: None,
-                    ks: Some(Operand {
-                        bind: xinv_rows(6, rw),
-                        off: 0,
-                        stride: 1,
-                    }),
+                    ks: None,
                     add,
                 },
             )?;
