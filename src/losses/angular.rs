@@ -245,7 +245,8 @@ fn record(
         ld: ld as u32,
         ..base
     };
-    // L = (x W_chunk^T) diag(xinv) diag(winv) for one row window and chunk.
+    // L = x W_chunk^T for one row window and chunk (stats and grad scale it by xinv, winv:
+    // the product's epilogue would scale every K block's partial sums on lavapipe).
     let forward = |prog: &mut Program, rw: &Window, cc: &Window| -> Result<()> {
         crate::matmul::record(
             ctx,
@@ -271,12 +272,8 @@ fn record(
                     off: 0,
                     stride: ld,
                 },
-                rs: Some(Operand {
-                    bind: xinv_rows(4, rw),
-                    off: 0,
-                    stride: 1,
-                }),
-                cs: Some(winv_op(cc)),
+                rs: None,
+                cs: None,
                 ks: None,
                 add: false,
             },
@@ -316,9 +313,20 @@ fn record(
     for rw in &rws {
         for cc in &chunks {
             forward(prog, rw, cc)?;
-            let binds = vec![label_rows(rw), l4_rows(rw.count), rstat_rows(rw)];
+            let wo = winv_op(cc);
+            let binds = vec![
+                label_rows(rw),
+                l4_rows(rw.count),
+                rstat_rows(rw),
+                xinv_rows(16, rw),
+                wo.bind,
+            ];
+            let p = Params {
+                woff: wo.off as u32,
+                ..per_row(rw, cc)
+            };
             prog.steps
-                .push(ctx.step(&src, "stats", &per_row(rw, cc), binds, rw.count)?);
+                .push(ctx.step(&src, "stats", &p, binds, rw.count)?);
         }
         lse_cuts.push((prog.steps.len(), *rw));
         let binds = vec![label_rows(rw), rstat_rows(rw), sloss_bind(rw), flag_bind()];
