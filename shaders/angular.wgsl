@@ -9,17 +9,20 @@
 //   xnorm   one workgroup per sample row: xinv_i, and the row state (rstat, 8 floats a row:
 //           valid, running max M and sum O, target logit c, lse, d loss / d wf_iy, r) reset.
 //   pass 1, per row window and class chunk:
-//     L = (x W_chunk^T) xinv_i winv_j    the shared matrix product (src/matmul.rs)
+//     L = x W_chunk^T                    the shared matrix product (src/matmul.rs); the passes
+//                                        below scale it: wf_ij = L_ij xinv_i winv_j
 //     stats   one workgroup per row: the chunk's max and sum of exp(s wf) over the
 //             non-target classes, merged into (M, O) in chunk order; the target logit c.
 //   finish  one workgroup per row: label check (clamped, error flag), the margin, the loss,
 //           lse and d loss / d wf at the target.
 //   pass 2, per class chunk and row window (L recomputed unless one chunk and one window):
-//     grad    one workgroup per row: L = d loss / d wf in place; r_i += sum_j dwf_ij wf_ij.
-//     dx     += xinv_i (G diag(winv) W_chunk)   (matrix product; first chunk honours
+//     grad    one workgroup per row: G = d loss / d wf; r_i += sum_j G_ij wf_ij; L = G'' in
+//             place, G''_ij = xinv_i G_ij winv_j (subnormals flushed to zero).
+//     dx     += G'' W_chunk                     (matrix product; first chunk honours
 //               GradOpts.accumulate)
-//     dW^_chunk (+)= G^T diag(xinv) x           (matrix product; over row windows in order)
-//     wgrad / wgrad_inplace  (normalize_weight) dW = (dW^ - W^ (W^ . dW^)) winv per class row
+//     P_chunk (+)= G''^T x                       (matrix product; over row windows in order;
+//               P = dW^ diag(winv), the gradient of the raw W without normalize_weight)
+//     wgrad / wgrad_inplace  (normalize_weight) dW = P - W^ (W^ . P) per class row
 //   proj    dx_i -= r_i xinv_i^2 x_i (the projection through the normalisation of x).
 //   finalize  loss = sum of the per-sample losses (tree reduction, reduce.wgsl) * 1/N or 1.
 //   sgd     W -= lr * g, element-wise, in place.
@@ -41,7 +44,7 @@ struct Params {
     normw: u32,     // normalize_weight
     cbase: u32,     // the global index of this rank's first class (class-sharded; else 0)
     labels_out: u32, // the range of the labels: all classes of all ranks (else C)
-    pad2: u32,
+    woff: u32,      // stats, grad: the chunk's first class within the winv binding
     s: f32,
     m: f32,
     cos_m: f32,
@@ -171,6 +174,14 @@ fn label_of(i: u32) -> vec2<u32> {
     return vec2<u32>(u32(y), select(0u, 1u, bad));
 }
 
+// The logits wf of columns 4q .. 4q + 3 of the row at `base` of L (x W^T there, unscaled):
+// (L xinv_i) winv_j.
+fn wf4(base: u32, q: u32, xs: f32) -> vec4<f32> {
+    let jc = min(vec4<u32>(4u * q) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(P.classes - 1u))
+        + vec4<u32>(P.woff);
+    return L4[base / 4u + q] * xs * vec4<f32>(winv[jc.x], winv[jc.y], winv[jc.z], winv[jc.w]);
+}
+
 // Pass 1, per row of a chunk: online max / sum of exp(z_j - M) over the chunk's non-target
 // classes (z_j = s wf_ij), a fixed-order workgroup combine, merged into the row's (M, O).
 @compute @workgroup_size(256)
@@ -185,11 +196,12 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     // The target's column in this chunk, or past its end.
     let g0 = P.cbase + P.c0;
     let yc = select(P.classes, yl.x - g0, yl.x >= g0 && yl.x < g0 + P.classes);
+    let xs = xinv[i];
     var mx = -3.0e38;
     var sm = 0.0;
     let quads = (P.classes + 3u) / 4u;
     for (var q = lid; q < quads; q = q + WG) {
-        let v = L4[base / 4u + q];
+        let v = wf4(base, q, xs);
         for (var e = 0u; e < 4u; e = e + 1u) {
             let j = 4u * q + e;
             if (j == yc || j >= P.classes) {
@@ -214,7 +226,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         rstat[b + RS_M] = M1;
         rstat[b + RS_O] = O0 * exp(M0 - M1) + Oc * exp(Mc - M1);
         if (yc < P.classes) {
-            rstat[b + RS_C] = L4[(base + yc) / 4u][yc % 4u];
+            rstat[b + RS_C] = L4[(base + yc) / 4u][yc % 4u] * xs * winv[yc + P.woff];
         }
     }
 }
@@ -300,18 +312,27 @@ fn grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let b = i * RS;
     let lse = rstat[b + RS_LSE];
     let dy = rstat[b + RS_DY];
+    let xs = xinv[i];
     let g0 = P.cbase + P.c0;
     let yc = select(P.classes, yl.x - g0, yl.x >= g0 && yl.x < g0 + P.classes);
     var r = 0.0;
     let quads = (P.classes + 3u) / 4u;
     for (var q = lid; q < quads; q = q + WG) {
-        let v = L4[base / 4u + q];
         let j = vec4<u32>(4u * q) + vec4<u32>(0u, 1u, 2u, 3u);
+        let jc = min(j, vec4<u32>(P.classes - 1u)) + vec4<u32>(P.woff);
+        let wi = vec4<f32>(winv[jc.x], winv[jc.y], winv[jc.z], winv[jc.w]);
+        let v = L4[base / 4u + q] * xs * wi;
         var d = P.gscale * P.s * exp(P.s * v - lse);
         d = select(d, vec4<f32>(dy), j == vec4<u32>(yc));
         d = select(d, vec4<f32>(0.0), (j >= vec4<u32>(P.classes)) | vec4<bool>(bad));
-        L4[base / 4u + q] = d;
         r = r + dot(d, select(v, vec4<f32>(0.0), j >= vec4<u32>(P.classes)));
+        // G'' = G diag(winv) scaled by xinv_i: the products then need no scales.
+        var g = d * xs * wi;
+        // Subnormal gradients flushed to zero: their products are below f32's normal range,
+        // and CPU adapters (llvmpipe) take a microcode assist on every operation with one
+        // (a product over subnormal values runs 30 times slower).
+        g = select(g, vec4<f32>(0.0), abs(g) < vec4<f32>(1.17549435e-38));
+        L4[base / 4u + q] = g;
     }
     let rt = wg_sum(lid, r);
     if (lid == 0u) {
@@ -357,14 +378,15 @@ fn wgrad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     let n = sqrt(wg_sum(lid, sq));
     let d = wg_sum(lid, dot);
     let inv = 1.0 / max(n, NORM_EPS);
-    // W^ . dW^ = inv (W . dW^); the projection only where the norm is not clamped.
+    // dW = P - W^ (W^ . P) = P - W inv^2 (W . P); the projection only where the norm is not
+    // clamped.
     var proj = 0.0;
     if (n >= NORM_EPS) {
         proj = inv * inv * d;
     }
     for (var k = lid; k < P.features; k = k + WG) {
         let idx = base + k;
-        let v = (dwh[idx] - w[idx] * proj) * inv;
+        let v = dwh[idx] - w[idx] * proj;
         if ((P.mode & 1u) != 0u) {
             gw[idx] = gw[idx] + v;
         } else {
@@ -373,7 +395,7 @@ fn wgrad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     }
 }
 
-// wgrad with dW^ already in gw (no accumulation into an existing gradient): in place.
+// wgrad with P already in gw (no accumulation into an existing gradient): in place.
 @compute @workgroup_size(256)
 fn wgrad_inplace(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
                  @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -398,7 +420,7 @@ fn wgrad_inplace(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
     }
     for (var k = lid; k < P.features; k = k + WG) {
         let idx = base + k;
-        gw[idx] = (gw[idx] - w[idx] * proj) * inv;
+        gw[idx] = gw[idx] - w[idx] * proj;
     }
 }
 

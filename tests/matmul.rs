@@ -66,7 +66,14 @@ fn four_columns_per_invocation() {
     // N a multiple of 4: the four-column form of the CPU variant, with tails along K.
     let ctx = ctx();
     let mut seed = 100;
-    for &(m, n, k) in &[(33, 132, 300), (1, 4, 129), (17, 260, 128), (40, 8, 1)] {
+    // 150 rows: tiles of 64 rows (matmul::WIDE_ROWS), the last overlapping its neighbour.
+    for &(m, n, k) in &[
+        (33, 132, 300),
+        (150, 132, 300),
+        (1, 4, 129),
+        (17, 260, 128),
+        (40, 8, 1),
+    ] {
         for (a_t, b_t) in [(false, true), (false, false), (true, false), (true, true)] {
             seed += 1;
             one(ctx, m, n, k, a_t, b_t, seed);

@@ -59,7 +59,7 @@ struct Params {
     normw: u32,
     cbase: u32,
     labels_out: u32,
-    pad2: u32,
+    woff: u32,
     s: f32,
     m: f32,
     cos_m: f32,
@@ -245,7 +245,8 @@ fn record(
         ld: ld as u32,
         ..base
     };
-    // L = (x W_chunk^T) diag(xinv) diag(winv) for one row window and chunk.
+    // L = x W_chunk^T for one row window and chunk (stats and grad scale it by xinv, winv:
+    // the product's epilogue would scale every K block's partial sums on lavapipe).
     let forward = |prog: &mut Program, rw: &Window, cc: &Window| -> Result<()> {
         crate::matmul::record(
             ctx,
@@ -271,12 +272,8 @@ fn record(
                     off: 0,
                     stride: ld,
                 },
-                rs: Some(Operand {
-                    bind: xinv_rows(4, rw),
-                    off: 0,
-                    stride: 1,
-                }),
-                cs: Some(winv_op(cc)),
+                rs: None,
+                cs: None,
                 ks: None,
                 add: false,
             },
@@ -316,9 +313,20 @@ fn record(
     for rw in &rws {
         for cc in &chunks {
             forward(prog, rw, cc)?;
-            let binds = vec![label_rows(rw), l4_rows(rw.count), rstat_rows(rw)];
+            let wo = winv_op(cc);
+            let binds = vec![
+                label_rows(rw),
+                l4_rows(rw.count),
+                rstat_rows(rw),
+                xinv_rows(16, rw),
+                wo.bind,
+            ];
+            let p = Params {
+                woff: wo.off as u32,
+                ..per_row(rw, cc)
+            };
             prog.steps
-                .push(ctx.step(&src, "stats", &per_row(rw, cc), binds, rw.count)?);
+                .push(ctx.step(&src, "stats", &p, binds, rw.count)?);
         }
         lse_cuts.push((prog.steps.len(), *rw));
         let binds = vec![label_rows(rw), rstat_rows(rw), sloss_bind(rw), flag_bind()];
@@ -334,10 +342,22 @@ fn record(
             if !reuse {
                 forward(prog, rw, cc)?;
             }
-            let binds = vec![label_rows(rw), l4_rows(rw.count), rstat_rows(rw)];
+            // G'' = diag(xinv) G diag(winv) in L.
+            let wo = winv_op(cc);
+            let binds = vec![
+                label_rows(rw),
+                l4_rows(rw.count),
+                rstat_rows(rw),
+                xinv_rows(16, rw),
+                wo.bind,
+            ];
+            let p = Params {
+                woff: wo.off as u32,
+                ..per_row(rw, cc)
+            };
             prog.steps
-                .push(ctx.step(&src, "grad", &per_row(rw, cc), binds, rw.count)?);
-            // dx_rw (+)= diag(xinv) G diag(winv) W_chunk.
+                .push(ctx.step(&src, "grad", &p, binds, rw.count)?);
+            // dx_rw (+)= G'' W_chunk.
             crate::matmul::record(
                 ctx,
                 prog,
@@ -362,17 +382,13 @@ fn record(
                         off: 0,
                         stride: f,
                     },
-                    rs: Some(Operand {
-                        bind: xinv_rows(4, rw),
-                        off: 0,
-                        stride: 1,
-                    }),
+                    rs: None,
                     cs: None,
-                    ks: Some(winv_op(cc)),
+                    ks: None,
                     add: qi > 0 || accumulate,
                 },
             )?;
-            // dW^_chunk (+)= G^T diag(xinv) x_rw.
+            // P_chunk (+)= G''^T x_rw (= dW^_chunk diag(winv)).
             let (out, add) = match &dwh {
                 Some(b) => (b.bind_window(3, 0, cc.count * f), ri > 0),
                 None => (
@@ -402,11 +418,7 @@ fn record(
                     },
                     rs: None,
                     cs: None,
-                    ks: Some(Operand {
-                        bind: xinv_rows(6, rw),
-                        off: 0,
-                        stride: 1,
-                    }),
+                    ks: None,
                     add,
                 },
             )?;
