@@ -374,6 +374,29 @@ fn put_flat(e: u32, d: V) {
     }
 }
 
+// Per class, one thread's (sum p t, sum p + t) of channel c over its accesses (access k at
+// j0 + k WG while under `stride`, channel 0 at first[k]; softmax max and 1 / exp-sum mx[k],
+// rs[k]).
+fn channel_sums(c: u32, j0: u32, stride: u32, first: array<u32, FLAT_UNITS>,
+                mx: array<V, FLAT_UNITS>, rs: array<V, FLAT_UNITS>) -> vec2<f32> {
+    var acc = vec2<f32>(0.0);
+    for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
+        if (j0 + k * WG < stride) {
+            let e = first[k] + c * stride;
+            let xv = V(x_flat[e]);
+            var p: V;
+            if (MULTI == 1u) {
+                p = exp(xv - mx[k]) * rs[k];
+            } else {
+                p = sigmoid(xv);
+            }
+            let tv = V(t_flat[e]);
+            acc = acc + vec2<f32>(hsum(p * tv), hsum(p + tv));
+        }
+    }
+    return acc;
+}
+
 @compute @workgroup_size(256)
 fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -529,21 +552,7 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
             partials[(P.groups + c) * row + colt] = ap[c];
         }
         for (var c = 0u; CC == 0u && c < C; c = c + 1u) {
-            var acc = vec2<f32>(0.0);
-            for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
-                if (at.j0 + k * WG + lid < stride) {
-                    let e = first[k] + c * stride;
-                    let xv = V(x_flat[e]);
-                    var p: V;
-                    if (MULTI == 1u) {
-                        p = exp(xv - mx[k]) * rs[k];
-                    } else {
-                        p = sigmoid(xv);
-                    }
-                    let tv = V(t_flat[e]);
-                    acc = acc + vec2<f32>(hsum(p * tv), hsum(p + tv));
-                }
-            }
+            let acc = channel_sums(c, at.j0 + lid, stride, first, mx, rs);
             partials[c * row + colt] = acc.x;
             partials[(P.groups + c) * row + colt] = acc.y;
         }
@@ -560,23 +569,11 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
             if (c >= C) {
                 break;
             }
-            var acc = vec2<f32>(0.0);
+            var acc: vec2<f32>;
             if (CC != 0u) {
                 acc = vec2<f32>(ai[c], ap[c]);
-            }
-            for (var k = 0u; CC == 0u && k < FLAT_UNITS; k = k + 1u) {
-                if (at.j0 + k * WG + lid < stride) {
-                    let e = first[k] + c * stride;
-                    let xv = V(x_flat[e]);
-                    var p: V;
-                    if (MULTI == 1u) {
-                        p = exp(xv - mx[k]) * rs[k];
-                    } else {
-                        p = sigmoid(xv);
-                    }
-                    let tv = V(t_flat[e]);
-                    acc = acc + vec2<f32>(hsum(p * tv), hsum(p + tv));
-                }
+            } else {
+                acc = channel_sums(c, at.j0 + lid, stride, first, mx, rs);
             }
             if (SG != 0u) {
                 let s = vec2<f32>(subgroup_sum(acc.x), subgroup_sum(acc.y));

@@ -307,26 +307,30 @@ fn record(
             rw.count,
         )?);
     }
+    // A per-row pass over L (x W^T of one row window and chunk, which it scales by xinv_i
+    // winv_j as it reads it): stats or grad.
+    let over_l = |entry: &str, rw: &Window, cc: &Window| {
+        let wo = winv_op(cc);
+        let binds = vec![
+            label_rows(rw),
+            l4_rows(rw.count),
+            rstat_rows(rw),
+            xinv_rows(16, rw),
+            wo.bind,
+        ];
+        let p = Params {
+            woff: wo.off as u32,
+            ..per_row(rw, cc)
+        };
+        ctx.step(&src, entry, &p, binds, rw.count)
+    };
     // Pass 1: the row statistics, chunk by chunk (with the classes split across ranks, each
     // rank's (M, O, c) are merged before `finish`).
     let mut lse_cuts = Vec::new();
     for rw in &rws {
         for cc in &chunks {
             forward(prog, rw, cc)?;
-            let wo = winv_op(cc);
-            let binds = vec![
-                label_rows(rw),
-                l4_rows(rw.count),
-                rstat_rows(rw),
-                xinv_rows(16, rw),
-                wo.bind,
-            ];
-            let p = Params {
-                woff: wo.off as u32,
-                ..per_row(rw, cc)
-            };
-            prog.steps
-                .push(ctx.step(&src, "stats", &p, binds, rw.count)?);
+            prog.steps.push(over_l("stats", rw, cc)?);
         }
         lse_cuts.push((prog.steps.len(), *rw));
         let binds = vec![label_rows(rw), rstat_rows(rw), sloss_bind(rw), flag_bind()];
@@ -343,20 +347,7 @@ fn record(
                 forward(prog, rw, cc)?;
             }
             // G'' = diag(xinv) G diag(winv) in L.
-            let wo = winv_op(cc);
-            let binds = vec![
-                label_rows(rw),
-                l4_rows(rw.count),
-                rstat_rows(rw),
-                xinv_rows(16, rw),
-                wo.bind,
-            ];
-            let p = Params {
-                woff: wo.off as u32,
-                ..per_row(rw, cc)
-            };
-            prog.steps
-                .push(ctx.step(&src, "grad", &p, binds, rw.count)?);
+            prog.steps.push(over_l("grad", rw, cc)?);
             // dx_rw (+)= G'' W_chunk.
             crate::matmul::record(
                 ctx,
