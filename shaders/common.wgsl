@@ -24,6 +24,22 @@ fn keep_nan(v: V, x: V) -> V {
     return select(v, x, is_nan_v(x));
 }
 
+// One step of an online softmax with one exponential per value: folds x into the running
+// maximum *m and returns how every running sum of exp(. - m) takes x in, sum * r + q * term(x).
+// A new maximum rescales the sums by exp(m_old - x) and adds x's term with weight 1; an old one
+// keeps them and adds x's term with weight exp(x - m): the same exp(-|x - m|) either way.
+struct Fold {
+    r: V,
+    q: V,
+}
+fn fold_max(m: ptr<function, V>, x: V) -> Fold {
+    let d = x - *m;
+    let a = exp(-abs(d));
+    let up = d > V(0.0);
+    *m = max(*m, x);
+    return Fold(select(V(1.0), a, up), select(a, V(1.0), up));
+}
+
 // ln(1 + exp(x)) without overflow or cancellation.
 fn softplus(x: V) -> V {
     return max(x, V(0.0)) + log(1.0 + exp(-abs(x)));

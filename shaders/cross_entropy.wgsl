@@ -324,18 +324,15 @@ fn quad(n: u32, j: u32, gscale: f32) -> V {
             l = l + P.ls_c * (ls * P.wsum + sd);
         }
     } else {
-        // One online sweep, one exponential per element: m = running maximum, s = sum exp(x - m)
-        // (a new maximum rescales s by exp(m_old - m_new), an old one adds exp(x - m): the
-        // same exp(-|x - m|) either way).
+        // One online sweep, one exponential per element (fold_max): m = running maximum,
+        // s = sum exp(x - m).
         var m = xc[base];
         var s = V(1.0);
         var xy = select(V(0.0), m, yc == VU(0u));
         for (var c = 1u; c < C; c = c + 1u) {
             let v = xc[base + c * K4];
-            let d = v - m;
-            let e = exp(-abs(d));
-            s = select(s + e, s * e + 1.0, d > V(0.0));
-            m = max(m, v);
+            let f = fold_max(&m, v);
+            s = s * f.r + f.q;
             xy = select(xy, v, yc == VU(c));
         }
         let lse = m + log(s);

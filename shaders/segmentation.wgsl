@@ -444,9 +444,8 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
                         ts = ts + tv;
                     }
                 } else {
-                    // One online sweep (a running maximum), one exponential per element: a new
-                    // maximum rescales the sums by exp(m_old - m_new), an old one adds
-                    // exp(x - m), the same exp(-|x - m|) either way.
+                    // One online sweep (a running maximum), one exponential per element
+                    // (fold_max).
                     m = V(x_flat[e0]);
                     s = V(1.0);
                     v = V(t_flat[e0]);
@@ -455,12 +454,9 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
                         let e = e0 + c * stride;
                         let xv = V(x_flat[e]);
                         let tv = V(t_flat[e]);
-                        let d = xv - m;
-                        let a = exp(-abs(d));
-                        let up = d > V(0.0);
-                        s = select(s + a, s * a + 1.0, up);
-                        v = select(v + a * tv, v * a + tv, up);
-                        m = max(m, xv);
+                        let f = fold_max(&m, xv);
+                        s = s * f.r + f.q;
+                        v = v * f.r + f.q * tv;
                         ts = ts + tv;
                     }
                 }
@@ -531,11 +527,8 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
             var m = V(x_flat[e0]);
             var s = V(1.0);
             for (var c = 1u; c < C; c = c + 1u) {
-                let xv = V(x_flat[e0 + c * stride]);
-                let d = xv - m;
-                let a = exp(-abs(d));
-                s = select(s + a, s * a + 1.0, d > V(0.0));
-                m = max(m, xv);
+                let f = fold_max(&m, V(x_flat[e0 + c * stride]));
+                s = s * f.r + f.q;
             }
             mx[k] = m;
             rs[k] = 1.0 / s;
