@@ -250,12 +250,13 @@ fn row_contiguous(lid: u32, r: u32, gscale: f32) -> f32 {
 // exp-sum, one writing the gradient (rereading from cache: a thread's C accesses are a few KiB).
 @group(0) @binding(13) var<storage, read> labels4: array<VI>;
 
-// A workgroup owns WG accesses of one sample (blocks never straddle samples, so the sample is
-// one division per thread: lavapipe divides lane by lane): sample n and the first access j0.
+// A workgroup owns QPT WG accesses of one sample, each thread QPT of them WG apart (blocks never
+// straddle samples, so the sample is one division per thread: lavapipe divides lane by lane):
+// sample n and the first access j0.
 fn block_at(g: u32) -> vec2<u32> {
-    let blocks = (P.inner / LANES + WG - 1u) / WG;
+    let blocks = (P.inner / LANES + QPT * WG - 1u) / (QPT * WG);
     let n = g / blocks;
-    return vec2<u32>(n, (g - n * blocks) * WG);
+    return vec2<u32>(n, (g - n * blocks) * QPT * WG);
 }
 
 // The losses of positions n K + 4 j .. n K + 4 j + 3 (j < K / 4); writes their gradient.
@@ -337,7 +338,11 @@ fn quad(n: u32, j: u32, gscale: f32) -> V {
         }
         let lse = m + log(s);
         var sm = V(0.0);
-        for (var c = 0u; c < C; c = c + 1u) {
+        // Last class first: the planes read last are the ones still cached. A plane's stride
+        // of a power of two puts a pixel's C accesses in a few cache sets of a CPU, which keep
+        // only the last of them (lavapipe at [3, 150, 64, 128]: 10.0-11.2 -> 6.8-7.3 ms).
+        for (var cr = 0u; cr < C; cr = cr + 1u) {
+            let c = C - 1u - cr;
             let i = base + c * K4;
             let v = xc[i];
             let p = exp(v - lse);
@@ -369,10 +374,12 @@ fn rows_reduce_q(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
     if ((P.flags & 4u) != 0u) {
         gscale = P.grad_scale / wtot[0];
     }
-    let j = at.y + lid;
     var mine = 0.0;
-    if (j < P.inner / LANES) {
-        mine = hsum(quad(at.x, j, gscale));
+    for (var q = 0u; q < QPT; q = q + 1u) { // #unroll
+        let j = at.y + q * WG + lid;
+        if (j < P.inner / LANES) {
+            mine = mine + hsum(quad(at.x, j, gscale));
+        }
     }
     let s = wg_sum(lid, mine);
     if (lid == 0u) {
@@ -385,14 +392,18 @@ fn rows_reduce_q(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
 fn rows_none_q(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>) {
     let at = block_at(group_index(wid, nwg));
-    let j = at.y + lid;
-    if (at.x * P.inner >= P.rows || j >= P.inner / LANES) {
+    if (at.x * P.inner >= P.rows) {
         return;
     }
-    let l = quad(at.x, j, P.grad_scale);
-    let e = P.label_base + at.x * P.inner + j * LANES;
-    for (var i = 0u; i < LANES; i = i + 1u) {
-        elem_loss[e + i] = lane_of(l, i);
+    for (var q = 0u; q < QPT; q = q + 1u) { // #unroll
+        let j = at.y + q * WG + lid;
+        if (j < P.inner / LANES) {
+            let l = quad(at.x, j, P.grad_scale);
+            let e = P.label_base + at.x * P.inner + j * LANES;
+            for (var i = 0u; i < LANES; i = i + 1u) {
+                elem_loss[e + i] = lane_of(l, i);
+            }
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 // Deterministic tree reduction of per-workgroup partial sums.
 // `src` holds `rows` rows of `cols` partials (row-major). Workgroup (x, row) sums the
-// CHUNK = 4 * WG consecutive partials of its row that start at x * CHUNK, and writes one value
+// CHUNK = RI * WG consecutive partials of its row that start at x * CHUNK, and writes one value
 // to dst[row * out_cols + x]. Repeated until one column is left; no atomics, fixed order.
+// RI (partials per thread, set by the host) is 4 for a GPU's many workgroups and larger for a
+// CPU adapter, which pays per workgroup.
 
 struct Params {
     cols: u32,
@@ -19,9 +21,9 @@ fn reduce(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     let x = wid.x;
     let row = wid.y;
     let base = row * P.cols;
-    let start = x * 4u * WG;
+    let start = x * RI * WG;
     var acc = 0.0;
-    for (var k = 0u; k < 4u; k = k + 1u) {
+    for (var k = 0u; k < RI; k = k + 1u) {
         let c = start + k * WG + lid;
         if (c < P.cols) {
             acc = acc + src[base + c];

@@ -336,7 +336,8 @@ fn flat_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
 
 // Per access of LANES pixels (window-local index qg), written by multi_stats for the gradient:
 // pix[2 qg] = the pixels' log-sum-exp, pix[2 qg + 1] = sum_c p_c t_c (the global ratio only).
-// With them the gradient needs no maximum sweep, and the global ratio's one sweep.
+// With them the gradient needs no maximum sweep, and the global ratio's one sweep. Not with
+// LOCAL (a few held channels): multi_grad takes the softmax from the channels again.
 @group(0) @binding(11) var<storage, read_write> pix: array<V>;
 
 // Per-class statistics: a batch of channels' subgroup sums (subgroup variants only).
@@ -461,8 +462,10 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
                     }
                 }
                 let pt = v / s;
-                pix[2u * qg] = m + log(s);
-                pix[2u * qg + 1u] = pt;
+                if (LOCAL == 0u) {
+                    pix[2u * qg] = m + log(s);
+                    pix[2u * qg + 1u] = pt;
+                }
                 acc = acc + vec2<f32>(hsum(pt), hsum(1.0 + ts));
             }
         }
@@ -509,7 +512,9 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
                 for (var c = 0u; c < CC; c = c + 1u) { // #unroll
                     xs[c] = xs[c] * r;
                 }
-                pix[2u * qg] = m + log(s);
+                if (LOCAL == 0u) {
+                    pix[2u * qg] = m + log(s);
+                }
             } else {
                 for (var c = 0u; c < CC; c = c + 1u) { // #unroll
                     xs[c] = sigmoid(V(x_flat[e0 + c * stride]));
@@ -597,7 +602,8 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     }
 }
 
-// Per class over a softmax (MULTI 1, PER_CLASS 1), pixel by pixel.
+// Per class over a softmax (MULTI 1, PER_CLASS 1), and the global ratio with LOCAL, pixel by
+// pixel.
 @compute @workgroup_size(256)
 fn multi_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
               @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -616,16 +622,37 @@ fn multi_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
         let qg = at.n * stride + jl;
         let e0 = at.n * C * stride + jl;
         // u = sum_c p_c dL/dp_c; dx_c = p_c (dL/dp_c - u).
-        let lse = pix[2u * qg];
         if (CC != 0u) {
-            // C = CC channels, few enough to hold: one exponential each.
+            // C = CC channels, few enough to hold: one exponential each. The softmax from the
+            // pixel's log-sum-exp, or (LOCAL) from its channels' maximum and exp-sum.
             var ps: array<V, CN>;
+            if (LOCAL == 1u) {
+                var m = V(x_flat[e0]);
+                ps[0] = m;
+                for (var c = 1u; c < CC; c = c + 1u) { // #unroll
+                    let xv = V(x_flat[e0 + c * stride]);
+                    ps[c] = xv;
+                    m = max(m, xv);
+                }
+                var s = V(0.0);
+                for (var c = 0u; c < CC; c = c + 1u) { // #unroll
+                    let b = exp(ps[c] - m);
+                    ps[c] = b;
+                    s = s + b;
+                }
+                let r = 1.0 / s;
+                for (var c = 0u; c < CC; c = c + 1u) { // #unroll
+                    ps[c] = ps[c] * r;
+                }
+            } else {
+                let lse = pix[2u * qg];
+                for (var c = 0u; c < CC; c = c + 1u) { // #unroll
+                    ps[c] = exp(V(x_flat[e0 + c * stride]) - lse);
+                }
+            }
             var u = V(0.0);
             for (var c = 0u; c < CC; c = c + 1u) { // #unroll
-                let e = e0 + c * stride;
-                let p = exp(V(x_flat[e]) - lse);
-                ps[c] = p;
-                u = u + p * dl_dp_v(c, V(t_flat[e]));
+                u = u + ps[c] * dl_dp_v(c, V(t_flat[e0 + c * stride]));
             }
             for (var c = 0u; c < CC; c = c + 1u) { // #unroll
                 let e = e0 + c * stride;
@@ -633,12 +660,16 @@ fn multi_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
             }
             continue;
         }
+        let lse = pix[2u * qg];
         var u = V(0.0);
         for (var c = 0u; c < C; c = c + 1u) {
             let e = e0 + c * stride;
             u = u + exp(V(x_flat[e]) - lse) * dl_dp_v(c, V(t_flat[e]));
         }
-        for (var c = 0u; c < C; c = c + 1u) {
+        // Last channel first: the planes read last are the ones still cached (as in
+        // cross_entropy.wgsl's second sweep).
+        for (var cr = 0u; cr < C; cr = cr + 1u) {
+            let c = C - 1u - cr;
             let e = e0 + c * stride;
             let p = exp(V(x_flat[e]) - lse);
             put_flat(e, p * (dl_dp_v(c, V(t_flat[e])) - u));

@@ -67,7 +67,12 @@ pub use tensor::{DType, Tensor};
 #[cfg(feature = "cases")]
 #[doc(hidden)]
 pub fn all_shader_variants() -> Vec<kernel::ShaderSource> {
-    let mut v = vec![kernel::ShaderSource::new("reduce", kernel::REDUCE)];
+    let mut v: Vec<kernel::ShaderSource> = [false, true]
+        .map(|cpu| {
+            kernel::ShaderSource::new("reduce", kernel::REDUCE)
+                .with("RI", kernel::reduce_items(cpu))
+        })
+        .into();
     for e in registry::LOSSES {
         v.extend((e.shader_variants)());
     }

@@ -297,7 +297,8 @@ fn segmentation_layout_with_ignore_index() {
 #[test]
 fn spatial_sizes_a_multiple_of_four_every_option() {
     // [N, C, H, W] with H W a multiple of 4: the four-positions-per-thread path, at 2, 19 and
-    // 64 classes, with a sample spanning several blocks of 1024 positions (36 x 40), class
+    // 64 classes, with a sample spanning several blocks of 1024 positions (36 x 40), and at two
+    // classes with the CPU kernels' eight accesses per thread, two blocks of 8192 (96 x 100); class
     // weights, ignore_index, label smoothing and every reduction, against the float64 reference;
     // with the kernels tuned for CPUs (19 classes held per thread) and for GPUs (up to 16).
     for cpu in [true, false] {
@@ -307,8 +308,9 @@ fn spatial_sizes_a_multiple_of_four_every_option() {
 
 fn four_positions_every_option(ctx: &LossContext) {
     let mut r = common::rng(11);
-    let layouts: [(&[usize], &[usize]); 4] = [
+    let layouts: [(&[usize], &[usize]); 5] = [
         (&[3, 2, 36, 40], &[3, 36, 40]),
+        (&[2, 2, 96, 100], &[2, 96, 100]),
         (&[2, 19, 12, 20], &[2, 12, 20]),
         (&[1, 64, 4, 9], &[1, 4, 9]),
         (&[5, 3, 4], &[5, 4]),

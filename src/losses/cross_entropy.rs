@@ -26,12 +26,26 @@ const TPRS: [u32; 7] = [1, 8, 16, 32, 64, 128, 256];
 /// `lanes` 4: rows of contiguous classes read four at a time (rows_*_c), or four positions of
 /// `[N, C, K]` (rows_*_q). `held`: C where a position's logits are held in registers
 /// (rows_*_q with at most [`held_classes`](super::held_classes) classes), else 0.
-fn source(tpr: u32, lanes: u32, held: u32) -> ShaderSource {
+fn source(tpr: u32, lanes: u32, held: u32, qpt: u32) -> ShaderSource {
     ShaderSource::new("cross_entropy", BODY)
         .with("TPR", tpr)
         .with("CC", held)
         .with("CN", held.max(1))
+        .with("QPT", qpt)
         .with_lanes(lanes)
+}
+
+/// Accesses of four positions per thread in rows_*_q (`QPT`). With few classes a workgroup of
+/// one access per thread owns little work (2048 logits at 2 classes) and a CPU adapter pays
+/// per workgroup: the CPU kernels give each thread about 16 logits' worth (measured on
+/// lavapipe at [4, 2, 512, 1024]: 1, 4, 8, 16 accesses took 10.2, 8.6-9.3, 8.3, 8.0-9.0 ms).
+/// A GPU keeps one, for many workgroups.
+fn quads_per_thread(ctx: &LossContext, classes: u64) -> u32 {
+    if ctx.cpu_kernels {
+        (16 / classes.max(1)).clamp(1, 8) as u32
+    } else {
+        1
+    }
 }
 
 /// The options the shader takes as constants: class weights, an `ignore_index` that fits in
@@ -54,8 +68,8 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     // Every option off, and every option on.
     let mut v: Vec<ShaderSource> = TPRS
         .iter()
-        .flat_map(|&t| [source(t, 1, 0), source(t, 4, 0)])
-        .chain([2, 19, 32].map(|c| source(1, 4, c)))
+        .flat_map(|&t| [source(t, 1, 0, 1), source(t, 4, 0, 1)])
+        .chain([(2, 8), (2, 1), (19, 1), (32, 1)].map(|(c, q)| source(1, 4, c, q)))
         .flat_map(|s| {
             [
                 with_options(s.clone(), false, false, false, false),
@@ -146,9 +160,10 @@ impl CrossEntropyLoss {
         } else {
             0
         };
+        let qpt = if quads { quads_per_thread(ctx, c) } else { 1 };
         let ignore = i32::try_from(self.ignore_index).ok();
         let src = with_options(
-            source(tpr, if contiguous || quads { 4 } else { 1 }, held),
+            source(tpr, if contiguous || quads { 4 } else { 1 }, held, qpt),
             self.weight.is_some(),
             ignore.is_some(),
             self.label_smoothing > 0.0,
@@ -248,11 +263,11 @@ impl CrossEntropyLoss {
         };
         let windows = ctx.windows(n, c * k * 4, multiple)?;
         // Workgroups over a window of `count` samples: rows of WG / TPR positions, or with
-        // quads blocks of 4 WG positions within each sample.
+        // quads blocks of 4 QPT WG positions within each sample.
         let rpw = (WG / tpr) as u64;
         let wgs = |count: u64| {
             if quads {
-                count * (k / 4).div_ceil(WG as u64)
+                count * (k / 4).div_ceil(WG as u64 * qpt as u64)
             } else {
                 (count * k).div_ceil(rpw)
             }

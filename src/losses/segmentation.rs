@@ -20,6 +20,13 @@ enum Kind {
     Dice = 1,
 }
 
+/// The most channels for which the four-pixel softmax kernels keep no per-pixel record (`pix`)
+/// between the passes (`LOCAL`): the gradient takes each pixel's softmax from its held channels
+/// again, pixel by pixel (multi_grad, global ratio too). That saves 8 bytes per pixel written
+/// and read again, a third of the traffic at two channels. With more channels a pixel's
+/// strided planes are more streams than a CPU's cache sets hold, which plane_grad avoids.
+const LOCAL_CLASSES: u32 = 4;
+
 /// `held`: C where the four-pixel kernels hold a pixel's channels (at most
 /// [`held_classes`](super::held_classes)), else 0.
 fn source(
@@ -36,6 +43,10 @@ fn source(
         .with("PER_CLASS", per_class as u32)
         .with("CC", held)
         .with("CN", held.max(1))
+        .with(
+            "LOCAL",
+            (multi && held != 0 && held <= LOCAL_CLASSES) as u32,
+        )
         .with_f16(f16)
         .with_lanes(lanes)
 }
@@ -50,11 +61,13 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
                     v.push(part(source(kind, multi, per_class, f16, 1, 0)));
                     v.push(part(source(kind, multi, per_class, f16, 4, 0)));
                     if multi || per_class {
-                        v.push(part(source(kind, multi, per_class, f16, 4, 19)));
+                        for held in [2, 19] {
+                            v.push(part(source(kind, multi, per_class, f16, 4, held)));
+                        }
                     }
                     // Per class: thread partials, with and without held channels.
                     if per_class {
-                        for held in [0, 19] {
+                        for held in [0, 2, 19] {
                             v.push(source(kind, multi, per_class, f16, 4, held).with("TPART", 1));
                         }
                     }
@@ -179,6 +192,8 @@ fn build(
     } else {
         0
     };
+    // Few held channels of a softmax: no `pix` (LOCAL_CLASSES).
+    let local = multi && held != 0 && held <= LOCAL_CLASSES;
     let cols = if thread_partials {
         tiles * thread_cols
     } else {
@@ -216,12 +231,21 @@ fn build(
     };
 
     let partials = rec.buf(ctx, 2 * groups * cols * 4)?;
-    // `pix`: two floats per pixel (a placeholder where the path has none).
+    // `pix`: two floats per pixel (a placeholder where the kernels read none).
     let pixels: u64 = wins.iter().map(|w| w.pixels).sum();
-    let pix = rec.buf(ctx, if quads { 8 * pixels.max(2) } else { 16 })?;
+    let pix = rec.buf(
+        ctx,
+        if quads && !local {
+            8 * pixels.max(2)
+        } else {
+            16
+        },
+    )?;
     let pix_bind = |w: &Win| {
-        if quads {
+        if quads && !local {
             vec![pix.bind_window(11, 2 * (w.elem_first / c), 2 * w.pixels.max(2))]
+        } else if quads {
+            vec![pix.bind(11)]
         } else {
             Vec::new()
         }
@@ -263,8 +287,8 @@ fn build(
         ];
         binds.extend(pix_bind(w));
         // The four-pixel path's gradient goes plane by plane (plane_grad) but per class over a
-        // softmax (multi_grad).
-        let step = if quads && !(multi && per_class) {
+        // softmax, or with few channels of a softmax, pixel by pixel (multi_grad).
+        let step = if quads && !(multi && (per_class || local)) {
             ctx.step(&src, "plane_grad", &per_window(w), binds, w.tiles * c)?
         } else {
             ctx.step(&src, grad_pass, &per_window(w), binds, w.tiles)?
