@@ -197,25 +197,25 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     let g0 = P.cbase + P.c0;
     let yc = select(P.classes, yl.x - g0, yl.x >= g0 && yl.x < g0 + P.classes);
     let xs = xinv[i];
-    var mx = -3.0e38;
-    var sm = 0.0;
+    // Four running (max, sum) pairs, one per lane of the accesses, each element folded in with
+    // one exponential and no branch: exp(-|z - m|) both rescales the sum (a new maximum) and
+    // is the term (an old one). The target and the columns past the chunk are skipped.
+    var m4 = vec4<f32>(-3.0e38);
+    var s4 = vec4<f32>(0.0);
     let quads = (P.classes + 3u) / 4u;
     for (var q = lid; q < quads; q = q + WG) {
-        let v = wf4(base, q, xs);
-        for (var e = 0u; e < 4u; e = e + 1u) {
-            let j = 4u * q + e;
-            if (j == yc || j >= P.classes) {
-                continue;
-            }
-            let z = P.s * v[e];
-            if (z > mx) {
-                sm = sm * exp(mx - z) + 1.0;
-                mx = z;
-            } else {
-                sm = sm + exp(z - mx);
-            }
-        }
+        let z = P.s * wf4(base, q, xs);
+        let j = vec4<u32>(4u * q) + vec4<u32>(0u, 1u, 2u, 3u);
+        let skip = (j == vec4<u32>(yc)) | (j >= vec4<u32>(P.classes));
+        let d = z - m4;
+        let a = exp(-abs(d));
+        let up = (d > vec4<f32>(0.0)) & !skip;
+        m4 = select(m4, z, up);
+        s4 = s4 * select(vec4<f32>(1.0), a, up)
+            + select(select(a, vec4<f32>(1.0), up), vec4<f32>(0.0), skip);
     }
+    let mx = max(max(m4.x, m4.y), max(m4.z, m4.w));
+    let sm = dot(s4, exp(m4 - vec4<f32>(mx)));
     let Mc = wg_max(lid, mx);
     let Oc = wg_sum(lid, sm * exp(mx - Mc));
     if (lid == 0u) {
@@ -419,6 +419,98 @@ fn wgrad_inplace(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
         proj = inv * inv * d;
     }
     for (var k = lid; k < P.features; k = k + WG) {
+        let idx = base + k;
+        gw[idx] = gw[idx] - w[idx] * proj;
+    }
+}
+
+// wnorm, wgrad and wgrad_inplace with one thread per class row (`_t`: the CPU adapters'
+// kernels): a workgroup owns WG rows and has no barrier. One workgroup per row of 512 features
+// cost lavapipe about 2 us each, ten times the time of its loads. Four partial sums per row.
+fn w_sq_t(base: u32) -> f32 {
+    let f4 = P.features & ~3u;
+    var a = vec4<f32>(0.0);
+    for (var k = 0u; k < f4; k = k + 4u) {
+        let v = vec4<f32>(w[base + k], w[base + k + 1u], w[base + k + 2u], w[base + k + 3u]);
+        a = a + v * v;
+    }
+    for (var k = f4; k < P.features; k = k + 1u) {
+        a.x = a.x + w[base + k] * w[base + k];
+    }
+    return (a.x + a.y) + (a.z + a.w);
+}
+
+@compute @workgroup_size(256)
+fn wnorm_t(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>) {
+    let j = group_index(wid, nwg) * WG + lid;
+    if (j >= P.classes) {
+        return;
+    }
+    let n = sqrt(w_sq_t(j * P.features));
+    if (P.normw != 0u) {
+        winv[j] = 1.0 / max(n, NORM_EPS);
+    } else {
+        winv[j] = 1.0;
+    }
+}
+
+// The projection factor of row j: inv^2 (W . P) where the norm is not clamped, else 0.
+fn w_proj_t(n: f32, dot: f32) -> f32 {
+    let inv = 1.0 / max(n, NORM_EPS);
+    return select(0.0, inv * inv * dot, n >= NORM_EPS);
+}
+
+@compute @workgroup_size(256)
+fn wgrad_t(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>) {
+    let j = group_index(wid, nwg) * WG + lid;
+    if (j >= P.classes) {
+        return;
+    }
+    let base = j * P.features;
+    var dot = vec4<f32>(0.0);
+    let f4 = P.features & ~3u;
+    for (var k = 0u; k < f4; k = k + 4u) {
+        let i = base + k;
+        dot = dot + vec4<f32>(w[i], w[i + 1u], w[i + 2u], w[i + 3u]) *
+              vec4<f32>(dwh[i], dwh[i + 1u], dwh[i + 2u], dwh[i + 3u]);
+    }
+    for (var k = f4; k < P.features; k = k + 1u) {
+        dot.x = dot.x + w[base + k] * dwh[base + k];
+    }
+    let proj = w_proj_t(sqrt(w_sq_t(base)), (dot.x + dot.y) + (dot.z + dot.w));
+    for (var k = 0u; k < P.features; k = k + 1u) {
+        let idx = base + k;
+        let v = dwh[idx] - w[idx] * proj;
+        if ((P.mode & 1u) != 0u) {
+            gw[idx] = gw[idx] + v;
+        } else {
+            gw[idx] = v;
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn wgrad_inplace_t(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    let j = group_index(wid, nwg) * WG + lid;
+    if (j >= P.classes) {
+        return;
+    }
+    let base = j * P.features;
+    var dot = vec4<f32>(0.0);
+    let f4 = P.features & ~3u;
+    for (var k = 0u; k < f4; k = k + 4u) {
+        let i = base + k;
+        dot = dot + vec4<f32>(w[i], w[i + 1u], w[i + 2u], w[i + 3u]) *
+              vec4<f32>(gw[i], gw[i + 1u], gw[i + 2u], gw[i + 3u]);
+    }
+    for (var k = f4; k < P.features; k = k + 1u) {
+        dot.x = dot.x + w[base + k] * gw[base + k];
+    }
+    let proj = w_proj_t(sqrt(w_sq_t(base)), (dot.x + dot.y) + (dot.z + dot.w));
+    for (var k = 0u; k < P.features; k = k + 1u) {
         let idx = base + k;
         gw[idx] = gw[idx] - w[idx] * proj;
     }

@@ -235,7 +235,14 @@ fn public_case_through_the_owning_form() {
 
 #[test]
 fn random_every_option_odd_sizes() {
-    let ctx = ctx();
+    // With the kernels tuned for CPUs (a thread per class row in the weight-norm passes) and
+    // for GPUs (a workgroup per row).
+    for cpu in [true, false] {
+        every_option_odd_sizes(common::tuned_ctx(cpu));
+    }
+}
+
+fn every_option_odd_sizes(ctx: &LossContext) {
     let i = inputs(1, 37, 61, 113, 1.0);
     for t in TYPES {
         for normalize_weight in [true, false] {
@@ -501,7 +508,13 @@ fn finite_differences() {
 
 #[test]
 fn grad_opts_scale_into_accumulate() {
-    let ctx = ctx();
+    // wgrad (into a gradient that is added to) and wgrad_inplace, both kernel choices.
+    for cpu in [true, false] {
+        scale_into_accumulate(common::tuned_ctx(cpu));
+    }
+}
+
+fn scale_into_accumulate(ctx: &LossContext) {
     let (n, f, c) = (9, 20, 33);
     let i = inputs(8, n, f, c, 1.0);
     let cf = cfg(f, c, LossType::ArcFace);

@@ -280,6 +280,24 @@ fn record(
         )
     };
 
+    // The class-row passes (wnorm, wgrad, wgrad_inplace): a workgroup per row, or with the
+    // CPU kernels a thread per row (the `_t` entry points).
+    let row_entry = |e: &'static str| -> &'static str {
+        match (ctx.cpu_kernels, e) {
+            (true, "wnorm") => "wnorm_t",
+            (true, "wgrad") => "wgrad_t",
+            (true, "wgrad_inplace") => "wgrad_inplace_t",
+            _ => e,
+        }
+    };
+    let row_groups = |rows: u64| {
+        if ctx.cpu_kernels {
+            rows.div_ceil(crate::kernel::WG as u64)
+        } else {
+            rows
+        }
+    };
+
     // Norms.
     for cw in &cws {
         let p = Params {
@@ -288,10 +306,10 @@ fn record(
         };
         prog.steps.push(ctx.step(
             &src,
-            "wnorm",
+            row_entry("wnorm"),
             &p,
             vec![w_rows(2, cw), winv_rows(6, cw)],
-            cw.count,
+            row_groups(cw.count),
         )?);
     }
     for rw in &rws {
@@ -425,13 +443,23 @@ fn record(
             match &dwh {
                 Some(b) => {
                     let binds = vec![w_rows(2, cc), b.bind_window(13, 0, cc.count * f), gw_rows];
-                    prog.steps
-                        .push(ctx.step(&src, "wgrad", &p, binds, cc.count)?);
+                    prog.steps.push(ctx.step(
+                        &src,
+                        row_entry("wgrad"),
+                        &p,
+                        binds,
+                        row_groups(cc.count),
+                    )?);
                 }
                 None => {
                     let binds = vec![w_rows(2, cc), gw_rows];
-                    prog.steps
-                        .push(ctx.step(&src, "wgrad_inplace", &p, binds, cc.count)?);
+                    prog.steps.push(ctx.step(
+                        &src,
+                        row_entry("wgrad_inplace"),
+                        &p,
+                        binds,
+                        row_groups(cc.count),
+                    )?);
                 }
             }
         }
