@@ -650,13 +650,26 @@ fn multi_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
                     ps[c] = exp(V(x_flat[e0 + c * stride]) - lse);
                 }
             }
+            // dL/dp held too with LOCAL's few channels (lavapipe, two channels: 7.8-9.1 ->
+            // 6.7 ms); with more, read again (held, no faster at 19).
             var u = V(0.0);
+            var dls: array<V, CN>;
             for (var c = 0u; c < CC; c = c + 1u) { // #unroll
-                u = u + ps[c] * dl_dp_v(c, V(t_flat[e0 + c * stride]));
+                let dl = dl_dp_v(c, V(t_flat[e0 + c * stride]));
+                if (LOCAL == 1u) {
+                    dls[c] = dl;
+                }
+                u = u + ps[c] * dl;
             }
             for (var c = 0u; c < CC; c = c + 1u) { // #unroll
                 let e = e0 + c * stride;
-                put_flat(e, ps[c] * (dl_dp_v(c, V(t_flat[e])) - u));
+                var dl: V;
+                if (LOCAL == 1u) {
+                    dl = dls[c];
+                } else {
+                    dl = dl_dp_v(c, V(t_flat[e]));
+                }
+                put_flat(e, ps[c] * (dl - u));
             }
             continue;
         }
