@@ -26,12 +26,13 @@ const TPRS: [u32; 7] = [1, 8, 16, 32, 64, 128, 256];
 /// `lanes` 4: rows of contiguous classes read four at a time (rows_*_c), or four positions of
 /// `[N, C, K]` (rows_*_q). `held`: C where a position's logits are held in registers
 /// (rows_*_q with at most [`held_classes`](super::held_classes) classes), else 0.
-fn source(tpr: u32, lanes: u32, held: u32, qpt: u32) -> ShaderSource {
+fn source(tpr: u32, lanes: u32, held: u32, qpt: u32, qw: u32) -> ShaderSource {
     ShaderSource::new("cross_entropy", BODY)
         .with("TPR", tpr)
         .with("CC", held)
         .with("CN", held.max(1))
         .with("QPT", qpt)
+        .with("QW", qw)
         .with_lanes(lanes)
 }
 
@@ -68,8 +69,10 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     // Every option off, and every option on.
     let mut v: Vec<ShaderSource> = TPRS
         .iter()
-        .flat_map(|&t| [source(t, 1, 0, 1), source(t, 4, 0, 1)])
-        .chain([(2, 8), (2, 1), (19, 1), (32, 1)].map(|(c, q)| source(1, 4, c, q)))
+        .flat_map(|&t| [source(t, 1, 0, 1, 1), source(t, 4, 0, 1, 1)])
+        .chain(
+            [(2, 8, 8), (2, 1, 1), (19, 1, 1), (32, 1, 1)].map(|(c, q, w)| source(1, 4, c, q, w)),
+        )
         .flat_map(|s| {
             [
                 with_options(s.clone(), false, false, false, false),
@@ -161,9 +164,15 @@ impl CrossEntropyLoss {
             0
         };
         let qpt = if quads { quads_per_thread(ctx, c) } else { 1 };
+        // Runs of QW threads: the SIMD width where several accesses per thread.
+        let qw = if qpt > 1 {
+            ctx.subgroup_size().unwrap_or(8)
+        } else {
+            1
+        };
         let ignore = i32::try_from(self.ignore_index).ok();
         let src = with_options(
-            source(tpr, if contiguous || quads { 4 } else { 1 }, held, qpt),
+            source(tpr, if contiguous || quads { 4 } else { 1 }, held, qpt, qw),
             self.weight.is_some(),
             ignore.is_some(),
             self.label_smoothing > 0.0,
