@@ -375,14 +375,22 @@ fn put_flat(e: u32, d: V) {
     }
 }
 
+// Access k of thread lid in a tile from j0: runs of QW threads own QW FLAT_UNITS consecutive
+// accesses, QW apart for each thread. A GPU's kernels take QW = WG (access k at j0 + k WG + lid,
+// coalesced over the workgroup); a CPU adapter's its SIMD width, so that a run reads
+// FLAT_UNITS consecutive cache lines per plane (as cross_entropy.wgsl's QW).
+fn access_of(j0: u32, k: u32, lid: u32) -> u32 {
+    return j0 + (lid / QW) * (QW * FLAT_UNITS) + k * QW + lid % QW;
+}
+
 // Per class, one thread's (sum p t, sum p + t) of channel c over its accesses (access k at
-// j0 + k WG while under `stride`, channel 0 at first[k]; softmax max and 1 / exp-sum mx[k],
-// rs[k]).
-fn channel_sums(c: u32, j0: u32, stride: u32, first: array<u32, FLAT_UNITS>,
+// access_of(j0, k, lid) while under `stride`, channel 0 at first[k]; softmax max and
+// 1 / exp-sum mx[k], rs[k]).
+fn channel_sums(c: u32, j0: u32, lid: u32, stride: u32, first: array<u32, FLAT_UNITS>,
                 mx: array<V, FLAT_UNITS>, rs: array<V, FLAT_UNITS>) -> vec2<f32> {
     var acc = vec2<f32>(0.0);
     for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
-        if (j0 + k * WG < stride) {
+        if (access_of(j0, k, lid) < stride) {
             let e = first[k] + c * stride;
             let xv = V(x_flat[e]);
             var p: V;
@@ -415,7 +423,7 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
         // One global ratio (multiclass): I_pixel = sum_c e_c t_c / sum_c e_c, S_pixel = 1 + sum_c t_c.
         var acc = vec2<f32>(0.0);
         for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
-            let jl = at.j0 + k * WG + lid;
+            let jl = access_of(at.j0, k, lid);
             if (jl < stride) {
                 let qg = q0 + jl;
                 let e0 = e00 + jl;
@@ -488,7 +496,7 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
         mx[k] = V(0.0);
         rs[k] = V(1.0);
-        let jl = at.j0 + k * WG + lid;
+        let jl = access_of(at.j0, k, lid);
         let qg = q0 + jl;
         first[k] = e00 + jl;
         if (CC != 0u && jl < stride) {
@@ -550,7 +558,7 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
             partials[(P.groups + c) * row + colt] = ap[c];
         }
         for (var c = 0u; CC == 0u && c < C; c = c + 1u) {
-            let acc = channel_sums(c, at.j0 + lid, stride, first, mx, rs);
+            let acc = channel_sums(c, at.j0, lid, stride, first, mx, rs);
             partials[c * row + colt] = acc.x;
             partials[(P.groups + c) * row + colt] = acc.y;
         }
@@ -571,7 +579,7 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
             if (CC != 0u) {
                 acc = vec2<f32>(ai[c], ap[c]);
             } else {
-                acc = channel_sums(c, at.j0 + lid, stride, first, mx, rs);
+                acc = channel_sums(c, at.j0, lid, stride, first, mx, rs);
             }
             if (SG != 0u) {
                 let s = vec2<f32>(subgroup_sum(acc.x), subgroup_sum(acc.y));
@@ -615,7 +623,7 @@ fn multi_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     let stride = P.inner / LANES;
     let C = P.channels;
     for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
-        let jl = at.j0 + k * WG + lid;
+        let jl = access_of(at.j0, k, lid);
         if (jl >= stride) {
             continue;
         }
@@ -712,7 +720,7 @@ fn plane_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     let c = plane - n * P.channels;
     let stride = P.inner / LANES;
     for (var k = 0u; k < FLAT_UNITS; k = k + 1u) {
-        let jl = j0 + k * WG + lid;
+        let jl = access_of(j0, k, lid);
         if (jl < stride) {
             let e = plane * stride + jl;
             if (MULTI == 1u) {

@@ -57,18 +57,28 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
         for multi in [false, true] {
             for per_class in [false, true] {
                 for f16 in [false, true] {
-                    let part = |s: ShaderSource| s.with("TPART", 0);
+                    let part = |s: ShaderSource| s.with("TPART", 0).with("QW", WG);
                     v.push(part(source(kind, multi, per_class, f16, 1, 0)));
                     v.push(part(source(kind, multi, per_class, f16, 4, 0)));
                     if multi || per_class {
                         for held in [2, 19] {
                             v.push(part(source(kind, multi, per_class, f16, 4, held)));
                         }
+                        // The CPU kernels' runs of 8 threads.
+                        v.push(
+                            source(kind, multi, per_class, f16, 4, 19)
+                                .with("TPART", 0)
+                                .with("QW", 8),
+                        );
                     }
                     // Per class: thread partials, with and without held channels.
                     if per_class {
                         for held in [0, 2, 19] {
-                            v.push(source(kind, multi, per_class, f16, 4, held).with("TPART", 1));
+                            v.push(
+                                source(kind, multi, per_class, f16, 4, held)
+                                    .with("TPART", 1)
+                                    .with("QW", 8),
+                            );
                         }
                     }
                 }
@@ -199,8 +209,16 @@ fn build(
     } else {
         tiles
     };
+    // Runs of threads over a tile's accesses (segmentation.wgsl's access_of): the workgroup on
+    // a GPU, the SIMD width with the CPU kernels.
+    let qw = if ctx.cpu_kernels {
+        ctx.subgroup_size().unwrap_or(8)
+    } else {
+        WG
+    };
     let src = source(kind, multi, per_class, f16, lanes, held)
         .with("TPART", thread_partials as u32)
+        .with("QW", qw)
         .with_accumulate(opts.accumulate);
     let (b_x, b_t, b_grad) = if flat || quads { (8, 9, 10) } else { (1, 2, 3) };
     let (stats, grad_pass) = if flat {
