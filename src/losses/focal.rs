@@ -126,7 +126,9 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
         for norm in [false, true] {
             for none in [false, true] {
                 for f16 in [false, true] {
-                    v.push(source(multi, norm, none, f16));
+                    for qw in [WG, 8] {
+                        v.push(source(multi, norm, none, f16).with("QW", qw));
+                    }
                 }
             }
         }
@@ -210,7 +212,9 @@ impl Loss for FocalLoss {
             ignore_i: ignore_i.unwrap_or(0),
             pad: [0; 3],
         };
-        let src = source(multi, self.normalized, none, f16).with_accumulate(opts.accumulate);
+        let src = source(multi, self.normalized, none, f16)
+            .with("QW", crate::kernel::simd_runs(ctx))
+            .with_accumulate(opts.accumulate);
         let flag = rec.flag_bind(ctx, 9, NAME)?;
         // Placeholders for the bindings a variant does not use (one read-only, one written:
         // a buffer cannot be both in one dispatch).

@@ -209,13 +209,8 @@ fn build(
     } else {
         tiles
     };
-    // Runs of threads over a tile's accesses (segmentation.wgsl's access_of): the workgroup on
-    // a GPU, the SIMD width with the CPU kernels.
-    let qw = if ctx.cpu_kernels {
-        ctx.subgroup_size().unwrap_or(8)
-    } else {
-        WG
-    };
+    // Runs of threads over a tile's accesses (segmentation.wgsl's access_of).
+    let qw = crate::kernel::simd_runs(ctx);
     let src = source(kind, multi, per_class, f16, lanes, held)
         .with("TPART", thread_partials as u32)
         .with("QW", qw)

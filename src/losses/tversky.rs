@@ -105,7 +105,9 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     let mut v = Vec::new();
     for mode in [SmpMode::Binary, SmpMode::Multiclass, SmpMode::Multilabel] {
         for f16 in [false, true] {
-            v.push(source(mode, f16));
+            for qw in [WG, 8] {
+                v.push(source(mode, f16).with("QW", qw));
+            }
         }
     }
     with_accumulate_variants(v)
@@ -172,7 +174,9 @@ impl Loss for TverskyLoss {
             grad_scale: opts.scale,
             pad1: [0.0; 2],
         };
-        let src = source(self.mode, f16).with_accumulate(opts.accumulate);
+        let src = source(self.mode, f16)
+            .with("QW", crate::kernel::simd_runs(ctx))
+            .with_accumulate(opts.accumulate);
         let flag = rec.flag_bind(ctx, 9, NAME)?;
         let placeholder = rec.buf(ctx, 4)?;
         let partials = rec.buf(ctx, 3 * c * tiles * 4)?;
