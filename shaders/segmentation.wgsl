@@ -383,6 +383,36 @@ fn access_of(j0: u32, k: u32, lid: u32) -> u32 {
     return j0 + (lid / QW) * (QW * FLAT_UNITS) + k * QW + lid % QW;
 }
 
+// The softmax over the CC held channels of an access (channel 0 at e0, channel c at
+// e0 + c stride): the probabilities, and the maximum m and exp-sum s (log-sum-exp m + log s).
+struct Held {
+    p: array<V, CN>,
+    m: V,
+    s: V,
+}
+
+fn held_softmax(e0: u32, stride: u32) -> Held {
+    var h: Held;
+    h.m = V(x_flat[e0]);
+    h.p[0] = h.m;
+    for (var c = 1u; c < CC; c = c + 1u) { // #unroll
+        let xv = V(x_flat[e0 + c * stride]);
+        h.p[c] = xv;
+        h.m = max(h.m, xv);
+    }
+    h.s = V(0.0);
+    for (var c = 0u; c < CC; c = c + 1u) { // #unroll
+        let b = exp(h.p[c] - h.m);
+        h.p[c] = b;
+        h.s = h.s + b;
+    }
+    let r = 1.0 / h.s;
+    for (var c = 0u; c < CC; c = c + 1u) { // #unroll
+        h.p[c] = h.p[c] * r;
+    }
+    return h;
+}
+
 // Per class, one thread's (sum p t, sum p + t) of channel c over its accesses (access k at
 // access_of(j0, k, lid) while under `stride`, channel 0 at first[k]; softmax max and
 // 1 / exp-sum mx[k], rs[k]).
@@ -503,25 +533,10 @@ fn multi_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
             let e0 = first[k];
             var xs: array<V, CN>;
             if (MULTI == 1u) {
-                var m = V(x_flat[e0]);
-                xs[0] = m;
-                for (var c = 1u; c < CC; c = c + 1u) { // #unroll
-                    let xv = V(x_flat[e0 + c * stride]);
-                    xs[c] = xv;
-                    m = max(m, xv);
-                }
-                var s = V(0.0);
-                for (var c = 0u; c < CC; c = c + 1u) { // #unroll
-                    let b = exp(xs[c] - m);
-                    xs[c] = b;
-                    s = s + b;
-                }
-                let r = 1.0 / s;
-                for (var c = 0u; c < CC; c = c + 1u) { // #unroll
-                    xs[c] = xs[c] * r;
-                }
+                let h = held_softmax(e0, stride);
+                xs = h.p;
                 if (LOCAL == 0u) {
-                    pix[2u * qg] = m + log(s);
+                    pix[2u * qg] = h.m + log(h.s);
                 }
             } else {
                 for (var c = 0u; c < CC; c = c + 1u) { // #unroll
@@ -635,23 +650,7 @@ fn multi_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
             // pixel's log-sum-exp, or (LOCAL) from its channels' maximum and exp-sum.
             var ps: array<V, CN>;
             if (LOCAL == 1u) {
-                var m = V(x_flat[e0]);
-                ps[0] = m;
-                for (var c = 1u; c < CC; c = c + 1u) { // #unroll
-                    let xv = V(x_flat[e0 + c * stride]);
-                    ps[c] = xv;
-                    m = max(m, xv);
-                }
-                var s = V(0.0);
-                for (var c = 0u; c < CC; c = c + 1u) { // #unroll
-                    let b = exp(ps[c] - m);
-                    ps[c] = b;
-                    s = s + b;
-                }
-                let r = 1.0 / s;
-                for (var c = 0u; c < CC; c = c + 1u) { // #unroll
-                    ps[c] = ps[c] * r;
-                }
+                ps = held_softmax(e0, stride).p;
             } else {
                 let lse = pix[2u * qg];
                 for (var c = 0u; c < CC; c = c + 1u) { // #unroll
