@@ -197,25 +197,21 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     let g0 = P.cbase + P.c0;
     let yc = select(P.classes, yl.x - g0, yl.x >= g0 && yl.x < g0 + P.classes);
     let xs = xinv[i];
-    // Four running (max, sum) pairs, one per lane of the accesses, each element folded in with
-    // one exponential and no branch: exp(-|z - m|) both rescales the sum (a new maximum) and
-    // is the term (an old one). The target and the columns past the chunk are skipped.
-    var m4 = vec4<f32>(-3.0e38);
-    var s4 = vec4<f32>(0.0);
+    // Four running (max, sum) pairs, one per lane of the accesses (V = vec4 here), each logit
+    // folded in by common.wgsl's fold_max: one exponential and no branch. The target and the
+    // columns past the chunk enter as -3.4e38, below the initial maximum -3e38: their term
+    // exp(-|z - m|) is 0 and the sums and maxima are kept.
+    var m4 = V(-3.0e38);
+    var s4 = V(0.0);
     let quads = (P.classes + 3u) / 4u;
     for (var q = lid; q < quads; q = q + WG) {
-        let z = P.s * wf4(base, q, xs);
         let j = vec4<u32>(4u * q) + vec4<u32>(0u, 1u, 2u, 3u);
         let skip = (j == vec4<u32>(yc)) | (j >= vec4<u32>(P.classes));
-        let d = z - m4;
-        let a = exp(-abs(d));
-        let up = (d > vec4<f32>(0.0)) & !skip;
-        m4 = select(m4, z, up);
-        s4 = s4 * select(vec4<f32>(1.0), a, up)
-            + select(select(a, vec4<f32>(1.0), up), vec4<f32>(0.0), skip);
+        let f = fold_max(&m4, select(P.s * wf4(base, q, xs), V(-3.4e38), skip));
+        s4 = s4 * f.r + f.q;
     }
-    let mx = max(max(m4.x, m4.y), max(m4.z, m4.w));
-    let sm = dot(s4, exp(m4 - vec4<f32>(mx)));
+    let mx = hmax(m4);
+    let sm = dot(s4, exp(m4 - V(mx)));
     let Mc = wg_max(lid, mx);
     let Oc = wg_sum(lid, sm * exp(mx - Mc));
     if (lid == 0u) {

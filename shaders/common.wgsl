@@ -40,6 +40,14 @@ fn fold_max(m: ptr<function, V>, x: V) -> Fold {
     return Fold(select(V(1.0), a, up), select(a, V(1.0), up));
 }
 
+// Access k of thread lid in a tile from `first` with `per` accesses per thread: runs of `run`
+// threads own run * per consecutive accesses, `run` apart for each thread. A GPU's kernels take
+// run = WG (access k at first + k WG + lid, coalesced over the workgroup); a CPU adapter's its
+// SIMD width (kernel.rs simd_runs), so that a run reads whole cache lines in a row.
+fn strip_at(first: u32, k: u32, lid: u32, per: u32, run: u32) -> u32 {
+    return first + (lid / run) * (run * per) + k * run + lid % run;
+}
+
 // ln(1 + exp(x)) without overflow or cancellation.
 fn softplus(x: V) -> V {
     return max(x, V(0.0)) + log(1.0 + exp(-abs(x)));

@@ -252,9 +252,8 @@ fn row_contiguous(lid: u32, r: u32, gscale: f32) -> f32 {
 
 // A workgroup owns QPT WG accesses of one sample (blocks never straddle samples, so the sample
 // is one division per thread: lavapipe divides lane by lane): sample n and the first access j0.
-// Each run of QW threads (a CPU adapter's SIMD width, 1 when QPT is 1) owns QW QPT consecutive
-// accesses, QW apart for each thread: a run reads whole cache lines, QPT of them in a row
-// (lavapipe, two classes: 7.2-7.7 -> 6.9-7.0 ms against runs of one access).
+// A thread's QPT accesses are common.wgsl's strip_at with runs of QW threads (lavapipe, two
+// classes: 7.2-7.7 -> 6.9-7.0 ms against each thread's accesses a workgroup apart).
 fn block_at(g: u32) -> vec2<u32> {
     let blocks = (P.inner / LANES + QPT * WG - 1u) / (QPT * WG);
     let n = g / blocks;
@@ -378,7 +377,7 @@ fn rows_reduce_q(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
     }
     var mine = 0.0;
     for (var q = 0u; q < QPT; q = q + 1u) { // #unroll
-        let j = at.y + (lid / QW) * (QW * QPT) + q * QW + lid % QW;
+        let j = strip_at(at.y, q, lid, QPT, QW);
         if (j < P.inner / LANES) {
             mine = mine + hsum(quad(at.x, j, gscale));
         }
@@ -398,7 +397,7 @@ fn rows_none_q(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
         return;
     }
     for (var q = 0u; q < QPT; q = q + 1u) { // #unroll
-        let j = at.y + (lid / QW) * (QW * QPT) + q * QW + lid % QW;
+        let j = strip_at(at.y, q, lid, QPT, QW);
         if (j < P.inner / LANES) {
             let l = quad(at.x, j, P.grad_scale);
             let e = P.label_base + at.x * P.inner + j * LANES;

@@ -35,8 +35,10 @@ const SGD_TILE: u64 = 4 * WG as u64;
 /// processed in chunks of about `CHUNK_ELEMS / rows` classes.
 pub const CHUNK_ELEMS: u64 = 12 << 20;
 
+/// Four lanes (`V = vec4<f32>`): `stats` folds four logits of L at a time through common.wgsl's
+/// `fold_max`.
 fn source() -> ShaderSource {
-    ShaderSource::new("angular", BODY)
+    ShaderSource::new("angular", BODY).with_lanes(4)
 }
 
 pub(crate) fn shader_variants() -> Vec<ShaderSource> {
@@ -280,21 +282,13 @@ fn record(
         )
     };
 
-    // The class-row passes (wnorm, wgrad, wgrad_inplace): a workgroup per row, or with the
-    // CPU kernels a thread per row (the `_t` entry points).
-    let row_entry = |e: &'static str| -> &'static str {
-        match (ctx.cpu_kernels, e) {
-            (true, "wnorm") => "wnorm_t",
-            (true, "wgrad") => "wgrad_t",
-            (true, "wgrad_inplace") => "wgrad_inplace_t",
-            _ => e,
-        }
-    };
-    let row_groups = |rows: u64| {
+    // A class-row pass (wnorm, wgrad, wgrad_inplace) over `rows` rows: its entry point and
+    // workgroups. A workgroup per row, or with the CPU kernels a thread per row (`_t`).
+    let row_pass = |name: &str, rows: u64| {
         if ctx.cpu_kernels {
-            rows.div_ceil(crate::kernel::WG as u64)
+            (format!("{name}_t"), rows.div_ceil(WG as u64))
         } else {
-            rows
+            (name.to_string(), rows)
         }
     };
 
@@ -304,12 +298,13 @@ fn record(
             classes: cw.count as u32,
             ..base
         };
+        let (entry, groups) = row_pass("wnorm", cw.count);
         prog.steps.push(ctx.step(
             &src,
-            row_entry("wnorm"),
+            &entry,
             &p,
             vec![w_rows(2, cw), winv_rows(6, cw)],
-            row_groups(cw.count),
+            groups,
         )?);
     }
     for rw in &rws {
@@ -440,28 +435,15 @@ fn record(
                 ..base
             };
             let gw_rows = Bind::window(8, &gw, cc.first * f, cc.count * f);
-            match &dwh {
-                Some(b) => {
-                    let binds = vec![w_rows(2, cc), b.bind_window(13, 0, cc.count * f), gw_rows];
-                    prog.steps.push(ctx.step(
-                        &src,
-                        row_entry("wgrad"),
-                        &p,
-                        binds,
-                        row_groups(cc.count),
-                    )?);
-                }
-                None => {
-                    let binds = vec![w_rows(2, cc), gw_rows];
-                    prog.steps.push(ctx.step(
-                        &src,
-                        row_entry("wgrad_inplace"),
-                        &p,
-                        binds,
-                        row_groups(cc.count),
-                    )?);
-                }
-            }
+            let (name, binds) = match &dwh {
+                Some(b) => (
+                    "wgrad",
+                    vec![w_rows(2, cc), b.bind_window(13, 0, cc.count * f), gw_rows],
+                ),
+                None => ("wgrad_inplace", vec![w_rows(2, cc), gw_rows]),
+            };
+            let (entry, groups) = row_pass(name, cc.count);
+            prog.steps.push(ctx.step(&src, &entry, &p, binds, groups)?);
         }
     }
     // dx -= r xinv^2 x (the projection through the normalisation of x).

@@ -25,7 +25,8 @@ const TPRS: [u32; 7] = [1, 8, 16, 32, 64, 128, 256];
 
 /// `lanes` 4: rows of contiguous classes read four at a time (rows_*_c), or four positions of
 /// `[N, C, K]` (rows_*_q). `held`: C where a position's logits are held in registers
-/// (rows_*_q with at most [`held_classes`](super::held_classes) classes), else 0.
+/// (rows_*_q with at most [`held_classes`](super::held_classes) classes), else 0. `qpt`, `qw`:
+/// rows_*_q's accesses per thread and runs of threads (common.wgsl `strip_at`).
 fn source(tpr: u32, lanes: u32, held: u32, qpt: u32, qw: u32) -> ShaderSource {
     ShaderSource::new("cross_entropy", BODY)
         .with("TPR", tpr)
@@ -69,9 +70,9 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
     // Every option off, and every option on.
     let mut v: Vec<ShaderSource> = TPRS
         .iter()
-        .flat_map(|&t| [source(t, 1, 0, 1, 1), source(t, 4, 0, 1, 1)])
+        .flat_map(|&t| [source(t, 1, 0, 1, WG), source(t, 4, 0, 1, 8)])
         .chain(
-            [(2, 8, 8), (2, 1, 1), (19, 1, 1), (32, 1, 1)].map(|(c, q, w)| source(1, 4, c, q, w)),
+            [(2, 8, 8), (2, 1, WG), (19, 1, 8), (32, 1, WG)].map(|(c, q, w)| source(1, 4, c, q, w)),
         )
         .flat_map(|s| {
             [
@@ -164,15 +165,15 @@ impl CrossEntropyLoss {
             0
         };
         let qpt = if quads { quads_per_thread(ctx, c) } else { 1 };
-        // Runs of QW threads: the SIMD width where several accesses per thread.
-        let qw = if qpt > 1 {
-            ctx.subgroup_size().unwrap_or(8)
-        } else {
-            1
-        };
         let ignore = i32::try_from(self.ignore_index).ok();
         let src = with_options(
-            source(tpr, if contiguous || quads { 4 } else { 1 }, held, qpt, qw),
+            source(
+                tpr,
+                if contiguous || quads { 4 } else { 1 },
+                held,
+                qpt,
+                crate::kernel::simd_runs(ctx),
+            ),
             self.weight.is_some(),
             ignore.is_some(),
             self.label_smoothing > 0.0,
