@@ -246,8 +246,9 @@ fn row_contiguous(lid: u32, r: u32, gscale: f32) -> f32 {
 // x, the gradient and the labels here): a thread owns four neighbouring positions, read four at
 // a time (one 16-byte access per class, coalesced across threads), with no branch on the data.
 // Up to the host's limit of classes (CC = C, loops unrolled by src/kernel.rs) the logits are
-// held: read once, exponentiated once. Beyond it, one online sweep for the maximum and the
-// exp-sum, one writing the gradient (rereading from cache: a thread's C accesses are a few KiB).
+// held: read once, exponentiated once (quad). Beyond it, one online sweep for the maximum and
+// the exp-sum, one writing the gradient, over a thread's QPT accesses class by class
+// (quads_swept).
 @group(0) @binding(13) var<storage, read> labels4: array<VI>;
 
 // A workgroup owns QPT WG accesses of one sample (blocks never straddle samples, so the sample
@@ -260,10 +261,22 @@ fn block_at(g: u32) -> vec2<u32> {
     return vec2<u32>(n, (g - n * blocks) * QPT * WG);
 }
 
-// The losses of positions n K + 4 j .. n K + 4 j + 3 (j < K / 4); writes their gradient.
-// (Written over the LANES aliases so that the one-lane variants compile it too; only LANES 4
-// runs it.)
-fn quad(n: u32, j: u32, gscale: f32) -> V {
+// What the losses and gradients of positions n K + 4 j .. n K + 4 j + 3 take from their labels.
+struct Targets {
+    // The label where live, else 0.
+    yc: VU,
+    // A valid, non-ignored label.
+    live: VB,
+    // A label out of range (flag[0] set).
+    bad: VB,
+    // The label's class weight where live, else 0.
+    wy: V,
+    // The gradient's coefficients: cy p + cs (p wsum - w_c) - [c == y] cy.
+    cy: V,
+    cs: V,
+}
+
+fn targets(n: u32, j: u32, gscale: f32) -> Targets {
     let r = n * P.inner + j * LANES;
     let y = labels4[(P.label_base + r) / LANES];
     let C = P.classes;
@@ -279,9 +292,6 @@ fn quad(n: u32, j: u32, gscale: f32) -> V {
         flag[0] = 1u;
     }
     let yc = select(VU(0u), yu, live);
-    let K4 = P.inner / LANES;
-    let base = n * C * K4 + j;
-
     var wy = V(1.0);
     if (WEIGHTED == 1u) {
         wy = lanes(weight[ulane_of(yc, 0u)], weight[ulane_of(yc, 1u)], weight[ulane_of(yc, 2u)],
@@ -290,75 +300,123 @@ fn quad(n: u32, j: u32, gscale: f32) -> V {
     wy = select(V(0.0), wy, live);
     let cy = (1.0 - P.ls) * wy * gscale;
     let cs = select(V(0.0), V(P.ls_c * gscale), live);
-    var l: V;
-    if (CC != 0u) {
-        // C = CC classes, few enough to hold: each logit read once, one exponential each.
-        var xs: array<V, CN>;
-        var m = xc[base];
-        xs[0] = m;
-        for (var c = 1u; c < CC; c = c + 1u) { // #unroll
-            let v = xc[base + c * K4];
-            xs[c] = v;
-            m = max(m, v);
-        }
-        // e_c = exp(x_c - m) replaces x_c; dy = m - x_y; sd = sum_c w_c (m - x_c).
-        var s = V(0.0);
-        var dy = V(0.0);
-        var sd = V(0.0);
-        for (var c = 0u; c < CC; c = c + 1u) { // #unroll
-            let d = m - xs[c];
-            let e = exp(-d);
-            xs[c] = e;
-            s = s + e;
-            dy = select(dy, d, yc == VU(c));
-            sd = sd + class_weight(c) * d;
-        }
-        let ls = log(s); // lse - m
-        let rs = 1.0 / s;
-        for (var c = 0u; c < CC; c = c + 1u) { // #unroll
-            let p = xs[c] * rs;
-            let g = cy * p + cs * (p * P.wsum - class_weight(c)) - select(V(0.0), cy, yc == VU(c));
-            put_grad_c(base + c * K4, select(V(0.0), g, live));
-        }
-        l = (1.0 - P.ls) * wy * (ls + dy);
-        if (SMOOTH == 1u) {
-            // sum_c w_c (lse - x_c), as two sums of non-negative terms.
-            l = l + P.ls_c * (ls * P.wsum + sd);
-        }
-    } else {
-        // One online sweep, one exponential per element (fold_max): m = running maximum,
-        // s = sum exp(x - m).
-        var m = xc[base];
-        var s = V(1.0);
-        var xy = select(V(0.0), m, yc == VU(0u));
-        for (var c = 1u; c < C; c = c + 1u) {
-            let v = xc[base + c * K4];
-            let f = fold_max(&m, v);
-            s = s * f.r + f.q;
-            xy = select(xy, v, yc == VU(c));
-        }
-        let lse = m + log(s);
-        var sm = V(0.0);
-        // Last class first: the planes read last are the ones still cached. A plane's stride
-        // of a power of two puts a pixel's C accesses in a few cache sets of a CPU, which keep
-        // only the last of them (lavapipe at [3, 150, 64, 128]: 10.0-11.2 -> 6.8-7.3 ms).
-        for (var cr = 0u; cr < C; cr = cr + 1u) {
-            let c = C - 1u - cr;
-            let i = base + c * K4;
-            let v = xc[i];
-            let p = exp(v - lse);
-            let wc = class_weight(c);
-            let g = cy * p + cs * (p * P.wsum - wc) - select(V(0.0), cy, yc == VU(c));
-            put_grad_c(i, select(V(0.0), g, live));
-            sm = sm + wc * (lse - v);
-        }
-        l = (1.0 - P.ls) * wy * (lse - xy);
-        if (SMOOTH == 1u) {
-            l = l + P.ls_c * sm;
+    return Targets(yc, live, bad, wy, cy, cs);
+}
+
+// The losses of positions n K + 4 j .. n K + 4 j + 3 (j < K / 4) with C = CC classes, few enough
+// to hold: each logit read once, one exponential each; writes their gradient. (Written over
+// the LANES aliases so that the one-lane variants compile it too; only LANES 4 runs it.)
+fn quad(n: u32, j: u32, gscale: f32) -> V {
+    let t = targets(n, j, gscale);
+    let K4 = P.inner / LANES;
+    let base = n * P.classes * K4 + j;
+    var xs: array<V, CN>;
+    var m = xc[base];
+    xs[0] = m;
+    for (var c = 1u; c < CC; c = c + 1u) { // #unroll
+        let v = xc[base + c * K4];
+        xs[c] = v;
+        m = max(m, v);
+    }
+    // e_c = exp(x_c - m) replaces x_c; dy = m - x_y; sd = sum_c w_c (m - x_c).
+    var s = V(0.0);
+    var dy = V(0.0);
+    var sd = V(0.0);
+    for (var c = 0u; c < CC; c = c + 1u) { // #unroll
+        let d = m - xs[c];
+        let e = exp(-d);
+        xs[c] = e;
+        s = s + e;
+        dy = select(dy, d, t.yc == VU(c));
+        sd = sd + class_weight(c) * d;
+    }
+    let ls = log(s); // lse - m
+    let rs = 1.0 / s;
+    for (var c = 0u; c < CC; c = c + 1u) { // #unroll
+        let p = xs[c] * rs;
+        let g = t.cy * p + t.cs * (p * P.wsum - class_weight(c))
+            - select(V(0.0), t.cy, t.yc == VU(c));
+        put_grad_c(base + c * K4, select(V(0.0), g, t.live));
+    }
+    var l = (1.0 - P.ls) * t.wy * (ls + dy);
+    if (SMOOTH == 1u) {
+        // sum_c w_c (lse - x_c), as two sums of non-negative terms.
+        l = l + P.ls_c * (ls * P.wsum + sd);
+    }
+    l = select(V(0.0), l, t.live);
+    return select(l, V(bitcast<f32>(P.nan_bits)), t.bad);
+}
+
+// Beyond CC classes: one online sweep for the maximum and the exp-sum, one writing the gradient,
+// over the QPT accesses of a thread at once (the tile of sample n from access j0): class by
+// class, each class's QPT accesses in a row. A SIMD group then reads QPT runs of QW accesses of
+// a plane before the next plane; with the classes of one access at a time, a power-of-two plane
+// stride made C interleaved streams that a CPU's prefetchers and cache sets do not keep.
+// The losses of each access (zero past K / 4).
+fn quads_swept(n: u32, j0: u32, lid: u32, gscale: f32) -> array<V, QPT> {
+    let C = P.classes;
+    let K4 = P.inner / LANES;
+    var ok: array<bool, QPT>;
+    var base: array<u32, QPT>;
+    var t: array<Targets, QPT>;
+    var m: array<V, QPT>;
+    var s: array<V, QPT>;
+    var xy: array<V, QPT>;
+    for (var q = 0u; q < QPT; q = q + 1u) { // #unroll
+        let j = strip_at(j0, q, lid, QPT, QW);
+        ok[q] = j < K4;
+        // An access past K reads (and never writes) the sample's last one.
+        let jc = min(j, K4 - 1u);
+        base[q] = n * C * K4 + jc;
+        t[q] = targets(n, jc, gscale);
+        m[q] = xc[base[q]];
+        s[q] = V(1.0);
+        xy[q] = select(V(0.0), m[q], t[q].yc == VU(0u));
+    }
+    // m = running maximum, s = sum exp(x - m): one exponential per element (fold_max).
+    for (var c = 1u; c < C; c = c + 1u) {
+        for (var q = 0u; q < QPT; q = q + 1u) { // #unroll
+            let v = xc[base[q] + c * K4];
+            var mq = m[q];
+            let f = fold_max(&mq, v);
+            m[q] = mq;
+            s[q] = s[q] * f.r + f.q;
+            xy[q] = select(xy[q], v, t[q].yc == VU(c));
         }
     }
-    l = select(V(0.0), l, live);
-    return select(l, V(bitcast<f32>(P.nan_bits)), bad);
+    var lse: array<V, QPT>;
+    var sm: array<V, QPT>;
+    for (var q = 0u; q < QPT; q = q + 1u) { // #unroll
+        lse[q] = m[q] + log(s[q]);
+        sm[q] = V(0.0);
+    }
+    // Last class first: the planes read last are the ones still cached.
+    for (var cr = 0u; cr < C; cr = cr + 1u) {
+        let c = C - 1u - cr;
+        let wc = class_weight(c);
+        for (var q = 0u; q < QPT; q = q + 1u) { // #unroll
+            let i = base[q] + c * K4;
+            let v = xc[i];
+            let p = exp(v - lse[q]);
+            let g = t[q].cy * p + t[q].cs * (p * P.wsum - wc)
+                - select(V(0.0), t[q].cy, t[q].yc == VU(c));
+            if (ok[q]) {
+                put_grad_c(i, select(V(0.0), g, t[q].live));
+            }
+            sm[q] = sm[q] + wc * (lse[q] - v);
+        }
+    }
+    var out: array<V, QPT>;
+    for (var q = 0u; q < QPT; q = q + 1u) { // #unroll
+        var l = (1.0 - P.ls) * t[q].wy * (lse[q] - xy[q]);
+        if (SMOOTH == 1u) {
+            l = l + P.ls_c * sm[q];
+        }
+        l = select(V(0.0), l, t[q].live);
+        l = select(l, V(bitcast<f32>(P.nan_bits)), t[q].bad);
+        out[q] = select(V(0.0), l, ok[q]);
+    }
+    return out;
 }
 
 // rows_reduce over `[N, C, K]`, K a multiple of 4: four positions per thread (quad), blocks
@@ -376,10 +434,17 @@ fn rows_reduce_q(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
         gscale = P.grad_scale / wtot[0];
     }
     var mine = 0.0;
-    for (var q = 0u; q < QPT; q = q + 1u) { // #unroll
-        let j = strip_at(at.y, q, lid, QPT, QW);
-        if (j < P.inner / LANES) {
-            mine = mine + hsum(quad(at.x, j, gscale));
+    if (CC == 0u) {
+        let l = quads_swept(at.x, at.y, lid, gscale);
+        for (var q = 0u; q < QPT; q = q + 1u) { // #unroll
+            mine = mine + hsum(l[q]);
+        }
+    } else {
+        for (var q = 0u; q < QPT; q = q + 1u) { // #unroll
+            let j = strip_at(at.y, q, lid, QPT, QW);
+            if (j < P.inner / LANES) {
+                mine = mine + hsum(quad(at.x, j, gscale));
+            }
         }
     }
     let s = wg_sum(lid, mine);
@@ -396,10 +461,19 @@ fn rows_none_q(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     if (at.x * P.inner >= P.rows) {
         return;
     }
+    var swept: array<V, QPT>;
+    if (CC == 0u) {
+        swept = quads_swept(at.x, at.y, lid, P.grad_scale);
+    }
     for (var q = 0u; q < QPT; q = q + 1u) { // #unroll
         let j = strip_at(at.y, q, lid, QPT, QW);
         if (j < P.inner / LANES) {
-            let l = quad(at.x, j, P.grad_scale);
+            var l: V;
+            if (CC == 0u) {
+                l = swept[q];
+            } else {
+                l = quad(at.x, j, P.grad_scale);
+            }
             let e = P.label_base + at.x * P.inner + j * LANES;
             for (var i = 0u; i < LANES; i = i + 1u) {
                 elem_loss[e + i] = lane_of(l, i);

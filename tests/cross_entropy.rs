@@ -308,11 +308,16 @@ fn spatial_sizes_a_multiple_of_four_every_option() {
 
 fn four_positions_every_option(ctx: &LossContext) {
     let mut r = common::rng(11);
-    let layouts: [(&[usize], &[usize]); 5] = [
+    let layouts: [(&[usize], &[usize]); 8] = [
         (&[3, 2, 36, 40], &[3, 36, 40]),
         (&[2, 2, 96, 100], &[2, 96, 100]),
         (&[2, 19, 12, 20], &[2, 12, 20]),
         (&[1, 64, 4, 9], &[1, 4, 9]),
+        // Beyond the held classes: several samples, and samples over two tiles of the
+        // class-by-class sweep (8 and 16 accesses per thread on a CPU adapter).
+        (&[3, 40, 6, 8], &[3, 6, 8]),
+        (&[2, 33, 72, 120], &[2, 72, 120]),
+        (&[2, 33, 128, 136], &[2, 128, 136]),
         (&[5, 3, 4], &[5, 4]),
     ];
     for (xs, ys) in layouts {
