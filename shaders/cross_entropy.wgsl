@@ -303,6 +303,12 @@ fn targets(n: u32, j: u32, gscale: f32) -> Targets {
     return Targets(yc, live, bad, wy, cy, cs);
 }
 
+// The losses `l` of the positions as reported: 0 where ignored, NaN where the label is out of
+// range.
+fn reported(t: Targets, l: V) -> V {
+    return select(select(V(0.0), l, t.live), V(bitcast<f32>(P.nan_bits)), t.bad);
+}
+
 // The losses of positions n K + 4 j .. n K + 4 j + 3 (j < K / 4) with C = CC classes, few enough
 // to hold: each logit read once, one exponential each; writes their gradient. (Written over
 // the LANES aliases so that the one-lane variants compile it too; only LANES 4 runs it.)
@@ -343,8 +349,7 @@ fn quad(n: u32, j: u32, gscale: f32) -> V {
         // sum_c w_c (lse - x_c), as two sums of non-negative terms.
         l = l + P.ls_c * (ls * P.wsum + sd);
     }
-    l = select(V(0.0), l, t.live);
-    return select(l, V(bitcast<f32>(P.nan_bits)), t.bad);
+    return reported(t, l);
 }
 
 // Beyond CC classes: one online sweep for the maximum and the exp-sum, one writing the gradient,
@@ -377,6 +382,8 @@ fn quads_swept(n: u32, j0: u32, lid: u32, gscale: f32) -> array<V, QPT> {
     for (var c = 1u; c < C; c = c + 1u) {
         for (var q = 0u; q < QPT; q = q + 1u) { // #unroll
             let v = xc[base[q] + c * K4];
+            // Through a local: naga 30's SPIR-V writer panics ("Expression is not cached") on
+            // a pointer to the array element.
             var mq = m[q];
             let f = fold_max(&mq, v);
             m[q] = mq;
@@ -412,9 +419,7 @@ fn quads_swept(n: u32, j0: u32, lid: u32, gscale: f32) -> array<V, QPT> {
         if (SMOOTH == 1u) {
             l = l + P.ls_c * sm[q];
         }
-        l = select(V(0.0), l, t[q].live);
-        l = select(l, V(bitcast<f32>(P.nan_bits)), t[q].bad);
-        out[q] = select(V(0.0), l, ok[q]);
+        out[q] = select(V(0.0), reported(t[q], l), ok[q]);
     }
     return out;
 }

@@ -60,7 +60,7 @@ fn quads_per_thread(ctx: &LossContext, classes: u64) -> u32 {
 fn swept_quads_per_thread(ctx: &LossContext, k4: u64) -> u32 {
     if !ctx.cpu_kernels {
         1
-    } else if k4 >= 16 * 256 {
+    } else if k4 >= 16 * WG as u64 {
         16
     } else {
         8
