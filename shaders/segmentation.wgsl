@@ -20,9 +20,10 @@
 //   grad:     binary: reads x and t once, writes the gradient once (reads it too with
 //             accumulate). multiclass: an online sweep over the pixel's channels gives
 //             dot = sum_c p_c g_c, then a second sweep over the same (cached) values writes
-//             dx_c = p_c (g_c - dot). Over four pixels per access, the global ratio's and binary
-//             per-class gradients go plane by plane (plane_grad), per class over a softmax
-//             pixel by pixel (multi_grad).
+//             dx_c = p_c (g_c - dot). Over four pixels per access through a softmax, the CPU
+//             kernels sweep a thread's accesses class by class (swept_grad); otherwise the
+//             global ratio's and binary per-class gradients go plane by plane (plane_grad), per
+//             class over a softmax pixel by pixel (multi_grad).
 // DRAM traffic is thus about 2 reads (x, t) for stats and 2 reads + 1 write for grad.
 
 const ITEMS: u32 = 16u;
@@ -39,7 +40,7 @@ struct Params {
     grad_scale: f32, // upstream scale
     eps: f32,
     smooth_: f32,
-    _pad1: f32,
+    gtps: u32,       // swept_grad: workgroups per sample
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -722,6 +723,73 @@ fn plane_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
                 put_flat(e, coef[0] * p * (V(t_flat[e]) - pix[2u * qg + 1u]));
             } else {
                 put_flat(e, dl_dp_v(c, V(t_flat[e])) * dsigmoid(V(x_flat[e])));
+            }
+        }
+    }
+}
+
+// The gradient through the channel softmax (per class, or the global ratio) over GQ accesses
+// of four pixels per thread at once, class by class: dx_c = p_c (dL/dp_c - u), p_c =
+// exp(x_c - lse) with lse from pix, u = sum_c p_c dL/dp_c (per class, a first sweep; the
+// global ratio's is a pt + b with pt from pix). A workgroup owns GQ WG accesses of one sample
+// (P.gtps workgroups per sample), a thread's in strips of QW threads: with the CPU kernels a
+// SIMD group reads GQ runs of QW accesses of a plane before the next plane, where a pixel's
+// C planes at once (multi_grad) were C streams a power-of-two plane stride apart, which a
+// CPU's prefetchers and cache sets do not keep (as cross_entropy.wgsl's quads_swept).
+@compute @workgroup_size(256)
+fn swept_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    let n = g / P.gtps;
+    if (n * P.inner >= P.pixels) {
+        return;
+    }
+    let j0 = (g - n * P.gtps) * GQ * WG;
+    let stride = P.inner / LANES;
+    let C = P.channels;
+    var ok: array<bool, GQ>;
+    var first: array<u32, GQ>;
+    var lse: array<V, GQ>;
+    var u: array<V, GQ>;
+    for (var q = 0u; q < GQ; q = q + 1u) { // #unroll
+        let jl = strip_at(j0, q, lid, GQ, QW);
+        ok[q] = jl < stride;
+        // An access past the sample reads (and never writes) its last one.
+        let jc = min(jl, stride - 1u);
+        let qg = n * stride + jc;
+        first[q] = n * C * stride + jc;
+        lse[q] = pix[2u * qg];
+        if (PER_CLASS == 1u) {
+            u[q] = V(0.0);
+        } else {
+            u[q] = coef[0] * pix[2u * qg + 1u] + coef[P.groups];
+        }
+    }
+    if (PER_CLASS == 1u) {
+        for (var c = 0u; c < C; c = c + 1u) {
+            let a = coef[c];
+            let b = coef[P.groups + c];
+            for (var q = 0u; q < GQ; q = q + 1u) { // #unroll
+                let e = first[q] + c * stride;
+                u[q] = u[q] + exp(V(x_flat[e]) - lse[q]) * (a * V(t_flat[e]) + b);
+            }
+        }
+    }
+    // Last channel first: the planes read last are the ones still cached.
+    for (var cr = 0u; cr < C; cr = cr + 1u) {
+        let c = C - 1u - cr;
+        var a = coef[0];
+        var b = coef[P.groups];
+        if (PER_CLASS == 1u) {
+            a = coef[c];
+            b = coef[P.groups + c];
+        }
+        for (var q = 0u; q < GQ; q = q + 1u) { // #unroll
+            let e = first[q] + c * stride;
+            let p = exp(V(x_flat[e]) - lse[q]);
+            let d = p * (a * V(t_flat[e]) + b - u[q]);
+            if (ok[q]) {
+                put_flat(e, d);
             }
         }
     }

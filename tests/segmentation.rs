@@ -155,12 +155,16 @@ fn per_class_at_nineteen_classes_every_path() {
 
 fn nineteen_classes_every_path(ctx: &LossContext) {
     let mut r = rng(12);
-    let shapes: [&[usize]; 5] = [
+    // [1, 19, 64, 272] and [2, 40, 48, 176]: the CPU kernels' swept gradient over a sample
+    // in two workgroups, the second part full (16 and 8 accesses per thread).
+    let shapes: [&[usize]; 7] = [
         &[2, 19, 12, 20],
         &[2, 19, 11, 13],
         &[1, 3, 72, 64],
         &[2, 40, 6, 12],
         &[3, 12, 8, 4],
+        &[1, 19, 64, 272],
+        &[2, 40, 48, 176],
     ];
     for shape in shapes {
         let n: usize = shape.iter().product();
@@ -414,21 +418,46 @@ fn saturated_logits_stay_finite() {
 
 #[test]
 fn grad_opts_scale_into_and_accumulate() {
-    let ctx = ctx();
+    // Per class and global, through the softmax: three channels (the gradient from the held
+    // channels again, multi_grad), six held and forty (from the per-pixel record: with the CPU
+    // kernels swept_grad, over a sample in two workgroups and a part), with both kernel choices.
     let mut r = rng(5);
-    let shape = [2, 3, 4, 5];
-    let x = uniform(&mut r, 120, -2.0, 2.0);
-    let t = one_hot(&mut r, &shape);
+    for cpu in [true, false] {
+        let ctx = common::tuned_ctx(cpu);
+        for shape in [
+            [2usize, 3, 4, 5],
+            [2, 6, 4, 8],
+            [2, 40, 4, 8],
+            [1, 6, 72, 244],
+        ] {
+            for per_class in [true, false] {
+                let label = format!("cpu {cpu} {shape:?} per_class {per_class}");
+                scale_into_and_accumulate(ctx, &mut r, &shape, per_class, &label);
+            }
+        }
+    }
+}
+
+fn scale_into_and_accumulate(
+    ctx: &LossContext,
+    r: &mut SmallRng,
+    shape: &[usize],
+    per_class: bool,
+    label: &str,
+) {
+    let n: usize = shape.iter().product();
+    let x = uniform(r, n, -2.0, 2.0);
+    let t = one_hot(r, shape);
     let cfg = JaccardLoss {
         is_multiclass: true,
         eps: 1e-7,
-        per_class: true,
+        per_class,
     };
-    let want = jaccard(&cfg, &to64(&x), &to64(&t), &shape).unwrap();
-    let xt = ctx.upload(&x, &shape).unwrap();
-    let tt = ctx.upload(&t, &shape).unwrap();
-    let base = uniform(&mut r, 120, -1.0, 1.0);
-    let into = ctx.upload(&base, &shape).unwrap();
+    let want = jaccard(&cfg, &to64(&x), &to64(&t), shape).unwrap();
+    let xt = ctx.upload(&x, shape).unwrap();
+    let tt = ctx.upload(&t, shape).unwrap();
+    let base = uniform(r, n, -1.0, 1.0);
+    let into = ctx.upload(&base, shape).unwrap();
     let opts = GradOpts {
         scale: -2.5,
         into: vec![Some(into.clone())],
@@ -442,7 +471,7 @@ fn grad_opts_scale_into_and_accumulate() {
         .map(|(&b, &g)| b as f64 - 2.5 * g)
         .collect();
     assert_close(
-        "accumulated",
+        &format!("{label} accumulated"),
         &ctx.read(&into).unwrap(),
         &expect,
         1e-3,
@@ -456,14 +485,36 @@ fn grad_opts_scale_into_and_accumulate() {
     };
     let out = cfg.compute_with(ctx, &[&xt, &tt], &opts).unwrap();
     let expect: Vec<f64> = want.grads[0].iter().map(|g| 3.0 * g).collect();
-    assert_close("scaled", &out.grad(ctx, 0).unwrap(), &expect, 1e-3, 2e-5);
     assert_close(
-        "loss unscaled",
+        &format!("{label} scaled"),
+        &out.grad(ctx, 0).unwrap(),
+        &expect,
+        1e-3,
+        2e-5,
+    );
+    assert_close(
+        &format!("{label} loss unscaled"),
         &[out.value(ctx).unwrap()],
         &want.loss,
         2e-5,
         0.0,
     );
+}
+
+#[test]
+fn grad_opts_accumulate_needs_a_tensor() {
+    let ctx = ctx();
+    let shape = [2, 3, 4, 5];
+    let mut r = rng(6);
+    let x = uniform(&mut r, 120, -2.0, 2.0);
+    let t = one_hot(&mut r, &shape);
+    let cfg = JaccardLoss {
+        is_multiclass: true,
+        eps: 1e-7,
+        per_class: true,
+    };
+    let xt = ctx.upload(&x, &shape).unwrap();
+    let tt = ctx.upload(&t, &shape).unwrap();
     // Accumulate without a tensor is refused.
     let opts = GradOpts {
         accumulate: true,

@@ -57,7 +57,7 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
         for multi in [false, true] {
             for per_class in [false, true] {
                 for f16 in [false, true] {
-                    let part = |s: ShaderSource| s.with("TPART", 0).with("QW", WG);
+                    let part = |s: ShaderSource| s.with("TPART", 0).with("QW", WG).with("GQ", 1);
                     v.push(part(source(kind, multi, per_class, f16, 1, 0)));
                     v.push(part(source(kind, multi, per_class, f16, 4, 0)));
                     if multi || per_class {
@@ -68,8 +68,20 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
                         v.push(
                             source(kind, multi, per_class, f16, 4, 19)
                                 .with("TPART", 0)
-                                .with("QW", 8),
+                                .with("QW", 8)
+                                .with("GQ", 1),
                         );
+                        // The CPU kernels' swept gradient (swept_grad), 8 and 16 accesses.
+                        if multi {
+                            for (held, gq) in [(0, 8), (19, 16)] {
+                                v.push(
+                                    source(kind, multi, per_class, f16, 4, held)
+                                        .with("TPART", per_class as u32)
+                                        .with("QW", 8)
+                                        .with("GQ", gq),
+                                );
+                            }
+                        }
                     }
                     // Per class: thread partials, with and without held channels.
                     if per_class {
@@ -77,7 +89,8 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
                             v.push(
                                 source(kind, multi, per_class, f16, 4, held)
                                     .with("TPART", 1)
-                                    .with("QW", 8),
+                                    .with("QW", 8)
+                                    .with("GQ", 1),
                             );
                         }
                     }
@@ -102,7 +115,7 @@ struct Params {
     grad_scale: f32,
     eps: f32,
     smooth: f32,
-    pad1: f32,
+    gtps: u32,
 }
 
 /// One dispatch window: `pixels` pixels starting at element `elem_first`, tiles from `tile_base`.
@@ -209,11 +222,17 @@ fn build(
     } else {
         tiles
     };
-    // Runs of threads over a tile's accesses (segmentation.wgsl's access_of).
+    // Runs of threads over a tile's accesses (segmentation.wgsl's strip_at).
     let qw = crate::kernel::simd_runs(ctx);
+    // Through a softmax with a per-pixel record the CPU kernels sweep a thread's GQ accesses
+    // class by class for the gradient (swept_grad; `gtps` workgroups of GQ WG accesses per
+    // sample).
+    let gq = swept_accesses(ctx, quads && multi && !local, inner / 4);
+    let gtps = (inner / 4).div_ceil(gq.unwrap_or(1) as u64 * WG as u64);
     let src = source(kind, multi, per_class, f16, lanes, held)
         .with("TPART", thread_partials as u32)
         .with("QW", qw)
+        .with("GQ", gq.unwrap_or(1))
         .with_accumulate(opts.accumulate);
     let (b_x, b_t, b_grad) = if flat || quads { (8, 9, 10) } else { (1, 2, 3) };
     let (stats, grad_pass) = if flat {
@@ -235,7 +254,7 @@ fn build(
         grad_scale: opts.scale,
         eps: eps as f32,
         smooth: smooth as f32,
-        pad1: 0.0,
+        gtps: gtps as u32,
     };
     let per_window = |w: &Win| Params {
         pixels: w.pixels as u32,
@@ -299,9 +318,13 @@ fn build(
             coef.bind(7),
         ];
         binds.extend(pix_bind(w));
-        // The four-pixel path's gradient goes plane by plane (plane_grad) but per class over a
-        // softmax, or with few channels of a softmax, pixel by pixel (multi_grad).
-        let step = if quads && !(multi && (per_class || local)) {
+        // The four-pixel path's gradient through a softmax: with the CPU kernels swept class by
+        // class over a thread's accesses (swept_grad), else plane by plane (plane_grad; binary
+        // per class too) but per class, or with few channels, pixel by pixel (multi_grad).
+        let step = if gq.is_some() {
+            let groups = w.pixels / inner * gtps;
+            ctx.step(&src, "swept_grad", &per_window(w), binds, groups)?
+        } else if quads && !(multi && (per_class || local)) {
             ctx.step(&src, "plane_grad", &per_window(w), binds, w.tiles * c)?
         } else {
             ctx.step(&src, grad_pass, &per_window(w), binds, w.tiles)?
@@ -309,6 +332,30 @@ fn build(
         rec.prog.steps.push(step);
     }
     Ok((loss, vec![grad]))
+}
+
+/// Accesses of four pixels per thread of the swept gradient (`GQ`, segmentation.wgsl
+/// swept_grad) over `per` accesses per sample, where it applies (`swept`: four pixels per
+/// access through a softmax with a per-pixel record) and the CPU kernels are chosen: 16 where a
+/// sample fills a workgroup of them, else 8 (as cross_entropy.rs swept_quads_per_thread).
+/// Lavapipe, the gradient alone, against multi_grad or plane_grad with four accesses per thread
+/// a pixel at a time: per class at [2, 64, 128, 256] 16.3 -> 11.7 ms, at [6, 21, 128, 256]
+/// 15.1 -> 12.6, at [3, 150, 64, 128] 14.1 -> 12.0; the global ratio 7.5-8.0 -> 6.9-7.3. At
+/// [6, 19, 128, 256] the global ratio took 12.6-13.5 ms in all with 8 to 32 accesses per
+/// thread and 15.7-17.3 with 4; 2 and 4 at [3, 150, 64, 128] (more workgroups than its three)
+/// were slower too. Tried and dropped: per class, the 19 channels' p and dL/dp held between
+/// the sweeps (no faster within the noise, and an 8 s pipeline compile); the global ratio's
+/// statistics swept the same way (2.3 -> 2.5x MSE at 19 classes, 2.4 -> 2.9x at 150, where
+/// the pixel-by-pixel held or online sweep does better). A GPU keeps the plane and pixel
+/// passes, for many workgroups.
+fn swept_accesses(ctx: &LossContext, swept: bool, per: u64) -> Option<u32> {
+    if !swept || !ctx.cpu_kernels {
+        None
+    } else if per >= 16 * WG as u64 {
+        Some(16)
+    } else {
+        Some(8)
+    }
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
