@@ -736,33 +736,104 @@ fn plane_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
 // SIMD group reads GQ runs of QW accesses of a plane before the next plane, where a pixel's
 // C planes at once (multi_grad) were C streams a power-of-two plane stride apart, which a
 // CPU's prefetchers and cache sets do not keep (as cross_entropy.wgsl's quads_swept).
+// The GQ accesses of thread lid in swept workgroup g (P.gtps per sample): each one's
+// window-local index qg (of its four pixels) and channel 0's element `first`, and whether it
+// lies in the sample (`ok`; an access past the sample reads its last one and never writes).
+// `live`: the workgroup holds a sample of the window.
+struct Swept {
+    live: bool,
+    ok: array<bool, GQ>,
+    qg: array<u32, GQ>,
+    first: array<u32, GQ>,
+}
+
+fn swept_at(g: u32, lid: u32) -> Swept {
+    var a: Swept;
+    let n = g / P.gtps;
+    a.live = n * P.inner < P.pixels;
+    let j0 = (g - n * P.gtps) * GQ * WG;
+    let stride = P.inner / LANES;
+    for (var q = 0u; q < GQ; q = q + 1u) { // #unroll
+        let jl = strip_at(j0, q, lid, GQ, QW);
+        a.ok[q] = jl < stride;
+        let jc = min(jl, stride - 1u);
+        a.qg[q] = n * stride + jc;
+        a.first[q] = n * P.channels * stride + jc;
+    }
+    return a;
+}
+
+// Per class through the softmax beyond the held channels, with thread partials (TPART), over
+// GQ accesses per thread class by class (as swept_grad): one sweep for each pixel's maximum and
+// exp-sum (fold_max; its log-sum-exp to pix), then one for each channel's sums, which go out
+// as the thread's partials (column (P.tile_base + g) WG + lid of rows of P.tiles WG).
+@compute @workgroup_size(256)
+fn swept_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = group_index(wid, nwg);
+    let a = swept_at(g, lid);
+    if (!a.live) {
+        return;
+    }
+    let stride = P.inner / LANES;
+    let C = P.channels;
+    var m: array<V, GQ>;
+    var rs: array<V, GQ>;
+    for (var q = 0u; q < GQ; q = q + 1u) { // #unroll
+        m[q] = V(x_flat[a.first[q]]);
+        rs[q] = V(1.0);
+    }
+    for (var c = 1u; c < C; c = c + 1u) {
+        for (var q = 0u; q < GQ; q = q + 1u) { // #unroll
+            // Through a local: naga 30's SPIR-V writer panics on a pointer to the element.
+            var mq = m[q];
+            let f = fold_max(&mq, V(x_flat[a.first[q] + c * stride]));
+            m[q] = mq;
+            rs[q] = rs[q] * f.r + f.q;
+        }
+    }
+    for (var q = 0u; q < GQ; q = q + 1u) { // #unroll
+        if (a.ok[q]) {
+            pix[2u * a.qg[q]] = m[q] + log(rs[q]);
+        }
+        rs[q] = 1.0 / rs[q];
+    }
+    let row = P.tiles * WG;
+    let colt = (P.tile_base + g) * WG + lid;
+    for (var c = 0u; c < C; c = c + 1u) {
+        var acc = vec2<f32>(0.0);
+        for (var q = 0u; q < GQ; q = q + 1u) { // #unroll
+            let e = a.first[q] + c * stride;
+            let p = exp(V(x_flat[e]) - m[q]) * rs[q];
+            let tv = V(t_flat[e]);
+            let d = vec2<f32>(hsum(p * tv), hsum(p + tv));
+            acc = acc + select(vec2<f32>(0.0), d, a.ok[q]);
+        }
+        partials[c * row + colt] = acc.x;
+        partials[(P.groups + c) * row + colt] = acc.y;
+    }
+}
+
 @compute @workgroup_size(256)
 fn swept_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
               @builtin(num_workgroups) nwg: vec3<u32>) {
     let g = group_index(wid, nwg);
-    let n = g / P.gtps;
-    if (n * P.inner >= P.pixels) {
+    let a = swept_at(g, lid);
+    if (!a.live) {
         return;
     }
-    let j0 = (g - n * P.gtps) * GQ * WG;
     let stride = P.inner / LANES;
     let C = P.channels;
-    var ok: array<bool, GQ>;
-    var first: array<u32, GQ>;
+    let ok = a.ok;
+    let first = a.first;
     var lse: array<V, GQ>;
     var u: array<V, GQ>;
     for (var q = 0u; q < GQ; q = q + 1u) { // #unroll
-        let jl = strip_at(j0, q, lid, GQ, QW);
-        ok[q] = jl < stride;
-        // An access past the sample reads (and never writes) its last one.
-        let jc = min(jl, stride - 1u);
-        let qg = n * stride + jc;
-        first[q] = n * C * stride + jc;
-        lse[q] = pix[2u * qg];
+        lse[q] = pix[2u * a.qg[q]];
         if (PER_CLASS == 1u) {
             u[q] = V(0.0);
         } else {
-            u[q] = coef[0] * pix[2u * qg + 1u] + coef[P.groups];
+            u[q] = coef[0] * pix[2u * a.qg[q] + 1u] + coef[P.groups];
         }
     }
     if (PER_CLASS == 1u) {

@@ -155,9 +155,10 @@ fn per_class_at_nineteen_classes_every_path() {
 
 fn nineteen_classes_every_path(ctx: &LossContext) {
     let mut r = rng(12);
-    // [1, 19, 64, 272] and [2, 40, 48, 176]: the CPU kernels' swept gradient over a sample
-    // in two workgroups, the second part full (16 and 8 accesses per thread).
-    let shapes: [&[usize]; 7] = [
+    // [1, 19, 64, 272], [2, 40, 48, 176] and [1, 40, 64, 264]: the CPU kernels' swept
+    // gradient (and beyond the held channels, per class, the swept statistics where 16) over a
+    // sample in two workgroups, the second part full (16, 8 and 16 accesses per thread).
+    let shapes: [&[usize]; 8] = [
         &[2, 19, 12, 20],
         &[2, 19, 11, 13],
         &[1, 3, 72, 64],
@@ -165,6 +166,7 @@ fn nineteen_classes_every_path(ctx: &LossContext) {
         &[3, 12, 8, 4],
         &[1, 19, 64, 272],
         &[2, 40, 48, 176],
+        &[1, 40, 64, 264],
     ];
     for shape in shapes {
         let n: usize = shape.iter().product();
@@ -209,14 +211,20 @@ fn nineteen_classes_every_path(ctx: &LossContext) {
 fn four_pixel_path_in_windows_of_several_tiles() {
     // Samples of 3 x 72 x 64 (two tiles each, 55 KiB) in bindings of about two samples: the
     // four-pixel path's tiles, partials and per-pixel scratch across windows, against one
-    // binding.
-    let shape = [5usize, 3, 72, 64];
-    let wctx = common::windowed_ctx_units(3 * 72 * 64 * 4, 2);
+    // binding. 34 x 64 x 260 (beyond the held channels; with the CPU kernels the swept
+    // statistics and gradient over 16 accesses per thread, two workgroups per sample).
     let mut r = rng(13);
+    for shape in [[5usize, 3, 72, 64], [3, 34, 64, 260]] {
+        in_windows(&mut r, shape);
+    }
+}
+
+fn in_windows(r: &mut SmallRng, shape: [usize; 4]) {
+    let wctx = common::windowed_ctx_units((shape[1] * shape[2] * shape[3] * 4) as u64, 2);
     let n: usize = shape.iter().product();
-    let x = uniform(&mut r, n, -4.0, 4.0);
+    let x = uniform(r, n, -4.0, 4.0);
     for multiclass in [false, true] {
-        let t = targets(&mut r, &shape, multiclass, true);
+        let t = targets(r, &shape, multiclass, true);
         for per_class in [false, true] {
             let cfg = DiceLoss {
                 is_multiclass: multiclass,
@@ -224,7 +232,7 @@ fn four_pixel_path_in_windows_of_several_tiles() {
                 eps: 1e-7,
                 per_class,
             };
-            let label = format!("multi {multiclass} per_class {per_class}");
+            let label = format!("{shape:?} multi {multiclass} per_class {per_class}");
             let plain = gpu(ctx(), &cfg, &x, &t, &shape).unwrap();
             let windowed = gpu(&wctx, &cfg, &x, &t, &shape).unwrap();
             assert_close(
