@@ -824,8 +824,6 @@ fn swept_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     }
     let stride = P.inner / LANES;
     let C = P.channels;
-    let ok = a.ok;
-    let first = a.first;
     var lse: array<V, GQ>;
     var u: array<V, GQ>;
     for (var q = 0u; q < GQ; q = q + 1u) { // #unroll
@@ -838,28 +836,29 @@ fn swept_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     }
     if (PER_CLASS == 1u) {
         for (var c = 0u; c < C; c = c + 1u) {
-            let a = coef[c];
-            let b = coef[P.groups + c];
+            let ka = coef[c];
+            let kb = coef[P.groups + c];
             for (var q = 0u; q < GQ; q = q + 1u) { // #unroll
-                let e = first[q] + c * stride;
-                u[q] = u[q] + exp(V(x_flat[e]) - lse[q]) * (a * V(t_flat[e]) + b);
+                let e = a.first[q] + c * stride;
+                u[q] = u[q] + exp(V(x_flat[e]) - lse[q]) * (ka * V(t_flat[e]) + kb);
             }
         }
     }
     // Last channel first: the planes read last are the ones still cached.
     for (var cr = 0u; cr < C; cr = cr + 1u) {
         let c = C - 1u - cr;
-        var a = coef[0];
-        var b = coef[P.groups];
+        // dL/dp_c = ka t_c + kb.
+        var ka = coef[0];
+        var kb = coef[P.groups];
         if (PER_CLASS == 1u) {
-            a = coef[c];
-            b = coef[P.groups + c];
+            ka = coef[c];
+            kb = coef[P.groups + c];
         }
         for (var q = 0u; q < GQ; q = q + 1u) { // #unroll
-            let e = first[q] + c * stride;
+            let e = a.first[q] + c * stride;
             let p = exp(V(x_flat[e]) - lse[q]);
-            let d = p * (a * V(t_flat[e]) + b - u[q]);
-            if (ok[q]) {
+            let d = p * (ka * V(t_flat[e]) + kb - u[q]);
+            if (a.ok[q]) {
                 put_flat(e, d);
             }
         }
