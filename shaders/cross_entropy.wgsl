@@ -251,14 +251,16 @@ fn row_contiguous(lid: u32, r: u32, gscale: f32) -> f32 {
 // (quads_swept).
 @group(0) @binding(13) var<storage, read> labels4: array<VI>;
 
-// A workgroup owns QPT WG accesses of one sample (blocks never straddle samples, so the sample
-// is one division per thread: lavapipe divides lane by lane): sample n and the first access j0.
+// A workgroup owns QPT TB accesses of one sample (its first TB threads; TB < WG only with the
+// CPU kernels' swept blocks, for more workgroups: cross_entropy.rs block_threads; blocks never
+// straddle samples, so the sample is one division per thread: lavapipe divides lane by lane):
+// sample n and the first access j0.
 // A thread's QPT accesses are common.wgsl's strip_at with runs of QW threads (lavapipe, two
 // classes: 7.2-7.7 -> 6.9-7.0 ms against each thread's accesses a workgroup apart).
 fn block_at(g: u32) -> vec2<u32> {
-    let blocks = (P.inner / LANES + QPT * WG - 1u) / (QPT * WG);
+    let blocks = (P.inner / LANES + QPT * TB - 1u) / (QPT * TB);
     let n = g / blocks;
-    return vec2<u32>(n, (g - n * blocks) * QPT * WG);
+    return vec2<u32>(n, (g - n * blocks) * QPT * TB);
 }
 
 // What the losses and gradients of positions n K + 4 j .. n K + 4 j + 3 take from their labels.
@@ -439,10 +441,16 @@ fn rows_reduce_q(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
         gscale = P.grad_scale / wtot[0];
     }
     var mine = 0.0;
-    if (CC == 0u) {
-        let l = quads_swept(at.x, at.y, lid, gscale);
-        for (var q = 0u; q < QPT; q = q + 1u) { // #unroll
-            mine = mine + hsum(l[q]);
+    if (lid >= TB) {
+        // Past the block's threads: nothing.
+    } else if (CC == 0u) {
+        // A run of threads wholly past the sample skips the sweeps (lavapipe then skips them for
+        // its SIMD group).
+        if (strip_at(at.y, 0u, lid, QPT, QW) < P.inner / LANES) {
+            let l = quads_swept(at.x, at.y, lid, gscale);
+            for (var q = 0u; q < QPT; q = q + 1u) { // #unroll
+                mine = mine + hsum(l[q]);
+            }
         }
     } else {
         for (var q = 0u; q < QPT; q = q + 1u) { // #unroll
@@ -463,7 +471,7 @@ fn rows_reduce_q(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
 fn rows_none_q(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>) {
     let at = block_at(group_index(wid, nwg));
-    if (at.x * P.inner >= P.rows) {
+    if (at.x * P.inner >= P.rows || lid >= TB) {
         return;
     }
     var swept: array<V, QPT>;

@@ -736,7 +736,8 @@ fn plane_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
 // SIMD group reads GQ runs of QW accesses of a plane before the next plane, where a pixel's
 // C planes at once (multi_grad) were C streams a power-of-two plane stride apart, which a
 // CPU's prefetchers and cache sets do not keep (as cross_entropy.wgsl's quads_swept).
-// The GQ accesses of thread lid in swept workgroup g (P.gtps per sample): each one's
+// The GQ accesses of thread lid in swept workgroup g (P.gtps per sample, GQ TB accesses each):
+// each one's
 // window-local index qg (of its four pixels) and channel 0's element `first`, and whether it
 // lies in the sample (`ok`; an access past the sample reads its last one and never writes).
 // `live`: the workgroup holds a sample of the window.
@@ -751,7 +752,7 @@ fn swept_at(g: u32, lid: u32) -> Swept {
     var a: Swept;
     let n = g / P.gtps;
     a.live = n * P.inner < P.pixels;
-    let j0 = (g - n * P.gtps) * GQ * WG;
+    let j0 = (g - n * P.gtps) * GQ * TB;
     let stride = P.inner / LANES;
     for (var q = 0u; q < GQ; q = q + 1u) { // #unroll
         let jl = strip_at(j0, q, lid, GQ, QW);
@@ -777,6 +778,16 @@ fn swept_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     }
     let stride = P.inner / LANES;
     let C = P.channels;
+    let row = P.tiles * WG;
+    let colt = (P.tile_base + g) * WG + lid;
+    if (lid >= TB) {
+        // Past the block's threads (TB < WG: losses/mod.rs block_threads): zero partials.
+        for (var c = 0u; c < C; c = c + 1u) {
+            partials[c * row + colt] = 0.0;
+            partials[(P.groups + c) * row + colt] = 0.0;
+        }
+        return;
+    }
     var m: array<V, GQ>;
     var rs: array<V, GQ>;
     for (var q = 0u; q < GQ; q = q + 1u) { // #unroll
@@ -798,8 +809,6 @@ fn swept_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
         }
         rs[q] = 1.0 / rs[q];
     }
-    let row = P.tiles * WG;
-    let colt = (P.tile_base + g) * WG + lid;
     for (var c = 0u; c < C; c = c + 1u) {
         var acc = vec2<f32>(0.0);
         for (var q = 0u; q < GQ; q = q + 1u) { // #unroll
@@ -819,7 +828,8 @@ fn swept_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
               @builtin(num_workgroups) nwg: vec3<u32>) {
     let g = group_index(wid, nwg);
     let a = swept_at(g, lid);
-    if (!a.live) {
+    // Past the block's threads (TB < WG: losses/mod.rs block_threads): nothing.
+    if (!a.live || lid >= TB) {
         return;
     }
     let stride = P.inner / LANES;

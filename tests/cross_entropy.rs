@@ -295,6 +295,53 @@ fn segmentation_layout_with_ignore_index() {
 }
 
 #[test]
+fn gradient_accumulates_over_four_positions() {
+    // The four-position path's gradient added to a tensor, each position once: held classes,
+    // and beyond them the CPU kernels' swept blocks (of half a workgroup where a whole one would
+    // leave CPU threads idle: one block per sample here), with both kernel choices and with
+    // the losses reduced and kept (rows_reduce_q, rows_none_q).
+    let mut r = common::rng(14);
+    for cpu in [true, false] {
+        let ctx = common::tuned_ctx(cpu);
+        for (xs, ys) in [
+            (&[2usize, 19, 12, 20][..], &[2usize, 12, 20][..]),
+            (&[2, 40, 6, 8], &[2, 6, 8]),
+            (&[1, 40, 64, 72], &[1, 64, 72]),
+        ] {
+            let c = classes_of(xs);
+            let n: usize = xs.iter().product();
+            let x = common::uniform(&mut r, n, -3.0, 3.0);
+            let y = targets(&mut r, ys.iter().product(), c, -100, 5);
+            let tx = ctx.upload(&x, xs).unwrap();
+            let ty = ctx.upload_labels_i64(&y, ys).unwrap();
+            for reduction in [Reduction::Mean, Reduction::None] {
+                let cfg = CrossEntropyLoss {
+                    reduction,
+                    ..Default::default()
+                };
+                let base = cfg.compute(ctx, &[&tx, &ty]).unwrap().grad(ctx, 0).unwrap();
+                assert!(base.iter().any(|&g| g.abs() > 1e-4));
+                let start = common::uniform(&mut r, n, -1.0, 1.0);
+                let acc = ctx.upload(&start, xs).unwrap();
+                let opts = GradOpts {
+                    scale: 2.0,
+                    into: vec![Some(acc.clone())],
+                    accumulate: true,
+                };
+                cfg.compute_with(ctx, &[&tx, &ty], &opts).unwrap();
+                let got = ctx.read(&acc).unwrap();
+                for (i, ((g, s), b)) in got.iter().zip(&start).zip(&base).enumerate() {
+                    assert!(
+                        (g - (s + 2.0 * b)).abs() <= 1e-6 * (1.0 + g.abs()),
+                        "cpu {cpu} {xs:?} {reduction:?} [{i}]: {g} vs {s} + 2 {b}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn spatial_sizes_a_multiple_of_four_every_option() {
     // [N, C, H, W] with H W a multiple of 4: the four-positions-per-thread path, at 2, 19 and
     // 64 classes, with a sample spanning several blocks of 1024 positions (36 x 40), and at two

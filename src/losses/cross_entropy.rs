@@ -99,6 +99,9 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
             ]
             .map(|(c, q, w)| source(1, 4, c, q, w)),
         )
+        .map(|s| s.with("TB", WG))
+        // Blocks of half a workgroup's threads (block_threads).
+        .chain([source(1, 4, 0, 8, 8).with("TB", WG / 2)])
         .flat_map(|s| {
             [
                 with_options(s.clone(), false, false, false, false),
@@ -196,6 +199,12 @@ impl CrossEntropyLoss {
         } else {
             quads_per_thread(ctx, c)
         };
+        let tb = if quads {
+            let groups = n * (k / 4).div_ceil(WG as u64 * qpt as u64);
+            super::block_threads(ctx, held == 0, groups)
+        } else {
+            WG
+        };
         let ignore = i32::try_from(self.ignore_index).ok();
         let src = with_options(
             source(
@@ -204,7 +213,8 @@ impl CrossEntropyLoss {
                 held,
                 qpt,
                 crate::kernel::simd_runs(ctx),
-            ),
+            )
+            .with("TB", tb),
             self.weight.is_some(),
             ignore.is_some(),
             self.label_smoothing > 0.0,
@@ -304,11 +314,11 @@ impl CrossEntropyLoss {
         };
         let windows = ctx.windows(n, c * k * 4, multiple)?;
         // Workgroups over a window of `count` samples: rows of WG / TPR positions, or with
-        // quads blocks of 4 QPT WG positions within each sample.
+        // quads blocks of 4 QPT TB positions within each sample.
         let rpw = (WG / tpr) as u64;
         let wgs = |count: u64| {
             if quads {
-                count * (k / 4).div_ceil(WG as u64 * qpt as u64)
+                count * (k / 4).div_ceil(tb as u64 * qpt as u64)
             } else {
                 (count * k).div_ceil(rpw)
             }

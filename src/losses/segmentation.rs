@@ -57,7 +57,12 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
         for multi in [false, true] {
             for per_class in [false, true] {
                 for f16 in [false, true] {
-                    let part = |s: ShaderSource| s.with("TPART", 0).with("QW", WG).with("GQ", 1);
+                    let part = |s: ShaderSource| {
+                        s.with("TPART", 0)
+                            .with("QW", WG)
+                            .with("GQ", 1)
+                            .with("TB", WG)
+                    };
                     v.push(part(source(kind, multi, per_class, f16, 1, 0)));
                     v.push(part(source(kind, multi, per_class, f16, 4, 0)));
                     if multi || per_class {
@@ -69,16 +74,19 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
                             source(kind, multi, per_class, f16, 4, 19)
                                 .with("TPART", 0)
                                 .with("QW", 8)
-                                .with("GQ", 1),
+                                .with("GQ", 1)
+                                .with("TB", WG),
                         );
-                        // The CPU kernels' swept gradient (swept_grad), 8 and 16 accesses.
+                        // The CPU kernels' swept passes, 8 and 16 accesses, blocks of half and
+                        // whole workgroups.
                         if multi {
-                            for (held, gq) in [(0, 8), (19, 16)] {
+                            for (held, gq, tb) in [(0, 8, WG / 2), (19, 16, WG)] {
                                 v.push(
                                     source(kind, multi, per_class, f16, 4, held)
                                         .with("TPART", per_class as u32)
                                         .with("QW", 8)
-                                        .with("GQ", gq),
+                                        .with("GQ", gq)
+                                        .with("TB", tb),
                                 );
                             }
                         }
@@ -90,7 +98,8 @@ pub(crate) fn shader_variants() -> Vec<ShaderSource> {
                                 source(kind, multi, per_class, f16, 4, held)
                                     .with("TPART", 1)
                                     .with("QW", 8)
-                                    .with("GQ", 1),
+                                    .with("GQ", 1)
+                                    .with("TB", WG),
                             );
                         }
                     }
@@ -228,7 +237,14 @@ fn build(
     // class by class for the gradient (swept_grad; `gtps` workgroups of GQ WG accesses per
     // sample).
     let gq = swept_accesses(ctx, quads && multi && !local, inner / 4);
-    let gtps = (inner / 4).div_ceil(gq.unwrap_or(1) as u64 * WG as u64);
+    let gq1 = gq.unwrap_or(1) as u64;
+    // Threads per swept workgroup (half a workgroup where whole ones would be too few).
+    let tb = super::block_threads(
+        ctx,
+        gq.is_some(),
+        layout.outer as u64 * (inner / 4).div_ceil(gq1 * WG as u64),
+    );
+    let gtps = (inner / 4).div_ceil(gq1 * tb as u64);
     // Per class beyond the held channels, where a sample fills workgroups of 16 accesses per
     // thread, the statistics too (swept_stats), with thread partials: WG columns per workgroup
     // of GQ WG accesses. Lavapipe, of MSE: [2, 64, 128, 256] 3.5-3.9x -> 3.0-3.5x; at
@@ -243,7 +259,8 @@ fn build(
     let src = source(kind, multi, per_class, f16, lanes, held)
         .with("TPART", thread_partials as u32)
         .with("QW", qw)
-        .with("GQ", gq.unwrap_or(1))
+        .with("GQ", gq1 as u32)
+        .with("TB", tb)
         .with_accumulate(opts.accumulate);
     let (b_x, b_t, b_grad) = if flat || quads { (8, 9, 10) } else { (1, 2, 3) };
     let (stats, grad_pass) = if flat {
