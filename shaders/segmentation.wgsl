@@ -40,7 +40,7 @@ struct Params {
     grad_scale: f32, // upstream scale
     eps: f32,
     smooth_: f32,
-    gtps: u32,       // swept_grad: workgroups per sample
+    gtps: u32,       // swept_stats, swept_grad: workgroups per sample
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -728,19 +728,10 @@ fn plane_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) 
     }
 }
 
-// The gradient through the channel softmax (per class, or the global ratio) over GQ accesses
-// of four pixels per thread at once, class by class: dx_c = p_c (dL/dp_c - u), p_c =
-// exp(x_c - lse) with lse from pix, u = sum_c p_c dL/dp_c (per class, a first sweep; the
-// global ratio's is a pt + b with pt from pix). A workgroup owns GQ WG accesses of one sample
-// (P.gtps workgroups per sample), a thread's in strips of QW threads: with the CPU kernels a
-// SIMD group reads GQ runs of QW accesses of a plane before the next plane, where a pixel's
-// C planes at once (multi_grad) were C streams a power-of-two plane stride apart, which a
-// CPU's prefetchers and cache sets do not keep (as cross_entropy.wgsl's quads_swept).
-// The GQ accesses of thread lid in swept workgroup g (P.gtps per sample, GQ TB accesses each):
-// each one's
-// window-local index qg (of its four pixels) and channel 0's element `first`, and whether it
-// lies in the sample (`ok`; an access past the sample reads its last one and never writes).
-// `live`: the workgroup holds a sample of the window.
+// The GQ accesses of thread lid (< TB) in swept workgroup g (P.gtps per sample, GQ TB accesses
+// each): each one's window-local index qg (of its four pixels) and channel 0's element
+// `first`, and whether it lies in the sample (`ok`; an access past the sample reads its last
+// one and never writes). `live`: the workgroup holds a sample of the window.
 struct Swept {
     live: bool,
     ok: array<bool, GQ>,
@@ -823,6 +814,15 @@ fn swept_stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id)
     }
 }
 
+// The gradient through the channel softmax (per class, or the global ratio) over GQ accesses
+// of four pixels per thread at once, class by class: dx_c = p_c (dL/dp_c - u), p_c =
+// exp(x_c - lse) with lse from pix, u = sum_c p_c dL/dp_c (per class, a first sweep; the
+// global ratio's is a pt + b with pt from pix). A workgroup's first TB threads own GQ TB
+// accesses of one sample (P.gtps workgroups per sample), a thread's in strips of QW threads:
+// with the CPU kernels a SIMD group reads GQ runs of QW accesses of a plane before the next
+// plane, where a pixel's C planes at once (multi_grad) were C streams a power-of-two plane
+// stride apart, which a CPU's prefetchers and cache sets do not keep (as cross_entropy.wgsl's
+// quads_swept).
 @compute @workgroup_size(256)
 fn swept_grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
               @builtin(num_workgroups) nwg: vec3<u32>) {

@@ -234,7 +234,7 @@ fn build(
     // Runs of threads over a tile's accesses (segmentation.wgsl's strip_at).
     let qw = crate::kernel::simd_runs(ctx);
     // Through a softmax with a per-pixel record the CPU kernels sweep a thread's GQ accesses
-    // class by class for the gradient (swept_grad; `gtps` workgroups of GQ WG accesses per
+    // class by class for the gradient (swept_grad; `gtps` workgroups of GQ TB accesses per
     // sample).
     let gq = swept_accesses(ctx, quads && multi && !local, inner / 4);
     let gq1 = gq.unwrap_or(1) as u64;
@@ -247,7 +247,7 @@ fn build(
     let gtps = (inner / 4).div_ceil(gq1 * tb as u64);
     // Per class beyond the held channels, where a sample fills workgroups of 16 accesses per
     // thread, the statistics too (swept_stats), with thread partials: WG columns per workgroup
-    // of GQ WG accesses. Lavapipe, of MSE: [2, 64, 128, 256] 3.5-3.9x -> 3.0-3.5x; at
+    // of GQ TB accesses (zeros past TB). Lavapipe, of MSE: [2, 64, 128, 256] 3.5-3.9x -> 3.0-3.5x; at
     // [3, 150, 64, 128] (8 accesses, three workgroups for six tiles) 4.0-4.2x -> 4.3-4.5x.
     let swept_stats = gq == Some(16) && per_class && held == 0 && thread_partials;
     let (stats_cols, cols) = if swept_stats {
@@ -287,7 +287,7 @@ fn build(
         gtps: gtps as u32,
     };
     // A window's first workgroup and workgroups of the statistics: tiles, or (swept_stats)
-    // GQ WG accesses of its samples.
+    // blocks of GQ TB accesses of its samples.
     let stats_groups = |w: &Win| {
         if swept_stats {
             (w.elem_first / (c * inner) * gtps, w.pixels / inner * gtps)
