@@ -157,7 +157,7 @@ fn nineteen_classes_every_path(ctx: &LossContext) {
     let mut r = rng(12);
     // [1, 19, 64, 272], [2, 40, 48, 176] and [1, 40, 64, 264]: the CPU kernels' swept
     // gradient (and beyond the held channels, per class, the swept statistics where 16) over a
-    // sample in two workgroups, the second part full (16, 8 and 16 accesses per thread).
+    // sample in two workgroups, the second partly filled (16, 8 and 16 accesses per thread).
     let shapes: [&[usize]; 8] = [
         &[2, 19, 12, 20],
         &[2, 19, 11, 13],
