@@ -252,7 +252,7 @@ fn row_contiguous(lid: u32, r: u32, gscale: f32) -> f32 {
 @group(0) @binding(13) var<storage, read> labels4: array<VI>;
 
 // A workgroup owns QPT TB accesses of one sample (its first TB threads; TB < WG only with the
-// CPU kernels' swept blocks, for more workgroups: cross_entropy.rs block_threads; blocks never
+// CPU kernels' swept blocks, for more workgroups: losses/mod.rs block_threads; blocks never
 // straddle samples, so the sample is one division per thread: lavapipe divides lane by lane):
 // sample n and the first access j0.
 // A thread's QPT accesses are common.wgsl's strip_at with runs of QW threads (lavapipe, two

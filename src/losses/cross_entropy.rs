@@ -50,23 +50,6 @@ fn quads_per_thread(ctx: &LossContext, classes: u64) -> u32 {
     }
 }
 
-/// Accesses per thread of rows_*_q beyond the held classes, swept class by class together
-/// (cross_entropy.wgsl `quads_swept`) over `k4` accesses per sample: on the CPU kernels a SIMD
-/// group then reads runs of QPT * 128 contiguous bytes of a plane. Lavapipe at
-/// [2, 64, 128, 256] took 16.5-17.0 ms with 1 (C planes read as interleaved streams), 14.3
-/// with 6, 11.3-12.5 with 8, 13.9 with 12 and 10.2-11.1 with 16. 16 only where a sample fills
-/// a workgroup of them (else half the threads idle: [3, 150, 64, 128] took 17.7 ms with 16,
-/// 11.2-13.4 with 8). A GPU keeps one, for many workgroups.
-fn swept_quads_per_thread(ctx: &LossContext, k4: u64) -> u32 {
-    if !ctx.cpu_kernels {
-        1
-    } else if k4 >= 16 * WG as u64 {
-        16
-    } else {
-        8
-    }
-}
-
 /// The options the shader takes as constants: class weights, an `ignore_index` that fits in
 /// i32, label smoothing, and adding to the gradient (each a pipeline variant).
 fn with_options(
@@ -195,7 +178,7 @@ impl CrossEntropyLoss {
         let qpt = if !quads {
             1
         } else if held == 0 {
-            swept_quads_per_thread(ctx, k / 4)
+            super::swept_accesses(ctx, k / 4)
         } else {
             quads_per_thread(ctx, c)
         };

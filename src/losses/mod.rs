@@ -572,6 +572,24 @@ pub(crate) fn held_classes(ctx: &LossContext) -> u64 {
     }
 }
 
+/// Accesses per thread of a pass swept class by class over a thread's accesses together
+/// (cross_entropy.wgsl `quads_swept`, segmentation.wgsl `swept_stats` and `swept_grad`), over
+/// `per` accesses per sample: on the CPU kernels a SIMD group then reads runs of QPT * 128
+/// contiguous bytes of a plane. Lavapipe's cross-entropy at [2, 64, 128, 256] took 16.5-17.0 ms
+/// with 1 (C planes read as interleaved streams), 14.3 with 6, 11.3-12.5 with 8, 13.9 with 12
+/// and 10.2-11.1 with 16. 16 only where a sample fills a workgroup of them (else half the
+/// threads idle: [3, 150, 64, 128] took 17.7 ms with 16, 11.2-13.4 with 8). A GPU keeps one,
+/// for many workgroups.
+pub(crate) fn swept_accesses(ctx: &LossContext, per: u64) -> u32 {
+    if !ctx.cpu_kernels {
+        1
+    } else if per >= 16 * crate::kernel::WG as u64 {
+        16
+    } else {
+        8
+    }
+}
+
 /// Threads of a workgroup that own a block (`TB`; the others idle) of cross-entropy's
 /// rows_*_q or of segmentation's swept passes: the CPU kernels' swept blocks (`swept`) take
 /// half a workgroup where whole-workgroup blocks, `groups` of them, would be fewer than two per
@@ -582,7 +600,10 @@ pub(crate) fn held_classes(ctx: &LossContext) -> u64 {
 /// (four blocks) no change; at 2 and 19 classes (held, a barrier per workgroup) 1.6x -> 2.4x
 /// and 1.0x -> 1.5x.
 pub(crate) fn block_threads(ctx: &LossContext, swept: bool, groups: u64) -> u32 {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    // Asked once: on Linux the answer reads the cgroup's CPU quota from files.
+    static THREADS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let threads =
+        *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()) as u64);
     if ctx.cpu_kernels && swept && groups < 2 * threads {
         crate::kernel::WG / 2
     } else {

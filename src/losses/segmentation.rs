@@ -226,17 +226,23 @@ fn build(
     };
     // Few held channels of a softmax: no `pix` (LOCAL_CLASSES).
     let local = multi && held != 0 && held <= LOCAL_CLASSES;
-    let cols = if thread_partials {
-        tiles * thread_cols
-    } else {
-        tiles
-    };
     // Runs of threads over a tile's accesses (segmentation.wgsl's strip_at).
     let qw = crate::kernel::simd_runs(ctx);
     // Through a softmax with a per-pixel record the CPU kernels sweep a thread's GQ accesses
     // class by class for the gradient (swept_grad; `gtps` workgroups of GQ TB accesses per
-    // sample).
-    let gq = swept_accesses(ctx, quads && multi && !local, inner / 4);
+    // sample; losses/mod.rs swept_accesses). Lavapipe, the gradient alone, against multi_grad or
+    // plane_grad with four accesses per thread a pixel at a time: per class at
+    // [2, 64, 128, 256] 16.3 -> 11.7 ms, at [6, 21, 128, 256] 15.1 -> 12.6, at [3, 150, 64, 128]
+    // 14.1 -> 12.0; the global ratio 7.5-8.0 -> 6.9-7.3. At [6, 19, 128, 256] the global ratio
+    // took 12.6-13.5 ms in all with 8 to 32 accesses per thread and 15.7-17.3 with 4; 2 and 4
+    // at [3, 150, 64, 128] (more workgroups than its three) were slower too. Tried and
+    // dropped: per class, the 19 channels' p and dL/dp held between the sweeps (no faster
+    // within the noise, and an 8 s pipeline compile); the global ratio's statistics swept the
+    // same way (2.3 -> 2.5x MSE at 19 classes, 2.4 -> 2.9x at 150, where the pixel-by-pixel
+    // held or online sweep does better). A GPU keeps the plane and pixel passes, for many
+    // workgroups.
+    let gq = (quads && multi && !local && ctx.cpu_kernels)
+        .then(|| super::swept_accesses(ctx, inner / 4));
     let gq1 = gq.unwrap_or(1) as u64;
     // Threads per swept workgroup (half a workgroup where whole ones would be too few).
     let tb = super::block_threads(
@@ -247,14 +253,20 @@ fn build(
     let gtps = (inner / 4).div_ceil(gq1 * tb as u64);
     // Per class beyond the held channels, where a sample fills workgroups of 16 accesses per
     // thread, the statistics too (swept_stats), with thread partials: WG columns per workgroup
-    // of GQ TB accesses (zeros past TB). Lavapipe, of MSE: [2, 64, 128, 256] 3.5-3.9x -> 3.0-3.5x; at
-    // [3, 150, 64, 128] (8 accesses, three workgroups for six tiles) 4.0-4.2x -> 4.3-4.5x.
+    // of GQ TB accesses (zeros past TB). Lavapipe, of MSE: [2, 64, 128, 256] 3.5-3.9x ->
+    // 3.0-3.5x; at [3, 150, 64, 128] (8 accesses, three workgroups for six tiles) 4.0-4.2x ->
+    // 4.3-4.5x.
     let swept_stats = gq == Some(16) && per_class && held == 0 && thread_partials;
-    let (stats_cols, cols) = if swept_stats {
-        let n = layout.outer as u64 * gtps;
-        (n, n * thread_cols)
+    // Workgroups of the statistics (tiles, or swept blocks), and the partials' columns.
+    let stats_cols = if swept_stats {
+        layout.outer as u64 * gtps
     } else {
-        (tiles, cols)
+        tiles
+    };
+    let cols = if thread_partials {
+        stats_cols * thread_cols
+    } else {
+        stats_cols
     };
     let src = source(kind, multi, per_class, f16, lanes, held)
         .with("TPART", thread_partials as u32)
@@ -371,30 +383,6 @@ fn build(
         rec.prog.steps.push(step);
     }
     Ok((loss, vec![grad]))
-}
-
-/// Accesses of four pixels per thread of the swept gradient (`GQ`, segmentation.wgsl
-/// swept_grad) over `per` accesses per sample, where it applies (`swept`: four pixels per
-/// access through a softmax with a per-pixel record) and the CPU kernels are chosen: 16 where a
-/// sample fills a workgroup of them, else 8 (as cross_entropy.rs swept_quads_per_thread).
-/// Lavapipe, the gradient alone, against multi_grad or plane_grad with four accesses per thread
-/// a pixel at a time: per class at [2, 64, 128, 256] 16.3 -> 11.7 ms, at [6, 21, 128, 256]
-/// 15.1 -> 12.6, at [3, 150, 64, 128] 14.1 -> 12.0; the global ratio 7.5-8.0 -> 6.9-7.3. At
-/// [6, 19, 128, 256] the global ratio took 12.6-13.5 ms in all with 8 to 32 accesses per
-/// thread and 15.7-17.3 with 4; 2 and 4 at [3, 150, 64, 128] (more workgroups than its three)
-/// were slower too. Tried and dropped: per class, the 19 channels' p and dL/dp held between
-/// the sweeps (no faster within the noise, and an 8 s pipeline compile); the global ratio's
-/// statistics swept the same way (2.3 -> 2.5x MSE at 19 classes, 2.4 -> 2.9x at 150, where
-/// the pixel-by-pixel held or online sweep does better). A GPU keeps the plane and pixel
-/// passes, for many workgroups.
-fn swept_accesses(ctx: &LossContext, swept: bool, per: u64) -> Option<u32> {
-    if !swept || !ctx.cpu_kernels {
-        None
-    } else if per >= 16 * WG as u64 {
-        Some(16)
-    } else {
-        Some(8)
-    }
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
